@@ -1,0 +1,560 @@
+//! Node settings (SPEC §8): defaults < TOML file < environment, validated into [`Settings`].
+//!
+//! [`Settings::load`] reads the file (if any), applies every `MESH_*` variable it finds, then
+//! checks everything; the first problem becomes a [`ConfigError`] whose one line names the
+//! setting, which `dmrelay serve` prints before exiting non-zero.
+
+use crate::peer::url::normalize_peer_url;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the client plane listens when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// The documented example file, read when it exists and no other file is named.
+pub const DEFAULT_CONFIG_PATH: &str = "config/node.toml";
+/// Largest `max_msg_bytes`: an envelope with that much ciphertext (base64, 4/3) still fits in a
+/// 64 KiB request body.
+pub const MAX_MSG_BYTES_CEILING: usize = 46_000;
+
+/// A bad setting, named.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub problem: String,
+}
+
+fn bad(setting: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// How state is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistMode {
+    /// On disk, fsync'd before every 200 (default).
+    Fsync,
+    /// In RAM only: no ciphertext ever touches the disk; a restart forgets everything.
+    Memory,
+}
+
+/// One configured peer relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSettings {
+    /// Normalized URL (SPEC §5.1).
+    pub url: String,
+    /// The shared secret for this peer (its own, or the mesh-wide one).
+    pub secret: String,
+}
+
+/// Everything a node is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Client-plane address (`MESH_DM_LISTEN`, default 127.0.0.1:8787; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Separate peer-plane address (`MESH_DM_PEER_LISTEN`); when set, each plane is served only
+    /// on its own address.
+    pub peer_listen: Option<SocketAddr>,
+    /// This node's own normalized peer URL (`MESH_SELF_PEER_URL`, default `http://{listen}`).
+    pub self_peer_url: String,
+    /// Peer relays (`MESH_RELAY_PEERS` and `[[peers]]` in the file).
+    pub peers: Vec<PeerSettings>,
+    /// Data directory of the embedded store (`MESH_DM_DATA_DIR`, default `./data`).
+    pub data_dir: PathBuf,
+    /// `fsync` (default) or `memory` (`MESH_DM_PERSIST`).
+    pub persist: PersistMode,
+    /// Most unread envelopes per (mailbox, sender) (`MESH_DM_PENDING_PER_SENDER_LIMIT`, default 2).
+    pub pending_per_sender_limit: u32,
+    /// Most unread envelopes per mailbox (`MESH_DM_MAILBOX_LIMIT`, default 48).
+    pub mailbox_limit: u32,
+    /// Largest decoded ciphertext in bytes (`MESH_DM_MAX_MSG_BYTES`, default 8192).
+    pub max_msg_bytes: usize,
+    /// Longest envelope lifetime in seconds (`MESH_DM_MAX_TTL_S`, default 604800).
+    pub max_ttl_s: u64,
+    /// Timeout of one push or pull request to a peer (`MESH_RELAY_PUSH_TIMEOUT_S`, default 10).
+    pub push_timeout: Duration,
+    /// Consecutive failures that open a peer's circuit breaker (`MESH_RELAY_MAX_FAILURES`, default 3).
+    pub max_failures: u32,
+    /// How long an open breaker skips its peer (`MESH_RELAY_FAILURE_COOLDOWN_S`, default 120).
+    pub failure_cooldown: Duration,
+    /// Interval between pulls of each peer's change feed (`MESH_DM_SYNC_INTERVAL_S`, default 5;
+    /// fractions allowed).
+    pub sync_interval: Duration,
+    /// Items each peer may have pushed per second (`MESH_RELAY_PUSH_RATE`, default 200).
+    pub push_rate_per_s: f64,
+    /// Mailbox shards, one per core by default (`MESH_DM_SHARDS`).
+    pub shards: usize,
+    /// HTTP worker threads, one per core by default (`MESH_DM_HTTP_WORKERS`).
+    pub http_workers: usize,
+}
+
+/// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    peer_listen: Option<String>,
+    self_peer_url: Option<String>,
+    peer_push_secret: Option<String>,
+    peer_push_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    peers: Vec<FilePeer>,
+    data_dir: Option<PathBuf>,
+    persist: Option<String>,
+    pending_per_sender_limit: Option<u64>,
+    mailbox_limit: Option<u64>,
+    max_msg_bytes: Option<u64>,
+    max_ttl_s: Option<u64>,
+    push_timeout_s: Option<f64>,
+    max_failures: Option<u64>,
+    failure_cooldown_s: Option<f64>,
+    sync_interval_s: Option<f64>,
+    push_rate: Option<f64>,
+    shards: Option<u64>,
+    http_workers: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePeer {
+    url: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+}
+
+/// The raw values, each tagged with the setting name an error should show.
+struct Raw {
+    values: HashMap<&'static str, (String, String)>,
+}
+
+impl Raw {
+    fn set(&mut self, key: &'static str, source: String, value: String) {
+        self.values.insert(key, (source, value));
+    }
+
+    fn get(&self, key: &str) -> Option<&(String, String)> {
+        self.values.get(key)
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some((source, value)) => value
+                .trim()
+                .parse()
+                .map_err(|_| bad(source, format!("{value:?} is not {what}"))),
+        }
+    }
+}
+
+/// (key, environment variable, file key) of every scalar setting.
+const SCALARS: &[(&str, &str, &str)] = &[
+    ("listen", "MESH_DM_LISTEN", "listen"),
+    ("peer_listen", "MESH_DM_PEER_LISTEN", "peer_listen"),
+    ("self_peer_url", "MESH_SELF_PEER_URL", "self_peer_url"),
+    (
+        "peer_push_secret",
+        "MESH_PEER_PUSH_SECRET",
+        "peer_push_secret",
+    ),
+    ("data_dir", "MESH_DM_DATA_DIR", "data_dir"),
+    ("persist", "MESH_DM_PERSIST", "persist"),
+    (
+        "pending_per_sender_limit",
+        "MESH_DM_PENDING_PER_SENDER_LIMIT",
+        "pending_per_sender_limit",
+    ),
+    ("mailbox_limit", "MESH_DM_MAILBOX_LIMIT", "mailbox_limit"),
+    ("max_msg_bytes", "MESH_DM_MAX_MSG_BYTES", "max_msg_bytes"),
+    ("max_ttl_s", "MESH_DM_MAX_TTL_S", "max_ttl_s"),
+    (
+        "push_timeout_s",
+        "MESH_RELAY_PUSH_TIMEOUT_S",
+        "push_timeout_s",
+    ),
+    ("max_failures", "MESH_RELAY_MAX_FAILURES", "max_failures"),
+    (
+        "failure_cooldown_s",
+        "MESH_RELAY_FAILURE_COOLDOWN_S",
+        "failure_cooldown_s",
+    ),
+    (
+        "sync_interval_s",
+        "MESH_DM_SYNC_INTERVAL_S",
+        "sync_interval_s",
+    ),
+    ("push_rate", "MESH_RELAY_PUSH_RATE", "push_rate"),
+    ("shards", "MESH_DM_SHARDS", "shards"),
+    ("http_workers", "MESH_DM_HTTP_WORKERS", "http_workers"),
+];
+
+fn read_secret_file(setting: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| bad(setting, format!("cannot read {}: {e}", path.display())))
+}
+
+fn positive_duration(raw: &Raw, key: &str, default_s: f64) -> Result<Duration, ConfigError> {
+    let seconds: f64 = raw.parse(key, default_s, "a number of seconds")?;
+    if !(seconds > 0.0 && seconds <= 86_400.0 * 365.0) {
+        let source = raw.get(key).map_or(key, |(s, _)| s.as_str());
+        return Err(bad(source, "must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    raw: &Raw,
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        let source = raw.get(key).map_or(key, |(s, _)| s.as_str());
+        return Err(bad(
+            source,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+impl Settings {
+    /// Loads from `config_path` (or `config/node.toml` if present) and the process environment.
+    pub fn load(config_path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(config_path, &env)
+    }
+
+    /// Loads from a file and an explicit environment (tests pass their own).
+    pub fn load_from(
+        config_path: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let file = match config_path {
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        let (file_settings, file_name) = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
+                let parsed: FileSettings = toml::from_str(&text).map_err(|e| {
+                    bad(
+                        &path.display().to_string(),
+                        e.to_string().lines().collect::<Vec<_>>().join(" "),
+                    )
+                })?;
+                (parsed, path.display().to_string())
+            }
+            None => (FileSettings::default(), String::new()),
+        };
+        Self::from_parts(file_settings, &file_name, env)
+    }
+
+    fn from_parts(
+        file: FileSettings,
+        file_name: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw = Raw {
+            values: HashMap::new(),
+        };
+        let file_value = |key: &str| -> Option<String> {
+            let f = &file;
+            match key {
+                "listen" => f.listen.clone(),
+                "peer_listen" => f.peer_listen.clone(),
+                "self_peer_url" => f.self_peer_url.clone(),
+                "peer_push_secret" => f.peer_push_secret.clone(),
+                "data_dir" => f.data_dir.as_ref().map(|p| p.display().to_string()),
+                "persist" => f.persist.clone(),
+                "pending_per_sender_limit" => f.pending_per_sender_limit.map(|v| v.to_string()),
+                "mailbox_limit" => f.mailbox_limit.map(|v| v.to_string()),
+                "max_msg_bytes" => f.max_msg_bytes.map(|v| v.to_string()),
+                "max_ttl_s" => f.max_ttl_s.map(|v| v.to_string()),
+                "push_timeout_s" => f.push_timeout_s.map(|v| v.to_string()),
+                "max_failures" => f.max_failures.map(|v| v.to_string()),
+                "failure_cooldown_s" => f.failure_cooldown_s.map(|v| v.to_string()),
+                "sync_interval_s" => f.sync_interval_s.map(|v| v.to_string()),
+                "push_rate" => f.push_rate.map(|v| v.to_string()),
+                "shards" => f.shards.map(|v| v.to_string()),
+                "http_workers" => f.http_workers.map(|v| v.to_string()),
+                _ => None,
+            }
+        };
+        for &(key, env_name, file_key) in SCALARS {
+            if let Some(value) = env.get(env_name) {
+                raw.set(key, env_name.to_string(), value.clone());
+            } else if let Some(value) = file_value(file_key) {
+                raw.set(key, format!("{file_name}: {file_key}"), value);
+            }
+        }
+
+        let listen: SocketAddr = raw.parse(
+            "listen",
+            DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| bad("listen", "bad default"))?,
+            "a socket address like 127.0.0.1:8787",
+        )?;
+        let peer_listen = match raw.get("peer_listen") {
+            Some((_, v)) if v.trim().is_empty() => None,
+            Some(_) => Some(raw.parse(
+                "peer_listen",
+                listen,
+                "a socket address like 127.0.0.1:8788",
+            )?),
+            None => None,
+        };
+        let self_peer_url = match raw.get("self_peer_url") {
+            Some((source, value)) => {
+                normalize_peer_url(value).map_err(|problem| bad(source, problem))?
+            }
+            None => format!("http://{}", peer_listen.unwrap_or(listen)),
+        };
+        let mesh_secret = match (
+            env.get("MESH_PEER_PUSH_SECRET_FILE"),
+            raw.get("peer_push_secret"),
+            &file.peer_push_secret_file,
+        ) {
+            (Some(path), _, _) => Some(read_secret_file(
+                "MESH_PEER_PUSH_SECRET_FILE",
+                Path::new(path),
+            )?),
+            (None, Some((_, secret)), _) => Some(secret.clone()),
+            (None, None, Some(path)) => Some(read_secret_file("peer_push_secret_file", path)?),
+            (None, None, None) => None,
+        }
+        .filter(|s| !s.is_empty());
+
+        // Per-peer secrets come from the file; the peer list from MESH_RELAY_PEERS if set.
+        let mut file_secrets: HashMap<String, String> = HashMap::new();
+        let mut file_peers = Vec::new();
+        for peer in &file.peers {
+            let setting = format!("{file_name}: peers.url");
+            let url = normalize_peer_url(&peer.url).map_err(|problem| bad(&setting, problem))?;
+            let secret = match (&peer.secret, &peer.secret_file) {
+                (Some(secret), _) => Some(secret.clone()),
+                (None, Some(path)) => Some(read_secret_file("peers.secret_file", path)?),
+                (None, None) => None,
+            };
+            if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+                file_secrets.insert(url.clone(), secret);
+            }
+            file_peers.push(url);
+        }
+        let peer_urls: Vec<String> = match env.get("MESH_RELAY_PEERS") {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|u| normalize_peer_url(u).map_err(|problem| bad("MESH_RELAY_PEERS", problem)))
+                .collect::<Result<_, _>>()?,
+            None => file_peers,
+        };
+        let mut peers: Vec<PeerSettings> = Vec::new();
+        for url in peer_urls {
+            if url == self_peer_url || peers.iter().any(|p| p.url == url) {
+                continue;
+            }
+            let secret = file_secrets
+                .get(&url)
+                .cloned()
+                .or_else(|| mesh_secret.clone())
+                .ok_or_else(|| {
+                    bad(
+                        "MESH_PEER_PUSH_SECRET",
+                        format!("peer {url} has no secret: set MESH_PEER_PUSH_SECRET or a secret for it in the file"),
+                    )
+                })?;
+            peers.push(PeerSettings { url, secret });
+        }
+
+        let data_dir = raw
+            .get("data_dir")
+            .map_or_else(|| PathBuf::from("./data"), |(_, v)| PathBuf::from(v));
+        let persist = match raw.get("persist") {
+            None => PersistMode::Fsync,
+            Some((_, v)) if v == "fsync" => PersistMode::Fsync,
+            Some((_, v)) if v == "memory" => PersistMode::Memory,
+            Some((source, v)) => {
+                return Err(bad(
+                    source,
+                    format!("{v:?} is neither \"fsync\" nor \"memory\""),
+                ));
+            }
+        };
+        let integer = "a whole number";
+        let pending_per_sender_limit: u64 = raw.parse("pending_per_sender_limit", 2, integer)?;
+        let mailbox_limit: u64 = raw.parse("mailbox_limit", 48, integer)?;
+        let max_msg_bytes: u64 = raw.parse("max_msg_bytes", 8192, integer)?;
+        let max_ttl_s: u64 = raw.parse("max_ttl_s", 604_800, integer)?;
+        let max_failures: u64 = raw.parse("max_failures", 3, integer)?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+        let shards: u64 = raw.parse("shards", cores, integer)?;
+        let http_workers: u64 = raw.parse("http_workers", cores, integer)?;
+        let push_rate_per_s: f64 = raw.parse("push_rate", 200.0, "a number")?;
+        Ok(Self {
+            listen,
+            peer_listen,
+            self_peer_url,
+            peers,
+            data_dir,
+            persist,
+            pending_per_sender_limit: in_range(
+                &raw,
+                "pending_per_sender_limit",
+                pending_per_sender_limit,
+                1,
+                1_000,
+            )? as u32,
+            mailbox_limit: in_range(&raw, "mailbox_limit", mailbox_limit, 1, 100_000)? as u32,
+            max_msg_bytes: in_range(
+                &raw,
+                "max_msg_bytes",
+                max_msg_bytes,
+                1,
+                MAX_MSG_BYTES_CEILING as u64,
+            )? as usize,
+            max_ttl_s: in_range(&raw, "max_ttl_s", max_ttl_s, 1, 10 * 365 * 86_400)?,
+            push_timeout: positive_duration(&raw, "push_timeout_s", 10.0)?,
+            max_failures: in_range(&raw, "max_failures", max_failures, 1, 1_000_000)? as u32,
+            failure_cooldown: positive_duration(&raw, "failure_cooldown_s", 120.0)?,
+            sync_interval: positive_duration(&raw, "sync_interval_s", 5.0)?,
+            push_rate_per_s: in_range(&raw, "push_rate", push_rate_per_s, 0.1, 1_000_000.0)?,
+            shards: in_range(&raw, "shards", shards, 1, 256)? as usize,
+            http_workers: in_range(&raw, "http_workers", http_workers, 1, 256)? as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn from_toml(toml_text: &str, pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let file: FileSettings =
+            toml::from_str(toml_text).map_err(|e| bad("file", e.to_string()))?;
+        Settings::from_parts(file, "node.toml", &env(pairs))
+    }
+
+    #[test]
+    fn defaults_without_any_configuration() {
+        let s = from_toml("", &[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8787");
+        assert_eq!(s.self_peer_url, "http://127.0.0.1:8787");
+        assert_eq!(s.persist, PersistMode::Fsync);
+        assert_eq!(s.pending_per_sender_limit, 2);
+        assert_eq!(s.mailbox_limit, 48);
+        assert_eq!(s.max_msg_bytes, 8192);
+        assert_eq!(s.max_ttl_s, 604_800);
+        assert_eq!(s.sync_interval, Duration::from_secs(5));
+        assert!(s.peers.is_empty());
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let s = from_toml(
+            "pending_per_sender_limit = 5\nmailbox_limit = 10",
+            &[("MESH_DM_PENDING_PER_SENDER_LIMIT", "3")],
+        )
+        .unwrap();
+        assert_eq!(s.pending_per_sender_limit, 3);
+        assert_eq!(s.mailbox_limit, 10);
+    }
+
+    #[test]
+    fn peer_secrets_come_from_the_file_with_the_mesh_secret_as_fallback() {
+        let s = from_toml(
+            "peer_push_secret = \"mesh\"\n[[peers]]\nurl = \"HTTP://B.example:80/\"\nsecret = \"own\"\n[[peers]]\nurl = \"http://c.example\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.peers,
+            vec![
+                PeerSettings {
+                    url: "http://b.example".into(),
+                    secret: "own".into()
+                },
+                PeerSettings {
+                    url: "http://c.example".into(),
+                    secret: "mesh".into()
+                },
+            ]
+        );
+        // MESH_RELAY_PEERS chooses the list; the file still supplies per-peer secrets.
+        let s = from_toml(
+            "[[peers]]\nurl = \"http://b.example\"\nsecret = \"own\"",
+            &[
+                ("MESH_RELAY_PEERS", "http://b.example/, http://d.example"),
+                ("MESH_PEER_PUSH_SECRET", "m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.peers[0].secret, "own");
+        assert_eq!(
+            s.peers[1],
+            PeerSettings {
+                url: "http://d.example".into(),
+                secret: "m".into()
+            }
+        );
+    }
+
+    #[test]
+    fn every_error_names_its_setting() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            ("", &[("MESH_DM_LISTEN", "nowhere")], "MESH_DM_LISTEN"),
+            ("", &[("MESH_DM_PERSIST", "disk")], "MESH_DM_PERSIST"),
+            (
+                "",
+                &[("MESH_DM_PENDING_PER_SENDER_LIMIT", "0")],
+                "MESH_DM_PENDING_PER_SENDER_LIMIT",
+            ),
+            (
+                "",
+                &[("MESH_DM_MAX_MSG_BYTES", "999999")],
+                "MESH_DM_MAX_MSG_BYTES",
+            ),
+            (
+                "",
+                &[("MESH_DM_SYNC_INTERVAL_S", "-1")],
+                "MESH_DM_SYNC_INTERVAL_S",
+            ),
+            ("", &[("MESH_RELAY_PEERS", "ftp://x")], "MESH_RELAY_PEERS"),
+            (
+                "",
+                &[("MESH_RELAY_PEERS", "http://x")],
+                "MESH_PEER_PUSH_SECRET",
+            ),
+            ("mailbox_limit = 0", &[], "node.toml: mailbox_limit"),
+        ];
+        for (file, env_pairs, setting) in cases {
+            let err = from_toml(file, env_pairs).unwrap_err();
+            assert_eq!(&err.setting, setting, "{err}");
+            assert!(!err.to_string().contains('\n'));
+        }
+        assert!(toml::from_str::<FileSettings>("no_such_key = 1").is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! Client-plane routes (SPEC §6.1–6.4): deposit, poll, ack, health, metrics.
+//!
+//! Each handler only translates: read the body under its limit, parse and verify (pure, in
+//! [`crate::protocol`]), ask the owning mailbox shard, map the outcome to status and JSON.
+
+use super::AppState;
+use super::body::{MAX_CLIENT_BODY_BYTES, read_limited};
+use super::error::ApiError;
+use crate::mailbox::Origin;
+use crate::mailbox::rules::{Decision, NonceRefusal};
+use crate::protocol::{AckObject, Envelope, PollRequest, now_unix};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Serialize)]
+struct DepositReply<'a> {
+    ok: bool,
+    msg_id: &'a str,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct PollReply<'a> {
+    ok: bool,
+    messages: Vec<&'a Envelope>,
+    pending: usize,
+    has_more: bool,
+}
+
+#[derive(Serialize)]
+struct AckReply {
+    ok: bool,
+    removed: usize,
+    unknown: usize,
+}
+
+#[derive(Serialize)]
+struct HealthReply<'a> {
+    ok: bool,
+    node: &'a str,
+    version: &'static str,
+}
+
+/// Turns a §4 decision on a client deposit into the reply of §6.1.
+pub(crate) fn deposit_reply(
+    envelope: &Envelope,
+    decision: Decision,
+) -> Result<HttpResponse, ApiError> {
+    let status = match decision {
+        Decision::Accept => "accepted",
+        Decision::Duplicate => "duplicate",
+        Decision::Acked => "acked",
+        Decision::Conflict => {
+            return Err(ApiError::Conflict(format!(
+                "Another message with msg_id {} is already pending in this mailbox; choose a new msg_id.",
+                envelope.msg_id
+            )));
+        }
+        Decision::MailboxFull { limit } => return Err(ApiError::MailboxFull { limit }),
+        Decision::CapViolation { pending, limit } => {
+            return Err(ApiError::CapViolation { pending, limit });
+        }
+    };
+    Ok(HttpResponse::Ok().json(DepositReply {
+        ok: true,
+        msg_id: envelope.msg_id.as_str(),
+        status,
+    }))
+}
+
+/// `POST /api/mesh/dm/send`
+pub async fn send(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let result = async {
+        let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
+        let envelope = Envelope::parse(&body, &state.envelope_limits)?;
+        envelope.verify(now_unix(), &state.envelope_limits)?;
+        Ok::<_, ApiError>(Arc::new(envelope))
+    }
+    .await;
+    let envelope = result.inspect_err(|err| {
+        state
+            .metrics
+            .deposit_total
+            .with_label_values(&[err.code()])
+            .inc();
+    })?;
+    let decision = state
+        .mailboxes
+        .deposit(Arc::clone(&envelope), Origin::Client)
+        .await?;
+    deposit_reply(&envelope, decision)
+}
+
+/// `POST /api/mesh/dm/poll`
+pub async fn poll(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
+    let request = PollRequest::parse(&body)?;
+    request.verify(now_unix())?;
+    let view = state.mailboxes.poll(request).await?.map_err(|refusal| match refusal {
+        NonceRefusal::Replay => ApiError::Replay(
+            "This poll nonce was already used for this mailbox; sign every poll with a fresh random nonce."
+                .into(),
+        ),
+        NonceRefusal::TooMany => ApiError::RateLimited {
+            detail: "Too many polls of this mailbox in the last 10 minutes; poll less often."
+                .into(),
+            retry_after_s: 60,
+        },
+    })?;
+    Ok(HttpResponse::Ok().json(PollReply {
+        ok: true,
+        messages: view.messages.iter().map(Arc::as_ref).collect(),
+        pending: view.pending,
+        has_more: view.has_more,
+    }))
+}
+
+/// `POST /api/mesh/dm/ack`
+pub async fn ack(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
+    let ack = AckObject::parse(&body)?;
+    ack.verify_fresh(now_unix())?;
+    let report = state
+        .mailboxes
+        .acknowledge(Arc::new(ack), Origin::Client)
+        .await?;
+    Ok(HttpResponse::Ok().json(AckReply {
+        ok: true,
+        removed: report.removed,
+        unknown: report.unknown,
+    }))
+}
+
+/// `GET /health`
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(HealthReply {
+        ok: true,
+        node: &state.self_peer_url,
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// `GET /metrics`
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,156 @@
+//! [`ApiError`]: the one table *error code → HTTP status → JSON body* of SPEC §6.5.
+
+use crate::mailbox::shard::ShardError;
+use crate::protocol::ProtocolError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Every error a client or peer can receive.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    BadSignature(String),
+    #[error("{0}")]
+    Stale(String),
+    #[error("{0}")]
+    Replay(String),
+    #[error("{0}")]
+    Expired(String),
+    #[error("Invalid or missing peer HMAC")]
+    PeerAuth,
+    #[error("{0}")]
+    Conflict(String),
+    #[error(
+        "Recipient already has {pending} unread messages from you. Wait for them to read your messages before sending more."
+    )]
+    CapViolation { pending: u32, limit: u32 },
+    #[error(
+        "Recipient's mailbox is full ({limit} unread messages). Try again after they read their messages."
+    )]
+    MailboxFull { limit: u32 },
+    #[error("{detail}")]
+    RateLimited { detail: String, retry_after_s: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("No such endpoint. The client API is POST /api/mesh/dm/send, /poll and /ack.")]
+    NotFound,
+    #[error("This endpoint does not accept that method; see the protocol spec for the right one.")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    /// The SPEC's `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::TooLarge(_) => "too_large",
+            Self::BadSignature(_) => "bad_signature",
+            Self::Stale(_) => "stale",
+            Self::Replay(_) => "replay",
+            Self::Expired(_) => "expired",
+            Self::PeerAuth => "peer_auth",
+            Self::Conflict(_) => "conflict",
+            Self::CapViolation { .. } => "cap_violation",
+            Self::MailboxFull { .. } => "mailbox_full",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unavailable(_) => "unavailable",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// A body larger than the endpoint's limit.
+    pub fn body_too_large(limit_bytes: usize) -> Self {
+        Self::TooLarge(format!(
+            "The request body is larger than this endpoint's limit of {limit_bytes} bytes."
+        ))
+    }
+
+    /// The node is shutting down or its store failed.
+    pub fn unavailable() -> Self {
+        Self::Unavailable(
+            "The relay cannot take this request right now (overloaded, storage trouble or shutting down); retry in a few seconds."
+                .into(),
+        )
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(err: ProtocolError) -> Self {
+        match err {
+            ProtocolError::BadRequest(d) => Self::BadRequest(d),
+            ProtocolError::TooLarge(d) => Self::TooLarge(d),
+            ProtocolError::BadSignature(d) => Self::BadSignature(d),
+            ProtocolError::Stale(d) => Self::Stale(d),
+            ProtocolError::Expired(d) => Self::Expired(d),
+        }
+    }
+}
+
+impl From<ShardError> for ApiError {
+    fn from(err: ShardError) -> Self {
+        tracing::warn!(%err, "request refused with 503");
+        Self::unavailable()
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    ok: bool,
+    error: &'a str,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadSignature(_) | Self::Stale(_) | Self::Replay(_) | Self::Expired(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::PeerAuth => StatusCode::FORBIDDEN,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::CapViolation { .. } | Self::MailboxFull { .. } | Self::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (pending, limit) = match self {
+            Self::CapViolation { pending, limit } => (Some(*pending), Some(*limit)),
+            Self::MailboxFull { limit } => (None, Some(*limit)),
+            _ => (None, None),
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Self::RateLimited { retry_after_s, .. } => {
+                response.insert_header(("Retry-After", retry_after_s.to_string()));
+            }
+            Self::Unavailable(_) => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            _ => {}
+        }
+        response.json(ErrorBody {
+            ok: false,
+            error: self.code(),
+            detail: self.to_string(),
+            pending,
+            limit,
+        })
+    }
+}

@@ -1,0 +1,58 @@
+//! HTTP: the routes of each plane, the error table, and the shared state handlers read.
+//!
+//! [`client_routes`] and [`peer_routes`] each register one plane; [`service_routes`] adds
+//! `/health` and `/metrics`. With one listen address a node serves all of them there; with
+//! `MESH_DM_PEER_LISTEN` the node runs two servers and each plane exists only on its own address
+//! (anything else is 404). Unknown paths and wrong methods get the JSON error body too.
+
+pub mod body;
+pub mod client;
+pub mod error;
+
+use crate::mailbox::MailboxRouter;
+use crate::metrics::Metrics;
+use crate::protocol::EnvelopeLimits;
+use actix_web::{HttpResponse, web};
+use error::ApiError;
+use std::sync::Arc;
+
+/// What every handler can read.
+pub struct AppState {
+    pub mailboxes: MailboxRouter,
+    pub envelope_limits: EnvelopeLimits,
+    pub metrics: Arc<Metrics>,
+    pub self_peer_url: String,
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// A resource answering `route` and a JSON 405 for any other method.
+fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
+}
+
+/// The client plane (SPEC §6.1–6.3).
+pub fn client_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/api/mesh/dm/send", web::post().to(client::send)))
+        .service(resource("/api/mesh/dm/poll", web::post().to(client::poll)))
+        .service(resource("/api/mesh/dm/ack", web::post().to(client::ack)));
+}
+
+/// `/health` and `/metrics` (SPEC §6.4), served on every plane.
+pub fn service_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/health", web::get().to(client::health)))
+        .service(resource("/metrics", web::get().to(client::metrics)));
+}
+
+/// The JSON 404 for everything else.
+pub fn fallback(cfg: &mut web::ServiceConfig) {
+    cfg.default_service(web::to(not_found));
+}

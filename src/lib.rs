@@ -1,0 +1,37 @@
+//! dmrelay: a store-and-forward relay for end-to-end-encrypted direct messages.
+//!
+//! How a request flows:
+//!
+//! ```text
+//! client ─HTTP─▶ http::client ─(parse, verify: protocol)─▶ mailbox::MailboxRouter
+//!                                                           │ try_send to the owning shard
+//!                                                           ▼
+//!                                            mailbox::shard::MailboxShard  (rules: mailbox::rules)
+//!                                                           │ StoreOp, group commit
+//!                                                           ▼
+//!                                            store::writer ─▶ store::RedbStore (fsync)
+//!                                                           │ durable: reply, then ChangeSink
+//!                                                           ▼
+//!                                            peer plane (push to peers, pull their feeds)
+//! ```
+//!
+//! - [`protocol`]: envelope, poll and ack types, canonical strings, signatures (no I/O).
+//! - [`mailbox`]: the rules of SPEC §4 and the shard actors that own them.
+//! - [`store`]: the durable state behind a trait, and the group-commit writer thread.
+//! - [`peer`]: peer URLs, HMAC authentication, and the actors of the peer plane.
+//! - [`http`]: routes, body limits, the error table.
+//! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod config;
+pub mod http;
+pub mod mailbox;
+pub mod metrics;
+pub mod node;
+pub mod peer;
+pub mod protocol;
+pub mod store;

@@ -1,0 +1,173 @@
+//! Mailboxes: the rules of SPEC §4 ([`rules`], pure) and the actors that own them ([`shard`]).
+//!
+//! Mailboxes are spread over one [`shard::MailboxShard`] per core, each on its own arbiter, by a
+//! keyed hash of the mailbox key ([`MailboxRouter`]). Every request for a mailbox — a client's
+//! deposit, poll or ack, a peer's replica or ack — goes to the one shard that owns it, through
+//! a bounded queue (`try_send`; full means 503). There is no lock around cap state: a shard
+//! processes one message at a time. When a client's change is durable the shard tells the
+//! [`ChangeSink`] (the peer pushers), without delaying the client's reply.
+
+pub mod rules;
+pub mod shard;
+
+use crate::metrics::Metrics;
+use crate::protocol::{AckObject, Envelope, MailboxKey, PollRequest};
+use crate::store::{Recovered, StoreHandle};
+use actix::prelude::*;
+use rules::{Decision, MailboxLimits, NonceRefusal, PollView};
+use shard::{AckReport, MailboxShard, Restore, ShardError};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+/// Where a deposit or ack came from: decides the metrics it counts in and whether it is pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A client of this node: pushed to every peer once durable.
+    Client,
+    /// A peer relay (by its normalized URL), pushed or pulled: never pushed on.
+    Peer(Arc<str>),
+}
+
+/// Told about every client change once it is durable (the peer plane's push queues).
+pub trait ChangeSink: Send + Sync + 'static {
+    fn envelope_stored(&self, envelope: &Arc<Envelope>);
+    fn ack_applied(&self, ack: &Arc<AckObject>);
+}
+
+/// A sink for a node without peers.
+pub struct NoPeers;
+
+impl ChangeSink for NoPeers {
+    fn envelope_stored(&self, _: &Arc<Envelope>) {}
+    fn ack_applied(&self, _: &Arc<AckObject>) {}
+}
+
+/// Finds the shard that owns a mailbox.
+#[derive(Clone)]
+pub struct MailboxRouter {
+    shards: Arc<[Addr<MailboxShard>]>,
+    /// Keyed per process, so that nobody can choose keys that all land on one shard.
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl MailboxRouter {
+    /// Starts `count` shards, each on its own arbiter (thread), and loads the recovered state.
+    pub async fn start(
+        count: usize,
+        limits: MailboxLimits,
+        max_ttl_s: u64,
+        store: StoreHandle,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn ChangeSink>,
+        recovered: Recovered,
+    ) -> Result<Self, MailboxError> {
+        let count = count.max(1);
+        let shards: Vec<Addr<MailboxShard>> = (0..count)
+            .map(|_| {
+                let arbiter = Arbiter::new();
+                let (store, metrics, sink) =
+                    (store.clone(), Arc::clone(&metrics), Arc::clone(&sink));
+                MailboxShard::start_in_arbiter(&arbiter.handle(), move |_| {
+                    MailboxShard::new(limits, max_ttl_s, store, metrics, sink)
+                })
+            })
+            .collect();
+        let router = Self {
+            shards: shards.into(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        };
+        let mut per_shard: Vec<Restore> = (0..count)
+            .map(|_| Restore {
+                envelopes: Vec::new(),
+                tombstones: Vec::new(),
+            })
+            .collect();
+        for envelope in recovered.envelopes {
+            let i = router.index_of(&envelope.mailbox);
+            per_shard[i].envelopes.push(envelope);
+        }
+        for tombstone in recovered.tombstones {
+            let i = router.index_of(&tombstone.0);
+            per_shard[i].tombstones.push(tombstone);
+        }
+        for (shard, restore) in router.shards.iter().zip(per_shard) {
+            shard.send(restore).await?;
+        }
+        Ok(router)
+    }
+
+    fn index_of(&self, mailbox: &MailboxKey) -> usize {
+        (self.hasher.hash_one(mailbox) % self.shards.len() as u64) as usize
+    }
+
+    /// The shard that owns `mailbox`.
+    pub fn shard(&self, mailbox: &MailboxKey) -> &Addr<MailboxShard> {
+        &self.shards[self.index_of(mailbox)]
+    }
+}
+
+/// The shards could not be reached (start-up failure).
+#[derive(Debug, thiserror::Error)]
+#[error("mailbox shard unreachable: {0}")]
+pub struct MailboxError(#[from] actix::MailboxError);
+
+impl MailboxRouter {
+    /// Sends `message` to the shard of `mailbox` without waiting for queue space (a full queue
+    /// is [`ShardError::Overloaded`]) and waits for its answer.
+    async fn ask<M, T>(
+        &self,
+        mailbox: &MailboxKey,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> M,
+    ) -> Result<T, ShardError>
+    where
+        M: Message<Result = ()> + Send + 'static,
+        MailboxShard: Handler<M>,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shard(mailbox)
+            .try_send(make(reply))
+            .map_err(|err| match err {
+                SendError::Full(_) => ShardError::Overloaded,
+                SendError::Closed(_) => ShardError::Unavailable("mailbox shard stopped".into()),
+            })?;
+        answer
+            .await
+            .map_err(|_| ShardError::Unavailable("mailbox shard dropped the request".into()))
+    }
+
+    /// SPEC §4 for one envelope (already parsed and verified).
+    pub async fn deposit(
+        &self,
+        envelope: Arc<Envelope>,
+        origin: Origin,
+    ) -> Result<Decision, ShardError> {
+        let mailbox = envelope.mailbox;
+        self.ask(&mailbox, |reply| shard::Deposit {
+            envelope,
+            origin,
+            reply,
+        })
+        .await?
+    }
+
+    /// SPEC §6.2 for a verified poll request.
+    pub async fn poll(
+        &self,
+        request: PollRequest,
+    ) -> Result<Result<PollView, NonceRefusal>, ShardError> {
+        let mailbox = request.mailbox;
+        self.ask(&mailbox, |reply| shard::Poll { request, reply })
+            .await
+    }
+
+    /// SPEC §6.3 for a verified ack object.
+    pub async fn acknowledge(
+        &self,
+        ack: Arc<AckObject>,
+        origin: Origin,
+    ) -> Result<AckReport, ShardError> {
+        let mailbox = ack.mailbox;
+        self.ask(&mailbox, |reply| shard::Acknowledge { ack, origin, reply })
+            .await?
+    }
+}

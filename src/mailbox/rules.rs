@@ -1,0 +1,529 @@
+//! The mailbox rules of SPEC §4 as plain data and functions, with no actor and no I/O.
+//!
+//! One [`MailboxState`] holds everything a mailbox decides with: pending envelopes (by id, in
+//! delivery order, counted per sender), tombstones of acknowledged ids, and the poll nonces seen
+//! in the freshness window. Time is always a parameter (`now`), so every rule is testable
+//! without a clock. Expiry is kept in ordered queues, so an access costs O(expired · log n), not a
+//! scan of the mailbox.
+
+use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, SKEW_S};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+/// The per-mailbox limits of SPEC §4.
+#[derive(Debug, Clone, Copy)]
+pub struct MailboxLimits {
+    /// Most pending envelopes from one sender in one mailbox (default 2).
+    pub pending_per_sender: u32,
+    /// Most pending envelopes in one mailbox (default 48).
+    pub mailbox: u32,
+    /// Most poll nonces remembered per mailbox within the window; past that, polls are
+    /// refused with `rate_limited` rather than forgetting a nonce (which would allow a replay).
+    pub nonces: usize,
+}
+
+impl MailboxLimits {
+    /// No limits: used when restoring state the rules already accepted once.
+    pub const UNLIMITED: Self = Self {
+        pending_per_sender: u32::MAX,
+        mailbox: u32::MAX,
+        nonces: usize::MAX,
+    };
+}
+
+impl Default for MailboxLimits {
+    fn default() -> Self {
+        Self {
+            pending_per_sender: 2,
+            mailbox: 48,
+            nonces: 4096,
+        }
+    }
+}
+
+/// The outcome of SPEC §4 for one envelope, in the rule order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Rule 1: the id was acknowledged; nothing is stored.
+    Acked,
+    /// Rule 2: the same envelope is already pending.
+    Duplicate,
+    /// Rule 2: another envelope with this id is pending.
+    Conflict,
+    /// Rule 3: the mailbox holds `limit` pending envelopes.
+    MailboxFull { limit: u32 },
+    /// Rule 4: the sender already has `pending` (>= `limit`) unread envelopes here.
+    CapViolation { pending: u32, limit: u32 },
+    /// Rule 5: store it.
+    Accept,
+}
+
+/// What an acknowledgement did to a mailbox.
+#[derive(Debug, Default)]
+pub struct AckEffect {
+    /// Envelopes removed from the pending set (their quota is free again).
+    pub removed: Vec<Arc<Envelope>>,
+    /// Ids that were not pending (never seen, already acknowledged, or expired).
+    pub unknown: usize,
+    /// Tombstones of every id of the ack, as they now stand: `(msg_id, until)`.
+    pub tombstones: Vec<(MsgId, u64)>,
+    /// Whether the ack changed anything (removed an envelope, wrote or extended a tombstone).
+    /// An ack that changed nothing is not stored again, so acks do not echo between peers.
+    pub changed: bool,
+}
+
+/// What a poll sees.
+#[derive(Debug)]
+pub struct PollView {
+    pub messages: Vec<Arc<Envelope>>,
+    pub pending: usize,
+    pub has_more: bool,
+}
+
+/// Why a poll nonce was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceRefusal {
+    /// Already used within the window.
+    Replay,
+    /// Too many polls in the window for this mailbox.
+    TooMany,
+}
+
+struct PendingEntry {
+    envelope: Arc<Envelope>,
+    /// False while the store commit is in flight: such an entry already counts against the
+    /// caps (so two racing deposits cannot both pass) but is not delivered yet.
+    committed: bool,
+}
+
+/// Everything one mailbox decides with.
+#[derive(Default)]
+pub struct MailboxState {
+    pending: HashMap<MsgId, PendingEntry>,
+    /// Delivery order: oldest first by `created_at`, then `msg_id` (SPEC §6.2).
+    order: BTreeSet<(u64, MsgId)>,
+    per_sender: HashMap<MailboxKey, u32>,
+    /// Acknowledged ids and the time their tombstone may go.
+    tombstones: HashMap<MsgId, u64>,
+    pending_expiry: BTreeSet<(u64, MsgId)>,
+    tombstone_expiry: BTreeSet<(u64, MsgId)>,
+    nonces: HashMap<Box<str>, u64>,
+    /// Nonces by the time they may be forgotten; always pushed with `now + 2·SKEW`, so ordered.
+    nonce_expiry: VecDeque<(u64, Box<str>)>,
+}
+
+impl MailboxState {
+    /// True when the mailbox holds nothing worth keeping in memory.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.tombstones.is_empty() && self.nonces.is_empty()
+    }
+
+    /// Number of pending envelopes (committed or not).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Pending envelopes from `sender`.
+    pub fn pending_from(&self, sender: &MailboxKey) -> u32 {
+        self.per_sender.get(sender).copied().unwrap_or(0)
+    }
+
+    /// SPEC §4 for `envelope`, in the rule order. The caller has run [`Self::expire`] first.
+    pub fn decide(&self, envelope: &Envelope, limits: &MailboxLimits) -> Decision {
+        if self.tombstones.contains_key(&envelope.msg_id) {
+            return Decision::Acked;
+        }
+        if let Some(existing) = self.pending.get(&envelope.msg_id) {
+            return if existing.envelope.sig == envelope.sig {
+                Decision::Duplicate
+            } else {
+                Decision::Conflict
+            };
+        }
+        if self.pending.len() >= limits.mailbox as usize {
+            return Decision::MailboxFull {
+                limit: limits.mailbox,
+            };
+        }
+        let from_sender = self.pending_from(&envelope.sender);
+        if from_sender >= limits.pending_per_sender {
+            return Decision::CapViolation {
+                pending: from_sender,
+                limit: limits.pending_per_sender,
+            };
+        }
+        Decision::Accept
+    }
+
+    /// Stores an envelope the decision accepted. `committed` is false while its write is in flight.
+    pub fn insert(&mut self, envelope: Arc<Envelope>, committed: bool) {
+        let id = envelope.msg_id.clone();
+        self.order.insert((envelope.created_at, id.clone()));
+        self.pending_expiry
+            .insert((envelope.expires_at, id.clone()));
+        *self.per_sender.entry(envelope.sender).or_insert(0) += 1;
+        self.pending.insert(
+            id,
+            PendingEntry {
+                envelope,
+                committed,
+            },
+        );
+    }
+
+    /// The write of `msg_id` reached the disk: deliver it from now on.
+    pub fn mark_committed(&mut self, msg_id: &MsgId) {
+        if let Some(entry) = self.pending.get_mut(msg_id) {
+            entry.committed = true;
+        }
+    }
+
+    /// The write of `msg_id` failed: take back the reservation (only if it is still the same one).
+    pub fn remove_uncommitted(&mut self, envelope: &Envelope) -> bool {
+        match self.pending.get(&envelope.msg_id) {
+            Some(entry) if !entry.committed && entry.envelope.sig == envelope.sig => {
+                self.remove_pending(&envelope.msg_id).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    fn remove_pending(&mut self, msg_id: &MsgId) -> Option<Arc<Envelope>> {
+        let entry = self.pending.remove(msg_id)?;
+        let envelope = entry.envelope;
+        self.order.remove(&(envelope.created_at, msg_id.clone()));
+        self.pending_expiry
+            .remove(&(envelope.expires_at, msg_id.clone()));
+        if let Some(count) = self.per_sender.get_mut(&envelope.sender) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_sender.remove(&envelope.sender);
+            }
+        }
+        Some(envelope)
+    }
+
+    /// Writes or extends a tombstone; returns its time and whether it changed.
+    fn set_tombstone(&mut self, msg_id: MsgId, until: u64) -> (u64, bool) {
+        let until = match self.tombstones.get(&msg_id) {
+            Some(&old) if old >= until => return (old, false),
+            Some(&old) => {
+                self.tombstone_expiry.remove(&(old, msg_id.clone()));
+                until
+            }
+            None => until,
+        };
+        self.tombstones.insert(msg_id.clone(), until);
+        self.tombstone_expiry.insert((until, msg_id));
+        (until, true)
+    }
+
+    /// Restores a tombstone read back from the store.
+    pub fn restore_tombstone(&mut self, msg_id: MsgId, until: u64) {
+        self.set_tombstone(msg_id, until);
+    }
+
+    /// SPEC §4's acknowledgement for every id of `ack`: delete the envelope, free the quota,
+    /// leave a tombstone until the envelope's `expires_at` (unknown id: `ts + max_ttl`).
+    pub fn acknowledge(&mut self, ack: &AckObject, max_ttl_s: u64) -> AckEffect {
+        let mut effect = AckEffect::default();
+        for msg_id in &ack.msg_ids {
+            let until = match self.remove_pending(msg_id) {
+                Some(envelope) => {
+                    let until = envelope.expires_at;
+                    effect.removed.push(envelope);
+                    effect.changed = true;
+                    until
+                }
+                None => {
+                    effect.unknown += 1;
+                    ack.ts.saturating_add(max_ttl_s)
+                }
+            };
+            let (until, changed) = self.set_tombstone(msg_id.clone(), until);
+            effect.changed |= changed;
+            effect.tombstones.push((msg_id.clone(), until));
+        }
+        effect
+    }
+
+    /// Drops envelopes, tombstones and nonces whose time has come; returns the envelopes dropped.
+    pub fn expire(&mut self, now: u64) -> Vec<Arc<Envelope>> {
+        let mut expired = Vec::new();
+        while let Some((until, _)) = self.pending_expiry.first() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, msg_id)) = self.pending_expiry.pop_first()
+                && let Some(envelope) = self.remove_pending(&msg_id)
+            {
+                expired.push(envelope);
+            }
+        }
+        while let Some((until, _)) = self.tombstone_expiry.first() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, msg_id)) = self.tombstone_expiry.pop_first() {
+                self.tombstones.remove(&msg_id);
+            }
+        }
+        while let Some((until, _)) = self.nonce_expiry.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, nonce)) = self.nonce_expiry.pop_front() {
+                self.nonces.remove(&nonce);
+            }
+        }
+        expired
+    }
+
+    /// Records a poll nonce, refusing one already used within the window (SPEC §6.2).
+    pub fn use_nonce(
+        &mut self,
+        nonce: &str,
+        now: u64,
+        limits: &MailboxLimits,
+    ) -> Result<(), NonceRefusal> {
+        if self.nonces.contains_key(nonce) {
+            return Err(NonceRefusal::Replay);
+        }
+        if self.nonces.len() >= limits.nonces {
+            return Err(NonceRefusal::TooMany);
+        }
+        // A request signed at `ts` is accepted until `ts + SKEW`, and `ts >= now - SKEW`.
+        let until = now.saturating_add(2 * SKEW_S);
+        let nonce: Box<str> = nonce.into();
+        self.nonces.insert(nonce.clone(), until);
+        self.nonce_expiry.push_back((until, nonce));
+        Ok(())
+    }
+
+    /// The oldest `limit` deliverable envelopes (SPEC §6.2). Non-destructive.
+    pub fn poll(&self, limit: usize, now: u64) -> PollView {
+        let deliverable = self.order.iter().filter_map(|(_, id)| {
+            let entry = self.pending.get(id)?;
+            (entry.committed && entry.envelope.expires_at > now).then_some(&entry.envelope)
+        });
+        let mut messages = Vec::with_capacity(limit.min(self.pending.len()));
+        let mut pending = 0usize;
+        for envelope in deliverable {
+            if messages.len() < limit {
+                messages.push(Arc::clone(envelope));
+            }
+            pending += 1;
+        }
+        PollView {
+            has_more: pending > messages.len(),
+            messages,
+            pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn mailbox_of(owner: &SigningKey) -> MailboxKey {
+        MailboxKey::from_bytes(owner.verifying_key().to_bytes())
+    }
+
+    fn envelope(sender: &SigningKey, to: &SigningKey, id: &str, created_at: u64) -> Arc<Envelope> {
+        let msg_id = MsgId::parse("msg_id", id).unwrap();
+        Arc::new(Envelope::sign(
+            sender,
+            mailbox_of(to),
+            msg_id,
+            created_at,
+            created_at + 3600,
+            b"hello",
+        ))
+    }
+
+    fn ack(owner: &SigningKey, ids: &[&str]) -> AckObject {
+        let ids = ids
+            .iter()
+            .map(|id| MsgId::parse("msg_ids", id).unwrap())
+            .collect();
+        AckObject::sign(owner, NOW, ids)
+    }
+
+    #[test]
+    fn rule_5_accepts_until_rule_4_caps_the_sender() {
+        let (alice, bob) = (key(1), key(2));
+        let limits = MailboxLimits::default();
+        let mut state = MailboxState::default();
+        for i in 0..2 {
+            let e = envelope(&alice, &bob, &format!("m{i}"), NOW);
+            assert_eq!(state.decide(&e, &limits), Decision::Accept);
+            state.insert(e, true);
+        }
+        let third = envelope(&alice, &bob, "m2", NOW);
+        assert_eq!(
+            state.decide(&third, &limits),
+            Decision::CapViolation {
+                pending: 2,
+                limit: 2
+            }
+        );
+        // Another sender is not affected by Alice's cap.
+        let carol = key(3);
+        assert_eq!(
+            state.decide(&envelope(&carol, &bob, "c0", NOW), &limits),
+            Decision::Accept
+        );
+    }
+
+    #[test]
+    fn uncommitted_entries_count_against_the_cap_but_are_not_delivered() {
+        let (alice, bob) = (key(1), key(2));
+        let limits = MailboxLimits::default();
+        let mut state = MailboxState::default();
+        state.insert(envelope(&alice, &bob, "m0", NOW), false);
+        state.insert(envelope(&alice, &bob, "m1", NOW), false);
+        assert!(matches!(
+            state.decide(&envelope(&alice, &bob, "m2", NOW), &limits),
+            Decision::CapViolation { .. }
+        ));
+        assert_eq!(state.poll(8, NOW).pending, 0);
+        state.mark_committed(&MsgId::parse("x", "m0").unwrap());
+        assert_eq!(state.poll(8, NOW).pending, 1);
+        assert!(state.remove_uncommitted(&envelope(&alice, &bob, "m1", NOW)));
+        assert_eq!(state.pending_from(&mailbox_of(&alice)), 1);
+    }
+
+    #[test]
+    fn rule_order_tombstone_then_duplicate_then_full_then_cap() {
+        let (alice, bob) = (key(1), key(2));
+        let limits = MailboxLimits {
+            pending_per_sender: 1,
+            mailbox: 1,
+            nonces: 16,
+        };
+        let mut state = MailboxState::default();
+        let first = envelope(&alice, &bob, "m0", NOW);
+        state.insert(Arc::clone(&first), true);
+        // Same id, same signature: duplicate beats full and cap.
+        assert_eq!(state.decide(&first, &limits), Decision::Duplicate);
+        // Same id, other signature: conflict.
+        let forged_twin = envelope(&alice, &bob, "m0", NOW + 1);
+        assert_eq!(state.decide(&forged_twin, &limits), Decision::Conflict);
+        // New id: the mailbox is full before the sender is capped.
+        assert_eq!(
+            state.decide(&envelope(&alice, &bob, "m1", NOW), &limits),
+            Decision::MailboxFull { limit: 1 }
+        );
+        // Acknowledged: tombstone beats everything.
+        let effect = state.acknowledge(&ack(&bob, &["m0"]), 604_800);
+        assert_eq!(effect.removed.len(), 1);
+        assert_eq!(state.decide(&first, &limits), Decision::Acked);
+    }
+
+    #[test]
+    fn ack_frees_quota_and_tombstones_unknown_ids_until_ts_plus_max_ttl() {
+        let (alice, bob) = (key(1), key(2));
+        let limits = MailboxLimits::default();
+        let mut state = MailboxState::default();
+        state.insert(envelope(&alice, &bob, "m0", NOW), true);
+        state.insert(envelope(&alice, &bob, "m1", NOW), true);
+        let effect = state.acknowledge(&ack(&bob, &["m0", "never-seen"]), 1000);
+        assert_eq!(effect.removed.len(), 1);
+        assert_eq!(effect.unknown, 1);
+        assert!(effect.changed);
+        let again = state.acknowledge(&ack(&bob, &["m0", "never-seen"]), 1000);
+        assert!(!again.changed, "a repeated ack changes nothing");
+        assert_eq!(again.unknown, 2);
+        assert_eq!(
+            effect.tombstones,
+            vec![
+                (MsgId::parse("x", "m0").unwrap(), NOW + 3600),
+                (MsgId::parse("x", "never-seen").unwrap(), NOW + 1000)
+            ]
+        );
+        assert_eq!(
+            state.decide(&envelope(&alice, &bob, "m2", NOW), &limits),
+            Decision::Accept
+        );
+        assert_eq!(
+            state.decide(&envelope(&alice, &bob, "never-seen", NOW), &limits),
+            Decision::Acked
+        );
+        // Tombstones go at their time, and the id could be used again.
+        state.expire(NOW + 1000);
+        assert_eq!(
+            state.decide(&envelope(&alice, &bob, "never-seen", NOW), &limits),
+            Decision::Accept
+        );
+        assert_eq!(
+            state.decide(&envelope(&alice, &bob, "m0", NOW), &limits),
+            Decision::Acked
+        );
+    }
+
+    #[test]
+    fn expiry_frees_quota() {
+        let (alice, bob) = (key(1), key(2));
+        let limits = MailboxLimits::default();
+        let mut state = MailboxState::default();
+        state.insert(envelope(&alice, &bob, "m0", NOW), true);
+        state.insert(envelope(&alice, &bob, "m1", NOW + 10), true);
+        assert_eq!(state.expire(NOW + 3599).len(), 0);
+        assert_eq!(state.expire(NOW + 3600).len(), 1);
+        assert_eq!(state.pending_from(&mailbox_of(&alice)), 1);
+        assert_eq!(
+            state.decide(&envelope(&alice, &bob, "m2", NOW), &limits),
+            Decision::Accept
+        );
+        state.expire(NOW + 3610);
+        assert!(state.is_empty());
+    }
+
+    #[test]
+    fn poll_is_oldest_first_limited_and_non_destructive() {
+        let (alice, carol, bob) = (key(1), key(3), key(2));
+        let mut state = MailboxState::default();
+        state.insert(envelope(&alice, &bob, "b", NOW + 5), true);
+        state.insert(envelope(&carol, &bob, "a", NOW + 5), true);
+        state.insert(envelope(&alice, &bob, "z", NOW), true);
+        let view = state.poll(2, NOW);
+        let ids: Vec<&str> = view.messages.iter().map(|e| e.msg_id.as_str()).collect();
+        assert_eq!(ids, ["z", "a"]);
+        assert_eq!(view.pending, 3);
+        assert!(view.has_more);
+        let all = state.poll(100, NOW);
+        assert_eq!(all.messages.len(), 3);
+        assert!(!all.has_more);
+        assert_eq!(state.poll(0, NOW).messages.len(), 0);
+        assert_eq!(state.poll(0, NOW).pending, 3);
+    }
+
+    #[test]
+    fn nonces_are_single_use_within_the_window_and_bounded() {
+        let limits = MailboxLimits {
+            nonces: 2,
+            ..MailboxLimits::default()
+        };
+        let mut state = MailboxState::default();
+        assert_eq!(state.use_nonce("n1", NOW, &limits), Ok(()));
+        assert_eq!(
+            state.use_nonce("n1", NOW, &limits),
+            Err(NonceRefusal::Replay)
+        );
+        assert_eq!(state.use_nonce("n2", NOW, &limits), Ok(()));
+        assert_eq!(
+            state.use_nonce("n3", NOW, &limits),
+            Err(NonceRefusal::TooMany)
+        );
+        state.expire(NOW + 2 * SKEW_S);
+        assert_eq!(state.use_nonce("n1", NOW + 2 * SKEW_S, &limits), Ok(()));
+    }
+}

@@ -1,0 +1,321 @@
+//! `MailboxShard`: the actor that owns a share of the mailboxes and takes every decision for them.
+//!
+//! A deposit, poll or ack for mailbox `M` always goes to the same shard (see
+//! [`super::MailboxRouter`]), which runs the rules of [`super::rules`] on `M`'s state and, when the
+//! state changes, hands the change to the store writer. The decision is taken (and the slot
+//! reserved) at once, so racing deposits cannot both pass the cap; the reply waits for the
+//! commit without blocking the shard, which goes on serving other messages meanwhile.
+
+use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView};
+use super::{ChangeSink, Origin};
+use crate::metrics::Metrics;
+use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
+use crate::store::{StoreHandle, StoreOp, WriterError};
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Messages that may wait in one shard's queue; past that, requests get 503.
+pub const SHARD_QUEUE_CAPACITY: usize = 4096;
+/// How often a shard drops expired envelopes, tombstones and nonces of idle mailboxes.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why a shard could not finish a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShardError {
+    #[error("the mailbox service is overloaded")]
+    Overloaded,
+    #[error("the mailbox service is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<WriterError> for ShardError {
+    fn from(err: WriterError) -> Self {
+        match err {
+            WriterError::Overloaded => ShardError::Overloaded,
+            other => ShardError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Store an envelope in its mailbox (SPEC §4), from a client or a peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deposit {
+    pub envelope: Arc<Envelope>,
+    pub origin: Origin,
+    pub reply: oneshot::Sender<Result<Decision, ShardError>>,
+}
+
+/// Read a mailbox (SPEC §6.2); the request's signature and freshness are already checked.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Poll {
+    pub request: PollRequest,
+    pub reply: oneshot::Sender<Result<PollView, NonceRefusal>>,
+}
+
+/// What an applied ack reports (SPEC §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckReport {
+    pub removed: usize,
+    pub unknown: usize,
+}
+
+/// Apply an ack object (SPEC §4 and §6.3); its signature is already checked.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Acknowledge {
+    pub ack: Arc<AckObject>,
+    pub origin: Origin,
+    pub reply: oneshot::Sender<Result<AckReport, ShardError>>,
+}
+
+/// Load state read back from the store at start-up (before any request is served).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restore {
+    pub envelopes: Vec<Arc<Envelope>>,
+    pub tombstones: Vec<(MailboxKey, MsgId, u64)>,
+}
+
+pub struct MailboxShard {
+    mailboxes: HashMap<MailboxKey, MailboxState>,
+    limits: MailboxLimits,
+    max_ttl_s: u64,
+    store: StoreHandle,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn ChangeSink>,
+}
+
+impl MailboxShard {
+    pub fn new(
+        limits: MailboxLimits,
+        max_ttl_s: u64,
+        store: StoreHandle,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn ChangeSink>,
+    ) -> Self {
+        Self {
+            mailboxes: HashMap::new(),
+            limits,
+            max_ttl_s,
+            store,
+            metrics,
+            sink,
+        }
+    }
+
+    /// The state of `mailbox`, with everything whose time has come already dropped.
+    fn mailbox(&mut self, mailbox: MailboxKey, now: u64) -> &mut MailboxState {
+        let state = self.mailboxes.entry(mailbox).or_default();
+        let expired = state.expire(now);
+        self.metrics.pending_envelopes.sub(expired.len() as i64);
+        state
+    }
+
+    /// Forgets a mailbox that holds nothing any more.
+    fn release_if_empty(&mut self, mailbox: &MailboxKey) {
+        if self
+            .mailboxes
+            .get(mailbox)
+            .is_some_and(MailboxState::is_empty)
+        {
+            self.mailboxes.remove(mailbox);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = now_unix();
+        let mut expired = 0usize;
+        self.mailboxes.retain(|_, state| {
+            expired += state.expire(now).len();
+            !state.is_empty()
+        });
+        self.metrics.pending_envelopes.sub(expired as i64);
+    }
+
+    fn count_decision(&self, decision: Decision, origin: &Origin) {
+        let m = &self.metrics;
+        match origin {
+            Origin::Client => {
+                let status = match decision {
+                    Decision::Accept => "accepted",
+                    Decision::Duplicate => "duplicate",
+                    Decision::Acked => "acked",
+                    Decision::Conflict => "conflict",
+                    Decision::MailboxFull { .. } => "mailbox_full",
+                    Decision::CapViolation { .. } => {
+                        m.drop_per_sender_cap_total.inc();
+                        "cap_violation"
+                    }
+                };
+                m.deposit_total.with_label_values(&[status]).inc();
+            }
+            Origin::Peer(_) => match decision {
+                Decision::Accept => m.replica_accepted_total.inc(),
+                Decision::Duplicate => m.replica_duplicate_total.inc(),
+                Decision::MailboxFull { .. } => m.replica_drop_full_total.inc(),
+                Decision::CapViolation { .. } => m.replica_drop_per_sender_cap_total.inc(),
+                Decision::Acked | Decision::Conflict => {}
+            },
+        }
+    }
+}
+
+impl Actor for MailboxShard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(SHARD_QUEUE_CAPACITY);
+        ctx.run_interval(SWEEP_INTERVAL, |shard, _| shard.sweep());
+    }
+}
+
+impl Handler<Deposit> for MailboxShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deposit, ctx: &mut Self::Context) {
+        let Deposit {
+            envelope,
+            origin,
+            reply,
+        } = msg;
+        let limits = self.limits;
+        let state = self.mailbox(envelope.mailbox, now_unix());
+        let decision = state.decide(&envelope, &limits);
+        if decision != Decision::Accept {
+            self.count_decision(decision, &origin);
+            self.release_if_empty(&envelope.mailbox);
+            let _ = reply.send(Ok(decision));
+            return;
+        }
+        // Reserve the slot now, so that the next deposit already sees it.
+        state.insert(Arc::clone(&envelope), false);
+        self.metrics.pending_envelopes.inc();
+        let commit = self
+            .store
+            .commit(vec![StoreOp::PutEnvelope(Arc::clone(&envelope))]);
+        ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
+            let outcome = match result {
+                Ok(_) => {
+                    if let Some(state) = shard.mailboxes.get_mut(&envelope.mailbox) {
+                        state.mark_committed(&envelope.msg_id);
+                    }
+                    shard.count_decision(Decision::Accept, &origin);
+                    if origin == Origin::Client {
+                        shard.sink.envelope_stored(&envelope);
+                    }
+                    Ok(Decision::Accept)
+                }
+                Err(err) => {
+                    if let Some(state) = shard.mailboxes.get_mut(&envelope.mailbox)
+                        && state.remove_uncommitted(&envelope)
+                    {
+                        shard.metrics.pending_envelopes.dec();
+                    }
+                    shard.release_if_empty(&envelope.mailbox);
+                    shard
+                        .metrics
+                        .deposit_total
+                        .with_label_values(&["unavailable"])
+                        .inc();
+                    Err(ShardError::from(err))
+                }
+            };
+            let _ = reply.send(outcome);
+        }));
+    }
+}
+
+impl Handler<Poll> for MailboxShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Poll, _: &mut Self::Context) {
+        let now = now_unix();
+        let limits = self.limits;
+        let mailbox = msg.request.mailbox;
+        let state = self.mailbox(mailbox, now);
+        let outcome = state.use_nonce(&msg.request.nonce, now, &limits).map(|()| {
+            state.poll(
+                usize::try_from(msg.request.limit).unwrap_or(usize::MAX),
+                now,
+            )
+        });
+        self.release_if_empty(&mailbox);
+        let _ = msg.reply.send(outcome);
+    }
+}
+
+impl Handler<Acknowledge> for MailboxShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Acknowledge, ctx: &mut Self::Context) {
+        let Acknowledge { ack, origin, reply } = msg;
+        let max_ttl_s = self.max_ttl_s;
+        let state = self.mailbox(ack.mailbox, now_unix());
+        let effect = state.acknowledge(&ack, max_ttl_s);
+        let report = AckReport {
+            removed: effect.removed.len(),
+            unknown: effect.unknown,
+        };
+        self.metrics
+            .pending_envelopes
+            .sub(effect.removed.len() as i64);
+        if !effect.changed {
+            // Already applied: nothing new to store or to tell the peers.
+            let _ = reply.send(Ok(report));
+            return;
+        }
+        self.metrics.ack_total.inc();
+        let live_until = effect
+            .tombstones
+            .iter()
+            .map(|(_, until)| *until)
+            .max()
+            .unwrap_or(ack.ts);
+        let op = StoreOp::ApplyAck {
+            ack: Arc::clone(&ack),
+            removed: effect.removed.iter().map(|e| e.msg_id.clone()).collect(),
+            tombstones: effect.tombstones,
+            live_until,
+        };
+        let commit = self.store.commit(vec![op]);
+        ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
+            let outcome = match result {
+                Ok(_) => {
+                    if origin == Origin::Client {
+                        shard.sink.ack_applied(&ack);
+                    }
+                    Ok(report)
+                }
+                // The ack stays applied in memory (it is idempotent and the client will retry);
+                // the store catches up with the retry.
+                Err(err) => Err(ShardError::from(err)),
+            };
+            let _ = reply.send(outcome);
+        }));
+    }
+}
+
+impl Handler<Restore> for MailboxShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Restore, _: &mut Self::Context) {
+        let now = now_unix();
+        for (mailbox, msg_id, until) in msg.tombstones {
+            self.mailbox(mailbox, now).restore_tombstone(msg_id, until);
+        }
+        for envelope in msg.envelopes {
+            let state = self.mailbox(envelope.mailbox, now);
+            // The store holds only what the rules accepted, but a tombstone written after the
+            // envelope wins, exactly as it did before the restart.
+            if state.decide(&envelope, &MailboxLimits::UNLIMITED) == Decision::Accept {
+                state.insert(envelope, true);
+                self.metrics.pending_envelopes.inc();
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The `dmrelay` command: `serve` runs a node; `keygen` makes a key; `envelope`, `poll-request`
+//! and `ack-request` print signed JSON to send with curl (for trying a node by hand).
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+use clap::{Parser, Subcommand};
+use dmrelay::config::Settings;
+use dmrelay::node::{self, Listeners};
+use dmrelay::protocol::{
+    AckObject, Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix,
+    random_hex, signing_key_from_hex,
+};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "dmrelay",
+    version,
+    about = "Store-and-forward relay for end-to-end-encrypted direct messages"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a relay node (settings: config file, then MESH_* environment variables; see README).
+    Serve {
+        /// TOML configuration file [default: config/node.toml when it exists].
+        #[arg(long, env = "MESH_DM_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Write a new Ed25519 key file (hex seed, mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, default_value = "dmrelay.key")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a signed envelope (JSON for POST /api/mesh/dm/send). The text is NOT encrypted:
+    /// this is for trying a relay; real clients encrypt before signing.
+    Envelope {
+        /// The sender's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The recipient's public key (64 lowercase hex).
+        #[arg(long)]
+        to: String,
+        /// The message bytes (placed in `ciphertext` as they are).
+        #[arg(long)]
+        text: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        /// Message id [default: random].
+        #[arg(long)]
+        msg_id: Option<String>,
+    },
+    /// Print a signed poll request (JSON for POST /api/mesh/dm/poll).
+    PollRequest {
+        /// The mailbox owner's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Most messages to return (0..=100).
+        #[arg(long, default_value_t = 8)]
+        limit: u64,
+    },
+    /// Print a signed ack object (JSON for POST /api/mesh/dm/ack).
+    AckRequest {
+        /// The mailbox owner's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Message ids to acknowledge.
+        #[arg(required = true)]
+        msg_ids: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Envelope {
+            key,
+            to,
+            text,
+            ttl,
+            msg_id,
+        } => print_envelope(&key, &to, &text, ttl, msg_id),
+        Command::PollRequest { key, limit } => print_poll(&key, limit),
+        Command::AckRequest { key, msg_ids } => print_ack(&key, &msg_ids),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("dmrelay: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(config: Option<&Path>) -> Result<(), String> {
+    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+    init_logging();
+    let listeners = match inherited_listeners()? {
+        Some(listeners) => listeners,
+        None => Listeners::bind(&settings).map_err(|e| e.to_string())?,
+    };
+    actix_rt::System::new()
+        .block_on(node::run(settings, listeners))
+        .map_err(|e| e.to_string())
+}
+
+/// Sockets passed by a supervisor (systemd socket activation: `LISTEN_FDS`, fds from 3). The
+/// first is the client plane, the second (if any) the peer plane. Tests use this too, so that a
+/// node restarted after `kill -9` keeps its port.
+fn inherited_listeners() -> Result<Option<Listeners>, String> {
+    use std::os::fd::FromRawFd as _;
+    let Ok(count) = std::env::var("LISTEN_FDS") else {
+        return Ok(None);
+    };
+    if let Ok(pid) = std::env::var("LISTEN_PID")
+        && pid.trim() != std::process::id().to_string()
+    {
+        return Ok(None);
+    }
+    let count: i32 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid configuration: LISTEN_FDS: {count:?} is not a number"))?;
+    if !(1..=2).contains(&count) {
+        return Err(format!(
+            "invalid configuration: LISTEN_FDS: expected 1 or 2 sockets, got {count}"
+        ));
+    }
+    // SAFETY: by the socket-activation protocol, fds 3.. are listening sockets handed to this
+    // process and owned by nobody else in it.
+    #[allow(unsafe_code)]
+    let take = |fd: i32| unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    let client = take(3);
+    let peer = (count == 2).then(|| take(4));
+    for listener in std::iter::once(&client).chain(peer.as_ref()) {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("inherited socket unusable: {e}"))?;
+    }
+    Ok(Some(Listeners { client, peer }))
+}
+
+fn keygen(out: &Path, force: bool) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = generate_signing_key().map_err(|e| format!("no randomness: {e}"))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(out).map_err(|e| {
+        format!(
+            "cannot write {}: {e}{}",
+            out.display(),
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                " (use --force to replace it)"
+            } else {
+                ""
+            }
+        )
+    })?;
+    writeln!(file, "{}", hex::encode(key.to_bytes()))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    println!("{}", hex::encode(key.verifying_key().to_bytes()));
+    eprintln!("secret key written to {} (mode 0600)", out.display());
+    Ok(())
+}
+
+fn load_key(path: &Path) -> Result<ed25519_dalek::SigningKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    signing_key_from_hex(&text).ok_or_else(|| {
+        format!(
+            "{} is not a dmrelay key file (64 hex characters)",
+            path.display()
+        )
+    })
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
+    let text = serde_json::to_string(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+fn print_envelope(
+    key: &Path,
+    to: &str,
+    text: &str,
+    ttl: u64,
+    msg_id: Option<String>,
+) -> Result<(), String> {
+    let sender = load_key(key)?;
+    let mailbox = MailboxKey::parse("--to", to).map_err(|e| e.to_string())?;
+    let msg_id = match msg_id {
+        Some(id) => id,
+        None => random_hex(16).map_err(|e| format!("no randomness: {e}"))?,
+    };
+    let msg_id = MsgId::parse("--msg-id", &msg_id).map_err(|e| e.to_string())?;
+    let now = now_unix();
+    let envelope = Envelope::sign(&sender, mailbox, msg_id, now, now + ttl, text.as_bytes());
+    print_json(&envelope)
+}
+
+fn print_poll(key: &Path, limit: u64) -> Result<(), String> {
+    let owner = load_key(key)?;
+    let nonce = random_hex(16).map_err(|e| format!("no randomness: {e}"))?;
+    print_json(&PollRequest::sign(&owner, now_unix(), nonce, limit).to_json())
+}
+
+fn print_ack(key: &Path, msg_ids: &[String]) -> Result<(), String> {
+    let owner = load_key(key)?;
+    let ids = msg_ids
+        .iter()
+        .map(|id| MsgId::parse("msg_ids", id).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    print_json(&AckObject::sign(&owner, now_unix(), ids))
+}

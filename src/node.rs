@@ -1,0 +1,179 @@
+//! Starting and stopping a node: store, writer, shards, peer actors, HTTP servers, signals.
+//!
+//! Order matters: the store is opened and its state recovered into the shards before the first
+//! request is accepted; on SIGTERM/SIGINT the servers stop accepting, finish in-flight requests,
+//! and only then does the writer commit what is queued and stop.
+
+use crate::config::{PersistMode, Settings};
+use crate::http::{self, AppState};
+use crate::mailbox::rules::MailboxLimits;
+use crate::mailbox::{ChangeSink, MailboxRouter, NoPeers};
+use crate::metrics::Metrics;
+use crate::protocol::{EnvelopeLimits, now_unix};
+use crate::store::{RedbStore, Store, StoreHandle};
+use actix_web::{App, HttpServer, web};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Sockets a node serves on.
+pub struct Listeners {
+    /// The client plane (and the peer plane when `peer` is None).
+    pub client: TcpListener,
+    /// A separate peer plane (`MESH_DM_PEER_LISTEN`).
+    pub peer: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `settings`.
+    pub fn bind(settings: &Settings) -> std::io::Result<Self> {
+        let client = TcpListener::bind(settings.listen).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", settings.listen),
+            )
+        })?;
+        let peer = match settings.peer_listen {
+            Some(addr) => Some(TcpListener::bind(addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(Self { client, peer })
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Mailbox(#[from] crate::mailbox::MailboxError),
+}
+
+/// Runs a node until SIGTERM/SIGINT. Must be called inside an actix `System`.
+pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn Store> = match settings.persist {
+        PersistMode::Fsync => Arc::new(RedbStore::open(&settings.data_dir)?),
+        PersistMode::Memory => Arc::new(RedbStore::in_memory()?),
+    };
+    let recovered = store.recover(now_unix())?;
+    tracing::info!(
+        epoch = store.epoch(),
+        envelopes = recovered.envelopes.len(),
+        tombstones = recovered.tombstones.len(),
+        persist = ?settings.persist,
+        data_dir = %settings.data_dir.display(),
+        "store opened"
+    );
+    let (store_handle, writer) = StoreHandle::start(Arc::clone(&store), Arc::clone(&metrics))?;
+    let sink: Arc<dyn ChangeSink> = Arc::new(NoPeers);
+    let limits = MailboxLimits {
+        pending_per_sender: settings.pending_per_sender_limit,
+        mailbox: settings.mailbox_limit,
+        ..MailboxLimits::default()
+    };
+    let mailboxes = MailboxRouter::start(
+        settings.shards,
+        limits,
+        settings.max_ttl_s,
+        store_handle.clone(),
+        Arc::clone(&metrics),
+        sink,
+        recovered,
+    )
+    .await?;
+    let state = web::Data::new(AppState {
+        mailboxes,
+        envelope_limits: EnvelopeLimits {
+            max_msg_bytes: settings.max_msg_bytes,
+            max_ttl_s: settings.max_ttl_s,
+        },
+        metrics: Arc::clone(&metrics),
+        self_peer_url: settings.self_peer_url.clone(),
+    });
+
+    let client_addr = listeners.client.local_addr()?;
+    let separate_peer_lane = listeners.peer.is_some();
+    let client_state = state.clone();
+    let client_server = HttpServer::new(move || {
+        App::new()
+            .app_data(client_state.clone())
+            .configure(http::client_routes)
+            .configure(http::service_routes)
+            .configure(http::fallback)
+    })
+    .workers(settings.http_workers)
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+    .disable_signals()
+    .listen(listeners.client)?
+    .run();
+    let mut servers = vec![client_server];
+    if let Some(peer_listener) = listeners.peer {
+        let peer_addr = peer_listener.local_addr()?;
+        let peer_state = state.clone();
+        let peer_server = HttpServer::new(move || {
+            App::new()
+                .app_data(peer_state.clone())
+                .configure(http::service_routes)
+                .configure(http::fallback)
+        })
+        .workers(settings.http_workers.div_ceil(2))
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .disable_signals()
+        .listen(peer_listener)?
+        .run();
+        servers.push(peer_server);
+        tracing::info!(%peer_addr, "peer plane listening");
+    }
+    tracing::info!(
+        %client_addr,
+        separate_peer_lane,
+        node = %settings.self_peer_url,
+        peers = settings.peers.len(),
+        "dmrelay listening on http://{client_addr}"
+    );
+
+    let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
+    actix_rt::spawn(async move {
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        for handle in &handles {
+            handle.stop(true).await;
+        }
+    });
+    for server in servers {
+        server.await?;
+    }
+    store_handle.shutdown();
+    // Joining blocks this thread, which serves nothing any more.
+    writer.join();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}

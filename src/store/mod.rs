@@ -1,0 +1,94 @@
+//! Durable state: the [`Store`] trait, its redb implementation, and the group-commit writer.
+//!
+//! Mailbox actors never touch the disk. They send [`StoreOp`]s to the single [`writer`]
+//! thread through a bounded channel; the writer takes every request that arrived while the
+//! previous commit was running, applies them in one transaction (one fsync), assigns each
+//! stored change its `seq` in commit order, then answers every request. A 200 on deposit or ack
+//! is sent only after that answer, so it means "on disk".
+//!
+//! What is stored (see [`redb_store`] for the tables): every accepted envelope and every applied
+//! ack object as a *change* numbered by a strictly increasing `seq`; tombstones; an expiry index
+//! that lets garbage collection drop expired changes and tombstones without a scan; and small
+//! metadata (the store's epoch, the next seq, peer cursors). `MESH_DM_PERSIST=memory` runs the
+//! very same code on redb's in-memory backend.
+
+pub mod redb_store;
+pub mod writer;
+
+use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
+use std::sync::Arc;
+
+pub use redb_store::RedbStore;
+pub use writer::{StoreHandle, WriterError};
+
+/// One change to apply in a commit.
+#[derive(Debug, Clone)]
+pub enum StoreOp {
+    /// An envelope accepted by its mailbox (gets a seq).
+    PutEnvelope(Arc<Envelope>),
+    /// An ack object applied to its mailbox (gets a seq): removes the listed envelopes and writes
+    /// the tombstones. The ack stays in the change feed until `live_until`.
+    ApplyAck {
+        ack: Arc<AckObject>,
+        removed: Vec<MsgId>,
+        tombstones: Vec<(MsgId, u64)>,
+        live_until: u64,
+    },
+    /// Small metadata, e.g. a peer cursor.
+    PutMeta { key: String, value: Vec<u8> },
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Backend(String),
+    #[error("corrupt record in the store: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub(crate) fn backend(err: impl std::fmt::Display) -> Self {
+        Self::Backend(err.to_string())
+    }
+}
+
+/// State read back at start-up.
+#[derive(Default)]
+pub struct Recovered {
+    pub envelopes: Vec<Arc<Envelope>>,
+    pub tombstones: Vec<(MailboxKey, MsgId, u64)>,
+}
+
+/// One entry of the change feed (SPEC §7.3), as stored JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEntry {
+    /// The envelope's JSON.
+    Envelope(String),
+    /// The ack object's JSON.
+    Ack(String),
+}
+
+/// A page of the change feed.
+#[derive(Debug, Default)]
+pub struct FeedPage {
+    pub changes: Vec<(u64, FeedEntry)>,
+    pub more: bool,
+}
+
+/// What a store must do. One implementation ([`RedbStore`]) serves both the file and the
+/// memory mode; the trait keeps the rest of the node independent of it.
+pub trait Store: Send + Sync + 'static {
+    /// The id of this store, created with it (SPEC §7.3).
+    fn epoch(&self) -> &str;
+    /// Applies `ops` in one durable transaction; returns the seq given to each op (if any).
+    fn commit(&self, ops: &[StoreOp]) -> Result<Vec<Option<u64>>, StoreError>;
+    /// Drops changes and tombstones whose time has come; returns how many records went.
+    fn collect_garbage(&self, now: u64) -> Result<usize, StoreError>;
+    /// Reads back live envelopes and tombstones.
+    fn recover(&self, now: u64) -> Result<Recovered, StoreError>;
+    /// The live changes after `since`, in seq order.
+    fn changes_since(&self, since: u64, limit: usize, now: u64) -> Result<FeedPage, StoreError>;
+    /// Small metadata written with [`StoreOp::PutMeta`].
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+}

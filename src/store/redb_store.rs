@@ -1,0 +1,597 @@
+//! The [`Store`] on redb: a file with fsync on every commit, or redb's in-memory backend.
+//!
+//! Tables:
+//! - `meta`: `epoch`, `next_seq`, peer cursors (`cursor/...`).
+//! - `changes`: `seq -> until(8, BE) ‖ kind(1: 'E' envelope, 'A' ack) ‖ JSON`.
+//! - `envelope_index`: `mailbox(32) ‖ msg_id -> seq` of its pending envelope.
+//! - `tombstones`: `mailbox(32) ‖ msg_id -> until`.
+//! - `expiry`: `until(8, BE) ‖ kind ‖ payload -> ()`, where kind 'C' carries `seq(8) ‖ key?` of a
+//!   change and 'T' the key of a tombstone; a range scan up to `now` finds what to drop.
+
+use super::{FeedEntry, FeedPage, Recovered, Store, StoreError, StoreOp};
+use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+const ENVELOPE_INDEX: TableDefinition<&[u8], u64> = TableDefinition::new("envelope_index");
+const TOMBSTONES: TableDefinition<&[u8], u64> = TableDefinition::new("tombstones");
+const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
+
+const KIND_ENVELOPE: u8 = b'E';
+const KIND_ACK: u8 = b'A';
+const EXPIRY_CHANGE: u8 = b'C';
+const EXPIRY_TOMBSTONE: u8 = b'T';
+
+/// The database file's name inside `MESH_DM_DATA_DIR`.
+pub const DATABASE_FILE: &str = "dmrelay.redb";
+
+/// Most records one garbage collection pass drops (keeps each pass short).
+const GC_BATCH_RECORDS: usize = 10_000;
+
+pub struct RedbStore {
+    db: Database,
+    epoch: String,
+    durable: bool,
+}
+
+/// `mailbox ‖ msg_id`, the key of an envelope or tombstone.
+fn envelope_key(mailbox: &MailboxKey, msg_id: &MsgId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32 + msg_id.as_str().len());
+    key.extend_from_slice(mailbox.as_bytes());
+    key.extend_from_slice(msg_id.as_str().as_bytes());
+    key
+}
+
+fn split_envelope_key(key: &[u8]) -> Result<(MailboxKey, MsgId), StoreError> {
+    let (mailbox, msg_id) = key
+        .split_at_checked(32)
+        .ok_or_else(|| StoreError::Corrupt("short envelope key".into()))?;
+    let mailbox: [u8; 32] = mailbox
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("short mailbox key".into()))?;
+    let msg_id = std::str::from_utf8(msg_id)
+        .ok()
+        .and_then(|id| MsgId::parse("msg_id", id).ok())
+        .ok_or_else(|| StoreError::Corrupt("bad msg_id in key".into()))?;
+    Ok((MailboxKey::from_bytes(mailbox), msg_id))
+}
+
+fn change_record(until: u64, kind: u8, json: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(9 + json.len());
+    record.extend_from_slice(&until.to_be_bytes());
+    record.push(kind);
+    record.extend_from_slice(json);
+    record
+}
+
+/// `(until, kind, json)` of a change record.
+fn parse_change_record(record: &[u8]) -> Result<(u64, u8, &[u8]), StoreError> {
+    let (head, json) = record
+        .split_at_checked(9)
+        .ok_or_else(|| StoreError::Corrupt("short change record".into()))?;
+    let mut until = [0u8; 8];
+    until.copy_from_slice(&head[..8]);
+    Ok((u64::from_be_bytes(until), head[8], json))
+}
+
+fn expiry_key(until: u64, kind: u8, payload: &[&[u8]]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + payload.iter().map(|p| p.len()).sum::<usize>());
+    key.extend_from_slice(&until.to_be_bytes());
+    key.push(kind);
+    for part in payload {
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("bad integer".into()))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let db = Database::create(data_dir.join(DATABASE_FILE)).map_err(StoreError::backend)?;
+        Self::init(db, true)
+    }
+
+    /// A store that keeps everything in RAM (`MESH_DM_PERSIST=memory`).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(StoreError::backend)?;
+        Self::init(db, false)
+    }
+
+    fn init(db: Database, durable: bool) -> Result<Self, StoreError> {
+        let txn = db.begin_write().map_err(StoreError::backend)?;
+        let epoch = {
+            let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
+            let existing = meta
+                .get("epoch")
+                .map_err(StoreError::backend)?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            let epoch = match existing {
+                Some(epoch) => epoch,
+                None => {
+                    let epoch = crate::protocol::random_hex(16)
+                        .map_err(|e| StoreError::Backend(format!("no randomness: {e}")))?;
+                    meta.insert("epoch", epoch.as_bytes())
+                        .map_err(StoreError::backend)?;
+                    meta.insert("next_seq", 1u64.to_be_bytes().as_slice())
+                        .map_err(StoreError::backend)?;
+                    epoch
+                }
+            };
+            drop(meta);
+            // Create every table so that readers never meet a missing one.
+            txn.open_table(CHANGES).map_err(StoreError::backend)?;
+            txn.open_table(ENVELOPE_INDEX)
+                .map_err(StoreError::backend)?;
+            txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
+            txn.open_table(EXPIRY).map_err(StoreError::backend)?;
+            epoch
+        };
+        txn.commit().map_err(StoreError::backend)?;
+        Ok(Self { db, epoch, durable })
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(StoreError::backend)?;
+        let durability = if self.durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability)
+            .map_err(StoreError::backend)?;
+        Ok(txn)
+    }
+}
+
+/// The tables of one write transaction, opened once per commit.
+struct WriteTables<'t> {
+    meta: redb::Table<'t, &'static str, &'static [u8]>,
+    changes: redb::Table<'t, u64, &'static [u8]>,
+    index: redb::Table<'t, &'static [u8], u64>,
+    tombstones: redb::Table<'t, &'static [u8], u64>,
+    expiry: redb::Table<'t, &'static [u8], ()>,
+}
+
+impl<'t> WriteTables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            meta: txn.open_table(META).map_err(StoreError::backend)?,
+            changes: txn.open_table(CHANGES).map_err(StoreError::backend)?,
+            index: txn
+                .open_table(ENVELOPE_INDEX)
+                .map_err(StoreError::backend)?,
+            tombstones: txn.open_table(TOMBSTONES).map_err(StoreError::backend)?,
+            expiry: txn.open_table(EXPIRY).map_err(StoreError::backend)?,
+        })
+    }
+
+    fn put_envelope(&mut self, seq: u64, envelope: &Envelope) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(envelope).map_err(StoreError::backend)?;
+        let key = envelope_key(&envelope.mailbox, &envelope.msg_id);
+        self.changes
+            .insert(
+                seq,
+                change_record(envelope.expires_at, KIND_ENVELOPE, &json).as_slice(),
+            )
+            .map_err(StoreError::backend)?;
+        self.index
+            .insert(key.as_slice(), seq)
+            .map_err(StoreError::backend)?;
+        let expiry = expiry_key(
+            envelope.expires_at,
+            EXPIRY_CHANGE,
+            &[&seq.to_be_bytes(), &key],
+        );
+        self.expiry
+            .insert(expiry.as_slice(), ())
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    fn remove_envelope(&mut self, mailbox: &MailboxKey, msg_id: &MsgId) -> Result<(), StoreError> {
+        let key = envelope_key(mailbox, msg_id);
+        let Some(seq) = self
+            .index
+            .remove(key.as_slice())
+            .map_err(StoreError::backend)?
+            .map(|v| v.value())
+        else {
+            return Ok(());
+        };
+        let record = self
+            .changes
+            .remove(seq)
+            .map_err(StoreError::backend)?
+            .map(|v| v.value().to_vec());
+        if let Some(record) = record {
+            let (until, _, _) = parse_change_record(&record)?;
+            let expiry = expiry_key(until, EXPIRY_CHANGE, &[&seq.to_be_bytes(), &key]);
+            self.expiry
+                .remove(expiry.as_slice())
+                .map_err(StoreError::backend)?;
+        }
+        Ok(())
+    }
+
+    fn put_tombstone(
+        &mut self,
+        mailbox: &MailboxKey,
+        msg_id: &MsgId,
+        until: u64,
+    ) -> Result<(), StoreError> {
+        let key = envelope_key(mailbox, msg_id);
+        let old = self
+            .tombstones
+            .get(key.as_slice())
+            .map_err(StoreError::backend)?
+            .map(|v| v.value());
+        if let Some(old) = old {
+            if old >= until {
+                return Ok(());
+            }
+            let stale = expiry_key(old, EXPIRY_TOMBSTONE, &[&key]);
+            self.expiry
+                .remove(stale.as_slice())
+                .map_err(StoreError::backend)?;
+        }
+        self.tombstones
+            .insert(key.as_slice(), until)
+            .map_err(StoreError::backend)?;
+        let expiry = expiry_key(until, EXPIRY_TOMBSTONE, &[&key]);
+        self.expiry
+            .insert(expiry.as_slice(), ())
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    fn apply_ack(
+        &mut self,
+        seq: u64,
+        ack: &AckObject,
+        removed: &[MsgId],
+        tombstones: &[(MsgId, u64)],
+        live_until: u64,
+    ) -> Result<(), StoreError> {
+        for msg_id in removed {
+            self.remove_envelope(&ack.mailbox, msg_id)?;
+        }
+        for (msg_id, until) in tombstones {
+            self.put_tombstone(&ack.mailbox, msg_id, *until)?;
+        }
+        let json = serde_json::to_vec(ack).map_err(StoreError::backend)?;
+        self.changes
+            .insert(seq, change_record(live_until, KIND_ACK, &json).as_slice())
+            .map_err(StoreError::backend)?;
+        let expiry = expiry_key(live_until, EXPIRY_CHANGE, &[&seq.to_be_bytes()]);
+        self.expiry
+            .insert(expiry.as_slice(), ())
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    /// Drops one expired record named by an expiry key.
+    fn drop_expired(&mut self, expiry: &[u8]) -> Result<(), StoreError> {
+        let (head, payload) = expiry
+            .split_at_checked(9)
+            .ok_or_else(|| StoreError::Corrupt("short expiry key".into()))?;
+        let until = read_u64(&head[..8])?;
+        match head[8] {
+            EXPIRY_CHANGE => {
+                let (seq, key) = payload
+                    .split_at_checked(8)
+                    .ok_or_else(|| StoreError::Corrupt("short expiry payload".into()))?;
+                let seq = read_u64(seq)?;
+                self.changes.remove(seq).map_err(StoreError::backend)?;
+                if !key.is_empty() {
+                    let current = self
+                        .index
+                        .get(key)
+                        .map_err(StoreError::backend)?
+                        .map(|v| v.value());
+                    if current == Some(seq) {
+                        self.index.remove(key).map_err(StoreError::backend)?;
+                    }
+                }
+            }
+            EXPIRY_TOMBSTONE => {
+                let current = self
+                    .tombstones
+                    .get(payload)
+                    .map_err(StoreError::backend)?
+                    .map(|v| v.value());
+                if current == Some(until) {
+                    self.tombstones
+                        .remove(payload)
+                        .map_err(StoreError::backend)?;
+                }
+            }
+            other => {
+                return Err(StoreError::Corrupt(format!("unknown expiry kind {other}")));
+            }
+        }
+        self.expiry.remove(expiry).map_err(StoreError::backend)?;
+        Ok(())
+    }
+}
+
+impl Store for RedbStore {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn commit(&self, ops: &[StoreOp]) -> Result<Vec<Option<u64>>, StoreError> {
+        let txn = self.begin_write()?;
+        let mut seqs = Vec::with_capacity(ops.len());
+        {
+            let mut tables = WriteTables::open(&txn)?;
+            let mut next_seq = tables
+                .meta
+                .get("next_seq")
+                .map_err(StoreError::backend)?
+                .map(|v| read_u64(v.value()))
+                .transpose()?
+                .unwrap_or(1);
+            for op in ops {
+                match op {
+                    StoreOp::PutEnvelope(envelope) => {
+                        tables.put_envelope(next_seq, envelope)?;
+                        seqs.push(Some(next_seq));
+                        next_seq += 1;
+                    }
+                    StoreOp::ApplyAck {
+                        ack,
+                        removed,
+                        tombstones,
+                        live_until,
+                    } => {
+                        tables.apply_ack(next_seq, ack, removed, tombstones, *live_until)?;
+                        seqs.push(Some(next_seq));
+                        next_seq += 1;
+                    }
+                    StoreOp::PutMeta { key, value } => {
+                        tables
+                            .meta
+                            .insert(key.as_str(), value.as_slice())
+                            .map_err(StoreError::backend)?;
+                        seqs.push(None);
+                    }
+                }
+            }
+            tables
+                .meta
+                .insert("next_seq", next_seq.to_be_bytes().as_slice())
+                .map_err(StoreError::backend)?;
+        }
+        txn.commit().map_err(StoreError::backend)?;
+        Ok(seqs)
+    }
+
+    fn collect_garbage(&self, now: u64) -> Result<usize, StoreError> {
+        let txn = self.begin_write()?;
+        let mut dropped = 0;
+        {
+            let mut tables = WriteTables::open(&txn)?;
+            // Everything with until <= now: keys below (now + 1) in big-endian order.
+            let end = now.saturating_add(1).to_be_bytes();
+            let due: Vec<Vec<u8>> = tables
+                .expiry
+                .range::<&[u8]>(..end.as_slice())
+                .map_err(StoreError::backend)?
+                .take(GC_BATCH_RECORDS)
+                .map(|item| item.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(StoreError::backend)?;
+            for key in &due {
+                tables.drop_expired(key)?;
+                dropped += 1;
+            }
+        }
+        txn.commit().map_err(StoreError::backend)?;
+        Ok(dropped)
+    }
+
+    fn recover(&self, now: u64) -> Result<Recovered, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::backend)?;
+        let mut recovered = Recovered::default();
+        let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
+        for item in changes.iter().map_err(StoreError::backend)? {
+            let (_, record) = item.map_err(StoreError::backend)?;
+            let (until, kind, json) = parse_change_record(record.value())?;
+            if kind != KIND_ENVELOPE || until <= now {
+                continue;
+            }
+            let envelope: Envelope = serde_json::from_slice(json)
+                .map_err(|e| StoreError::Corrupt(format!("stored envelope: {e}")))?;
+            recovered.envelopes.push(Arc::new(envelope));
+        }
+        let tombstones = txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
+        for item in tombstones.iter().map_err(StoreError::backend)? {
+            let (key, until) = item.map_err(StoreError::backend)?;
+            let until = until.value();
+            if until > now {
+                let (mailbox, msg_id) = split_envelope_key(key.value())?;
+                recovered.tombstones.push((mailbox, msg_id, until));
+            }
+        }
+        Ok(recovered)
+    }
+
+    fn changes_since(&self, since: u64, limit: usize, now: u64) -> Result<FeedPage, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::backend)?;
+        let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
+        let mut page = FeedPage::default();
+        for item in changes
+            .range(since.saturating_add(1)..)
+            .map_err(StoreError::backend)?
+        {
+            let (seq, record) = item.map_err(StoreError::backend)?;
+            let (until, kind, json) = parse_change_record(record.value())?;
+            if until <= now {
+                continue;
+            }
+            if page.changes.len() == limit {
+                page.more = true;
+                break;
+            }
+            let json = String::from_utf8(json.to_vec())
+                .map_err(|_| StoreError::Corrupt("change is not UTF-8".into()))?;
+            let entry = match kind {
+                KIND_ENVELOPE => FeedEntry::Envelope(json),
+                KIND_ACK => FeedEntry::Ack(json),
+                other => return Err(StoreError::Corrupt(format!("unknown change kind {other}"))),
+            };
+            page.changes.push((seq.value(), entry));
+        }
+        Ok(page)
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::backend)?;
+        let meta = txn.open_table(META).map_err(StoreError::backend)?;
+        Ok(meta
+            .get(key)
+            .map_err(StoreError::backend)?
+            .map(|v| v.value().to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn envelope(id: &str, expires_at: u64) -> Arc<Envelope> {
+        let alice = SigningKey::from_bytes(&[1; 32]);
+        let bob = SigningKey::from_bytes(&[2; 32]);
+        Arc::new(Envelope::sign(
+            &alice,
+            MailboxKey::from_bytes(bob.verifying_key().to_bytes()),
+            MsgId::parse("m", id).unwrap(),
+            NOW,
+            expires_at,
+            b"x",
+        ))
+    }
+
+    fn ack_of(ids: &[&str]) -> Arc<AckObject> {
+        let bob = SigningKey::from_bytes(&[2; 32]);
+        Arc::new(AckObject::sign(
+            &bob,
+            NOW,
+            ids.iter().map(|i| MsgId::parse("m", i).unwrap()).collect(),
+        ))
+    }
+
+    fn ids(page: &FeedPage) -> Vec<u64> {
+        page.changes.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    #[test]
+    fn seqs_increase_in_commit_order_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch;
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            epoch = store.epoch().to_string();
+            let seqs = store
+                .commit(&[
+                    StoreOp::PutEnvelope(envelope("a", NOW + 100)),
+                    StoreOp::PutMeta {
+                        key: "cursor/x".into(),
+                        value: vec![1],
+                    },
+                    StoreOp::PutEnvelope(envelope("b", NOW + 100)),
+                ])
+                .unwrap();
+            assert_eq!(seqs, vec![Some(1), None, Some(2)]);
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.epoch(), epoch, "the epoch belongs to the store file");
+        let seqs = store
+            .commit(&[StoreOp::PutEnvelope(envelope("c", NOW + 100))])
+            .unwrap();
+        assert_eq!(seqs, vec![Some(3)]);
+        assert_eq!(store.get_meta("cursor/x").unwrap(), Some(vec![1]));
+        let recovered = store.recover(NOW).unwrap();
+        assert_eq!(recovered.envelopes.len(), 3);
+        assert_ne!(
+            RedbStore::in_memory().unwrap().epoch(),
+            epoch,
+            "a new store has a new epoch"
+        );
+    }
+
+    #[test]
+    fn ack_removes_envelope_from_feed_and_keeps_tombstones() {
+        let store = RedbStore::in_memory().unwrap();
+        store
+            .commit(&[
+                StoreOp::PutEnvelope(envelope("a", NOW + 100)),
+                StoreOp::PutEnvelope(envelope("b", NOW + 100)),
+            ])
+            .unwrap();
+        let ack = ack_of(&["a", "zz"]);
+        let a = MsgId::parse("m", "a").unwrap();
+        let zz = MsgId::parse("m", "zz").unwrap();
+        store
+            .commit(&[StoreOp::ApplyAck {
+                ack,
+                removed: vec![a.clone()],
+                tombstones: vec![(a, NOW + 100), (zz, NOW + 500)],
+                live_until: NOW + 500,
+            }])
+            .unwrap();
+        let page = store.changes_since(0, 10, NOW).unwrap();
+        assert_eq!(ids(&page), vec![2, 3]);
+        assert!(matches!(page.changes[1].1, FeedEntry::Ack(_)));
+        let recovered = store.recover(NOW).unwrap();
+        assert_eq!(recovered.envelopes.len(), 1);
+        assert_eq!(recovered.tombstones.len(), 2);
+
+        // At NOW+100 the envelope and one tombstone expire; the ack lives on until NOW+500.
+        store.collect_garbage(NOW + 100).unwrap();
+        assert_eq!(
+            ids(&store.changes_since(0, 10, NOW + 100).unwrap()),
+            vec![3]
+        );
+        assert_eq!(store.recover(NOW + 100).unwrap().tombstones.len(), 1);
+        store.collect_garbage(NOW + 500).unwrap();
+        assert!(store.changes_since(0, 10, NOW).unwrap().changes.is_empty());
+        assert!(store.recover(NOW).unwrap().tombstones.is_empty());
+    }
+
+    #[test]
+    fn feed_pages_by_limit() {
+        let store = RedbStore::in_memory().unwrap();
+        let ops: Vec<StoreOp> = (0..5)
+            .map(|i| StoreOp::PutEnvelope(envelope(&format!("m{i}"), NOW + 100)))
+            .collect();
+        store.commit(&ops).unwrap();
+        let first = store.changes_since(0, 2, NOW).unwrap();
+        assert_eq!(ids(&first), vec![1, 2]);
+        assert!(first.more);
+        let last = store.changes_since(4, 2, NOW).unwrap();
+        assert_eq!(ids(&last), vec![5]);
+        assert!(!last.more);
+    }
+}
