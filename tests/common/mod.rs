@@ -1,0 +1,359 @@
+//! Test harness: real `dmrelay serve` processes on 127.0.0.1:0, real HTTP, real signals.
+//!
+//! Each [`Node`] binds its listening socket(s) in the test process and hands them to the child
+//! through socket activation (`LISTEN_FDS`, fds 3 and 4). The test keeps its copy, so a node
+//! restarted after `kill -9` comes back on the same port and its peers' URLs stay valid.
+
+#![allow(dead_code)]
+
+use dmrelay::protocol::{
+    AckObject, Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix,
+    random_hex,
+};
+use ed25519_dalek::SigningKey;
+use serde_json::Value;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dmrelay");
+
+/// A node process and everything needed to restart it as it was.
+pub struct Node {
+    child: Option<Child>,
+    listener: TcpListener,
+    peer_listener: Option<TcpListener>,
+    env: Vec<(String, String)>,
+    _data: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    /// Base URL of the client plane, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// Base URL of the peer plane (same as `url` unless lanes are separate).
+    pub peer_url: String,
+}
+
+/// Settings of a node to start.
+#[derive(Default, Clone)]
+pub struct NodeConfig {
+    pub env: Vec<(String, String)>,
+    /// Serve the peer plane on its own socket.
+    pub separate_peer_lane: bool,
+}
+
+impl NodeConfig {
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// Binds 127.0.0.1:0 ahead of the node, so the URL is known before it starts.
+pub struct Reserved {
+    listener: TcpListener,
+    peer_listener: Option<TcpListener>,
+    pub url: String,
+    pub peer_url: String,
+}
+
+impl Reserved {
+    pub fn new(separate_peer_lane: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let peer_listener =
+            separate_peer_lane.then(|| TcpListener::bind("127.0.0.1:0").unwrap());
+        let peer_url = peer_listener
+            .as_ref()
+            .map_or(url.clone(), |l| format!("http://{}", l.local_addr().unwrap()));
+        Self {
+            listener,
+            peer_listener,
+            url,
+            peer_url,
+        }
+    }
+
+    /// Starts the node on the reserved sockets.
+    pub fn start(self, config: NodeConfig) -> Node {
+        let data = tempfile::tempdir().unwrap();
+        let data_dir = data.path().to_path_buf();
+        let mut env = vec![
+            ("MESH_DM_DATA_DIR".to_string(), data_dir.display().to_string()),
+            ("MESH_SELF_PEER_URL".to_string(), self.peer_url.clone()),
+            ("MESH_DM_SHARDS".to_string(), "2".to_string()),
+            ("MESH_DM_HTTP_WORKERS".to_string(), "2".to_string()),
+            ("RUST_LOG".to_string(), "warn,dmrelay=info".to_string()),
+        ];
+        env.extend(config.env);
+        let mut node = Node {
+            child: None,
+            listener: self.listener,
+            peer_listener: self.peer_listener,
+            env,
+            _data: data,
+            data_dir,
+            url: self.url,
+            peer_url: self.peer_url,
+        };
+        node.spawn();
+        node
+    }
+}
+
+impl Node {
+    /// Starts a node with `config` on fresh sockets and a fresh data dir.
+    pub fn start(config: NodeConfig) -> Node {
+        Reserved::new(config.separate_peer_lane).start(config)
+    }
+
+    fn spawn(&mut self) {
+        let client_fd = self.listener.as_raw_fd();
+        let peer_fd = self.peer_listener.as_ref().map(|l| l.as_raw_fd());
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .env_remove("MESH_DM_LISTEN")
+            .env("LISTEN_FDS", if peer_fd.is_some() { "2" } else { "1" })
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("DMRELAY_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            // Run where no config/node.toml is found by accident.
+            .current_dir(&self.data_dir);
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            command.pre_exec(move || {
+                // Move both sockets above 4 first, so that placing one cannot clobber the other.
+                let high_client = libc::fcntl(client_fd, libc::F_DUPFD, 10);
+                let high_peer = peer_fd.map(|fd| libc::fcntl(fd, libc::F_DUPFD, 10));
+                if high_client < 0 || libc::dup2(high_client, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(high_peer) = high_peer
+                    && (high_peer < 0 || libc::dup2(high_peer, 4) < 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(command.spawn().expect("dmrelay binary starts"));
+    }
+
+    /// SIGKILL: the process dies at once, nothing is flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns its exit status success.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process again on the same sockets and data dir.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Waits until `/health` answers.
+    pub async fn ready(&self) {
+        let client = http();
+        wait_for(Duration::from_secs(20), || {
+            let client = client.clone();
+            let url = format!("{}/health", self.url);
+            async move {
+                match client.get(url).send().await {
+                    Ok(response) => response.status().is_success(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        post_raw(&self.url, path, serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        post_raw(&self.url, path, body).await
+    }
+
+    pub async fn send(&self, envelope: &Envelope) -> (u16, Value) {
+        self.post("/api/mesh/dm/send", &serde_json::to_value(envelope).unwrap())
+            .await
+    }
+
+    pub async fn poll(&self, owner: &Identity, limit: u64) -> (u16, Value) {
+        self.post("/api/mesh/dm/poll", &owner.poll(limit)).await
+    }
+
+    pub async fn ack(&self, owner: &Identity, ids: &[&str]) -> (u16, Value) {
+        self.post("/api/mesh/dm/ack", &owner.ack(ids)).await
+    }
+
+    /// Ids in `owner`'s mailbox on this node, oldest first (up to 100).
+    pub async fn pending_ids(&self, owner: &Identity) -> Vec<String> {
+        let (status, body) = self.poll(owner, 100).await;
+        assert_eq!(status, 200, "{body}");
+        body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["msg_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The value of one metric line (`name{labels}` exactly as exposed), 0 if absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let mut response = http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        let text = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+        text.lines()
+            .find_map(|line| {
+                let (key, value) = line.rsplit_once(' ')?;
+                (key == name).then(|| value.parse().unwrap())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP client with short timeouts.
+pub fn http() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .finish()
+}
+
+pub async fn post_raw(base: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let mut response = http()
+        .post(format!("{base}{path}"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body)
+        .await
+        .unwrap_or_else(|e| panic!("POST {base}{path}: {e}"));
+    let status = response.status().as_u16();
+    let bytes = response.body().limit(8 << 20).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+/// Polls `condition` every 25 ms until it holds; panics after `timeout`.
+pub async fn wait_for<F, Fut>(timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A key pair playing a sender or a mailbox owner.
+pub struct Identity {
+    pub key: SigningKey,
+}
+
+impl Identity {
+    pub fn new() -> Self {
+        Self {
+            key: generate_signing_key().unwrap(),
+        }
+    }
+
+    pub fn mailbox(&self) -> MailboxKey {
+        MailboxKey::from_bytes(self.key.verifying_key().to_bytes())
+    }
+
+    pub fn hex(&self) -> String {
+        self.mailbox().to_hex()
+    }
+
+    /// A fresh envelope to `to`, valid for an hour.
+    pub fn envelope_to(&self, to: &Identity, msg_id: &str) -> Envelope {
+        let now = now_unix();
+        self.envelope_with(to, msg_id, now, now + 3600, b"ciphertext")
+    }
+
+    pub fn envelope_with(
+        &self,
+        to: &Identity,
+        msg_id: &str,
+        created_at: u64,
+        expires_at: u64,
+        bytes: &[u8],
+    ) -> Envelope {
+        Envelope::sign(
+            &self.key,
+            to.mailbox(),
+            MsgId::parse("msg_id", msg_id).unwrap(),
+            created_at,
+            expires_at,
+            bytes,
+        )
+    }
+
+    pub fn poll(&self, limit: u64) -> Value {
+        PollRequest::sign(&self.key, now_unix(), random_hex(16).unwrap(), limit).to_json()
+    }
+
+    pub fn ack_object(&self, ids: &[&str]) -> AckObject {
+        self.ack_object_at(ids, now_unix())
+    }
+
+    pub fn ack_object_at(&self, ids: &[&str], ts: u64) -> AckObject {
+        let ids = ids
+            .iter()
+            .map(|id| MsgId::parse("msg_ids", id).unwrap())
+            .collect();
+        AckObject::sign(&self.key, ts, ids)
+    }
+
+    pub fn ack(&self, ids: &[&str]) -> Value {
+        serde_json::to_value(self.ack_object(ids)).unwrap()
+    }
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
