@@ -7,8 +7,10 @@
 use crate::config::{PersistMode, Settings};
 use crate::http::{self, AppState};
 use crate::mailbox::rules::MailboxLimits;
-use crate::mailbox::{ChangeSink, MailboxRouter, NoPeers};
+use crate::mailbox::{ChangeSink, MailboxRouter};
 use crate::metrics::Metrics;
+use crate::peer::auth::derive_peer_key;
+use crate::peer::{PushFanout, start_sync};
 use crate::protocol::{EnvelopeLimits, now_unix};
 use crate::store::{RedbStore, Store, StoreHandle};
 use actix_web::{App, HttpServer, web};
@@ -74,7 +76,7 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         "store opened"
     );
     let (store_handle, writer) = StoreHandle::start(Arc::clone(&store), Arc::clone(&metrics))?;
-    let sink: Arc<dyn ChangeSink> = Arc::new(NoPeers);
+    let sink: Arc<dyn ChangeSink> = Arc::new(PushFanout::start(&settings, Arc::clone(&metrics)));
     let limits = MailboxLimits {
         pending_per_sender: settings.pending_per_sender_limit,
         mailbox: settings.mailbox_limit,
@@ -90,25 +92,46 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         recovered,
     )
     .await?;
+    let envelope_limits = EnvelopeLimits {
+        max_msg_bytes: settings.max_msg_bytes,
+        max_ttl_s: settings.max_ttl_s,
+    };
+    let _pullers = start_sync(
+        &settings,
+        &store_handle,
+        &mailboxes,
+        envelope_limits,
+        &metrics,
+    );
+    // A request from peer P is signed with the key derived from P's own URL.
+    let peer_keys = settings
+        .peers
+        .iter()
+        .map(|p| (p.url.clone(), derive_peer_key(p.secret.as_bytes(), &p.url)))
+        .collect();
     let state = web::Data::new(AppState {
         mailboxes,
-        envelope_limits: EnvelopeLimits {
-            max_msg_bytes: settings.max_msg_bytes,
-            max_ttl_s: settings.max_ttl_s,
-        },
+        envelope_limits,
         metrics: Arc::clone(&metrics),
         self_peer_url: settings.self_peer_url.clone(),
+        peer_keys,
+        store: store_handle.clone(),
     });
 
     let client_addr = listeners.client.local_addr()?;
     let separate_peer_lane = listeners.peer.is_some();
     let client_state = state.clone();
     let client_server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(client_state.clone())
             .configure(http::client_routes)
-            .configure(http::service_routes)
-            .configure(http::fallback)
+            .configure(http::service_routes);
+        let app = if separate_peer_lane {
+            app
+        } else {
+            app.configure(http::peer_routes)
+        };
+        app.configure(http::fallback)
     })
     .workers(settings.http_workers)
     .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
@@ -122,6 +145,7 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         let peer_server = HttpServer::new(move || {
             App::new()
                 .app_data(peer_state.clone())
+                .configure(http::peer_routes)
                 .configure(http::service_routes)
                 .configure(http::fallback)
         })

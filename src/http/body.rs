@@ -3,8 +3,9 @@
 
 use super::error::ApiError;
 use actix_web::HttpRequest;
-use actix_web::web::{Bytes, BytesMut, Payload};
-use futures_util::StreamExt as _;
+use actix_web::error::PayloadError;
+use actix_web::web::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt as _};
 
 /// Largest client-plane body and largest single-envelope body (SPEC §6.5).
 pub const MAX_CLIENT_BODY_BYTES: usize = 64 * 1024;
@@ -22,11 +23,14 @@ pub fn declared_length(req: &HttpRequest) -> Option<u64> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes.
-pub async fn read_limited(
+pub async fn read_limited<S>(
     req: &HttpRequest,
-    mut payload: Payload,
+    mut payload: S,
     limit: usize,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
     if declared_length(req).is_some_and(|len| len > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }

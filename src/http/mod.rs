@@ -8,6 +8,7 @@
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod peer;
 
 use crate::mailbox::MailboxRouter;
 use crate::metrics::Metrics;
@@ -22,6 +23,10 @@ pub struct AppState {
     pub envelope_limits: EnvelopeLimits,
     pub metrics: Arc<Metrics>,
     pub self_peer_url: String,
+    /// Keys of the configured peers, for authenticating their requests.
+    pub peer_keys: peer::PeerKeys,
+    /// The store, for reading the change feed.
+    pub store: crate::store::StoreHandle,
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -44,6 +49,22 @@ pub fn client_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/mesh/dm/send", web::post().to(client::send)))
         .service(resource("/api/mesh/dm/poll", web::post().to(client::poll)))
         .service(resource("/api/mesh/dm/ack", web::post().to(client::ack)));
+}
+
+/// The peer plane (SPEC §7.1–7.3); every route authenticates with the peer HMAC.
+pub fn peer_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource(
+        "/api/mesh/dm/replicate-envelope",
+        web::post().to(peer::replicate_envelope),
+    ))
+    .service(resource(
+        "/api/mesh/dm/replicate-ack",
+        web::post().to(peer::replicate_ack),
+    ))
+    .service(resource(
+        "/api/mesh/dm/changes",
+        web::get().to(peer::changes),
+    ));
 }
 
 /// `/health` and `/metrics` (SPEC §6.4), served on every plane.

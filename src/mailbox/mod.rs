@@ -48,6 +48,7 @@ pub struct MailboxRouter {
     shards: Arc<[Addr<MailboxShard>]>,
     /// Keyed per process, so that nobody can choose keys that all land on one shard.
     hasher: std::collections::hash_map::RandomState,
+    metrics: Arc<Metrics>,
 }
 
 impl MailboxRouter {
@@ -75,16 +76,22 @@ impl MailboxRouter {
         let router = Self {
             shards: shards.into(),
             hasher: std::collections::hash_map::RandomState::new(),
+            metrics,
         };
         let mut per_shard: Vec<Restore> = (0..count)
             .map(|_| Restore {
                 envelopes: Vec::new(),
+                parked: Vec::new(),
                 tombstones: Vec::new(),
             })
             .collect();
         for envelope in recovered.envelopes {
             let i = router.index_of(&envelope.mailbox);
             per_shard[i].envelopes.push(envelope);
+        }
+        for envelope in recovered.parked {
+            let i = router.index_of(&envelope.mailbox);
+            per_shard[i].parked.push(envelope);
         }
         for tombstone in recovered.tombstones {
             let i = router.index_of(&tombstone.0);
@@ -112,62 +119,72 @@ impl MailboxRouter {
 pub struct MailboxError(#[from] actix::MailboxError);
 
 impl MailboxRouter {
-    /// Sends `message` to the shard of `mailbox` without waiting for queue space (a full queue
-    /// is [`ShardError::Overloaded`]) and waits for its answer.
-    async fn ask<M, T>(
+    /// Sends `message` to the shard of `mailbox` at once, without waiting for queue space (a
+    /// full queue is [`ShardError::Overloaded`]); the returned future waits for the answer.
+    /// Sending eagerly keeps the order of calls, which batch appliers rely on.
+    fn ask<M, T, F>(
         &self,
-        mailbox: &MailboxKey,
-        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> M,
-    ) -> Result<T, ShardError>
+        mailbox: MailboxKey,
+        make: F,
+    ) -> impl Future<Output = Result<T, ShardError>> + 'static + use<M, T, F>
     where
+        F: FnOnce(tokio::sync::oneshot::Sender<T>) -> M,
         M: Message<Result = ()> + Send + 'static,
         MailboxShard: Handler<M>,
+        T: 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.shard(mailbox)
+        let sent = self
+            .shard(&mailbox)
             .try_send(make(reply))
             .map_err(|err| match err {
-                SendError::Full(_) => ShardError::Overloaded,
+                SendError::Full(_) => {
+                    self.metrics.overload_total.inc();
+                    ShardError::Overloaded
+                }
                 SendError::Closed(_) => ShardError::Unavailable("mailbox shard stopped".into()),
-            })?;
-        answer
-            .await
-            .map_err(|_| ShardError::Unavailable("mailbox shard dropped the request".into()))
+            });
+        async move {
+            sent?;
+            answer
+                .await
+                .map_err(|_| ShardError::Unavailable("mailbox shard dropped the request".into()))
+        }
     }
 
     /// SPEC §4 for one envelope (already parsed and verified).
-    pub async fn deposit(
+    pub fn deposit(
         &self,
         envelope: Arc<Envelope>,
         origin: Origin,
-    ) -> Result<Decision, ShardError> {
+    ) -> impl Future<Output = Result<Decision, ShardError>> + 'static + use<> {
         let mailbox = envelope.mailbox;
-        self.ask(&mailbox, |reply| shard::Deposit {
+        let answer = self.ask(mailbox, |reply| shard::Deposit {
             envelope,
             origin,
             reply,
-        })
-        .await?
+        });
+        async move { answer.await? }
     }
 
     /// SPEC §6.2 for a verified poll request.
-    pub async fn poll(
+    pub fn poll(
         &self,
         request: PollRequest,
-    ) -> Result<Result<PollView, NonceRefusal>, ShardError> {
+    ) -> impl Future<Output = Result<Result<PollView, NonceRefusal>, ShardError>> + 'static + use<>
+    {
         let mailbox = request.mailbox;
-        self.ask(&mailbox, |reply| shard::Poll { request, reply })
-            .await
+        self.ask(mailbox, |reply| shard::Poll { request, reply })
     }
 
     /// SPEC §6.3 for a verified ack object.
-    pub async fn acknowledge(
+    pub fn acknowledge(
         &self,
         ack: Arc<AckObject>,
         origin: Origin,
-    ) -> Result<AckReport, ShardError> {
+    ) -> impl Future<Output = Result<AckReport, ShardError>> + 'static + use<> {
         let mailbox = ack.mailbox;
-        self.ask(&mailbox, |reply| shard::Acknowledge { ack, origin, reply })
-            .await?
+        let answer = self.ask(mailbox, |reply| shard::Acknowledge { ack, origin, reply });
+        async move { answer.await? }
     }
 }

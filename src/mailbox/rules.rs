@@ -110,12 +110,68 @@ pub struct MailboxState {
     nonces: HashMap<Box<str>, u64>,
     /// Nonces by the time they may be forgotten; always pushed with `now + 2·SKEW`, so ordered.
     nonce_expiry: VecDeque<(u64, Box<str>)>,
+    /// Replicas refused for want of room, oldest first, retried when a slot frees (SPEC §7.4:
+    /// a replica that arrived before the ack freeing its quota must still be accepted).
+    parked: std::collections::BTreeMap<(u64, MsgId), Arc<Envelope>>,
+}
+
+/// What retrying the parked replicas did.
+#[derive(Debug, Default)]
+pub struct Unparked {
+    /// Accepted now (inserted uncommitted, to be stored).
+    pub accepted: Vec<Arc<Envelope>>,
+    /// Dropped for good (acknowledged or already pending meanwhile).
+    pub dropped: Vec<Arc<Envelope>>,
 }
 
 impl MailboxState {
     /// True when the mailbox holds nothing worth keeping in memory.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.tombstones.is_empty() && self.nonces.is_empty()
+        self.pending.is_empty()
+            && self.tombstones.is_empty()
+            && self.nonces.is_empty()
+            && self.parked.is_empty()
+    }
+
+    /// Keeps a replica refused by rule 3 or 4 for a later retry. At most `limits.mailbox`
+    /// replicas are parked per mailbox; returns false when this one was not kept.
+    pub fn park(&mut self, envelope: Arc<Envelope>, limits: &MailboxLimits) -> bool {
+        let key = (envelope.created_at, envelope.msg_id.clone());
+        if self.parked.contains_key(&key) || self.parked.len() >= limits.mailbox as usize {
+            return false;
+        }
+        self.parked.insert(key, envelope);
+        true
+    }
+
+    /// Number of parked replicas.
+    pub fn parked_len(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Runs the rules again on every parked replica, oldest first: accepted ones become
+    /// pending (uncommitted), acknowledged or duplicate ones are dropped, others stay parked.
+    pub fn retry_parked(&mut self, limits: &MailboxLimits) -> Unparked {
+        let mut result = Unparked::default();
+        let keys: Vec<(u64, MsgId)> = self.parked.keys().cloned().collect();
+        for key in keys {
+            let Some(envelope) = self.parked.get(&key).cloned() else {
+                continue;
+            };
+            match self.decide(&envelope, limits) {
+                Decision::Accept => {
+                    self.parked.remove(&key);
+                    self.insert(Arc::clone(&envelope), false);
+                    result.accepted.push(envelope);
+                }
+                Decision::Acked | Decision::Duplicate | Decision::Conflict => {
+                    self.parked.remove(&key);
+                    result.dropped.push(envelope);
+                }
+                Decision::MailboxFull { .. } | Decision::CapViolation { .. } => {}
+            }
+        }
+        result
     }
 
     /// Number of pending envelopes (committed or not).
@@ -268,6 +324,7 @@ impl MailboxState {
                 self.tombstones.remove(&msg_id);
             }
         }
+        self.parked.retain(|_, envelope| envelope.expires_at > now);
         while let Some((until, _)) = self.nonce_expiry.front() {
             if *until > now {
                 break;
@@ -504,6 +561,63 @@ mod tests {
         assert!(!all.has_more);
         assert_eq!(state.poll(0, NOW).messages.len(), 0);
         assert_eq!(state.poll(0, NOW).pending, 3);
+    }
+
+    #[test]
+    fn parked_replica_is_accepted_once_the_ack_frees_its_quota() {
+        let (alice, bob) = (key(1), key(2));
+        let limits = MailboxLimits::default();
+        let mut state = MailboxState::default();
+        state.insert(envelope(&alice, &bob, "m1", NOW), true);
+        state.insert(envelope(&alice, &bob, "m2", NOW + 1), true);
+        // m3 arrives from a peer before the ack of m1 does.
+        let m3 = envelope(&alice, &bob, "m3", NOW + 2);
+        assert!(matches!(
+            state.decide(&m3, &limits),
+            Decision::CapViolation { .. }
+        ));
+        assert!(state.park(Arc::clone(&m3), &limits));
+        assert!(!state.park(Arc::clone(&m3), &limits), "parked once");
+        assert!(
+            state.retry_parked(&limits).accepted.is_empty(),
+            "still no room"
+        );
+        state.acknowledge(&ack(&bob, &["m1"]), 604_800);
+        let unparked = state.retry_parked(&limits);
+        assert_eq!(unparked.accepted, vec![m3]);
+        assert_eq!(state.parked_len(), 0);
+        assert_eq!(
+            state.pending_from(&mailbox_of(&alice)),
+            2,
+            "the cap still holds"
+        );
+    }
+
+    #[test]
+    fn parked_replica_that_gets_acknowledged_is_dropped_and_parking_is_bounded() {
+        let (alice, bob) = (key(1), key(2));
+        let limits = MailboxLimits {
+            pending_per_sender: 1,
+            mailbox: 2,
+            nonces: 16,
+        };
+        let mut state = MailboxState::default();
+        state.insert(envelope(&alice, &bob, "m1", NOW), true);
+        assert!(state.park(envelope(&alice, &bob, "m2", NOW), &limits));
+        assert!(state.park(envelope(&alice, &bob, "m3", NOW), &limits));
+        assert!(
+            !state.park(envelope(&alice, &bob, "m4", NOW), &limits),
+            "bounded"
+        );
+        state.acknowledge(&ack(&bob, &["m1", "m2"]), 604_800);
+        let unparked = state.retry_parked(&limits);
+        assert_eq!(unparked.dropped.len(), 1);
+        assert_eq!(unparked.accepted.len(), 1);
+        assert_eq!(unparked.accepted[0].msg_id.as_str(), "m3");
+        // Parked replicas expire with their envelope.
+        state.park(envelope(&alice, &bob, "m5", NOW), &limits);
+        state.expire(NOW + 3600);
+        assert_eq!(state.parked_len(), 0);
     }
 
     #[test]

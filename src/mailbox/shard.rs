@@ -78,6 +78,7 @@ pub struct Acknowledge {
 #[rtype(result = "()")]
 pub struct Restore {
     pub envelopes: Vec<Arc<Envelope>>,
+    pub parked: Vec<Arc<Envelope>>,
     pub tombstones: Vec<(MailboxKey, MsgId, u64)>,
 }
 
@@ -127,14 +128,89 @@ impl MailboxShard {
         }
     }
 
-    fn sweep(&mut self) {
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
         let now = now_unix();
         let mut expired = 0usize;
-        self.mailboxes.retain(|_, state| {
+        let mut with_parked = Vec::new();
+        self.mailboxes.retain(|mailbox, state| {
             expired += state.expire(now).len();
+            if state.parked_len() > 0 {
+                with_parked.push(*mailbox);
+            }
             !state.is_empty()
         });
         self.metrics.pending_envelopes.sub(expired as i64);
+        // Expiry may have freed room for parked replicas.
+        for mailbox in with_parked {
+            self.retry_parked(mailbox, ctx);
+        }
+    }
+
+    /// Keeps a replica refused for want of room, on disk too, until room frees up.
+    fn park(&mut self, envelope: Arc<Envelope>, ctx: &mut Context<Self>) {
+        let limits = self.limits;
+        let Some(state) = self.mailboxes.get_mut(&envelope.mailbox) else {
+            return;
+        };
+        if !state.park(Arc::clone(&envelope), &limits) {
+            return;
+        }
+        let commit = self.store.commit(vec![StoreOp::Park(envelope)]);
+        ctx.spawn(commit.into_actor(self).map(|result, _, _| {
+            if let Err(err) = result {
+                // Still parked in memory; only a restart before room frees would lose it, and
+                // the origin's feed still offers it to a resync.
+                tracing::warn!(%err, "parked replica not stored");
+            }
+        }));
+    }
+
+    /// Runs the rules again on the parked replicas of `mailbox` and stores those now accepted.
+    fn retry_parked(&mut self, mailbox: MailboxKey, ctx: &mut Context<Self>) {
+        let limits = self.limits;
+        let Some(state) = self.mailboxes.get_mut(&mailbox) else {
+            return;
+        };
+        if state.parked_len() == 0 {
+            return;
+        }
+        let unparked = state.retry_parked(&limits);
+        let mut ops: Vec<StoreOp> = unparked
+            .dropped
+            .iter()
+            .map(|envelope| StoreOp::Unpark {
+                mailbox,
+                msg_id: envelope.msg_id.clone(),
+            })
+            .collect();
+        ops.extend(
+            unparked
+                .accepted
+                .iter()
+                .map(|envelope| StoreOp::PutEnvelope(Arc::clone(envelope))),
+        );
+        if ops.is_empty() {
+            return;
+        }
+        self.metrics
+            .pending_envelopes
+            .add(unparked.accepted.len() as i64);
+        let accepted = unparked.accepted;
+        let commit = self.store.commit(ops);
+        ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
+            let Some(state) = shard.mailboxes.get_mut(&mailbox) else {
+                return;
+            };
+            for envelope in accepted {
+                if result.is_ok() {
+                    state.mark_committed(&envelope.msg_id);
+                    shard.metrics.replica_accepted_total.inc();
+                } else if state.remove_uncommitted(&envelope) {
+                    shard.metrics.pending_envelopes.dec();
+                    state.park(envelope, &limits);
+                }
+            }
+        }));
     }
 
     fn count_decision(&self, decision: Decision, origin: &Origin) {
@@ -170,7 +246,7 @@ impl Actor for MailboxShard {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(SHARD_QUEUE_CAPACITY);
-        ctx.run_interval(SWEEP_INTERVAL, |shard, _| shard.sweep());
+        ctx.run_interval(SWEEP_INTERVAL, |shard, ctx| shard.sweep(ctx));
     }
 }
 
@@ -188,6 +264,13 @@ impl Handler<Deposit> for MailboxShard {
         let decision = state.decide(&envelope, &limits);
         if decision != Decision::Accept {
             self.count_decision(decision, &origin);
+            let no_room = matches!(
+                decision,
+                Decision::CapViolation { .. } | Decision::MailboxFull { .. }
+            );
+            if no_room && origin != Origin::Client {
+                self.park(Arc::clone(&envelope), ctx);
+            }
             self.release_if_empty(&envelope.mailbox);
             let _ = reply.send(Ok(decision));
             return;
@@ -304,6 +387,7 @@ impl Handler<Restore> for MailboxShard {
     type Result = ();
 
     fn handle(&mut self, msg: Restore, _: &mut Self::Context) {
+        let limits = self.limits;
         let now = now_unix();
         for (mailbox, msg_id, until) in msg.tombstones {
             self.mailbox(mailbox, now).restore_tombstone(msg_id, until);
@@ -316,6 +400,10 @@ impl Handler<Restore> for MailboxShard {
                 state.insert(envelope, true);
                 self.metrics.pending_envelopes.inc();
             }
+        }
+        for envelope in msg.parked {
+            let state = self.mailbox(envelope.mailbox, now);
+            state.park(envelope, &limits);
         }
     }
 }

@@ -1,5 +1,106 @@
-//! The peer plane (SPEC §5, §7): URL normalization, authentication, and (later) the pusher and
-//! sync actors.
+//! The peer plane (SPEC §5, §7).
+//!
+//! - [`url`]: peer URL normalization; [`auth`]: key derivation and request HMACs (pure).
+//! - [`policy`]: backoff, token bucket, circuit breaker (pure, clock passed in).
+//! - [`client`]: signed HTTP calls to one peer.
+//! - [`pusher`]: one `PeerPusher` actor per peer, fed by [`PushFanout`] when a client's deposit
+//!   or ack is durable.
+//! - [`sync`]: one `PeerSync` actor per peer, pulling its change feed from a durable cursor.
+//!
+//! The inbound side (HMAC extractor, replicate and changes routes) is in `crate::http::peer`;
+//! everything it receives goes through the same mailbox shards and rules as a client's request.
 
 pub mod auth;
+pub mod client;
+pub mod policy;
+pub mod pusher;
+pub mod sync;
 pub mod url;
+
+use crate::config::Settings;
+use crate::mailbox::{ChangeSink, MailboxRouter};
+use crate::metrics::Metrics;
+use crate::protocol::{AckObject, Envelope, EnvelopeLimits};
+use crate::store::StoreHandle;
+use actix::prelude::*;
+use pusher::{Enqueue, OutItem, PeerPusher};
+use std::sync::Arc;
+use sync::PeerSync;
+
+/// Hands every durable client change to each peer's pusher, never waiting: a pusher whose
+/// mailbox is full loses the item (counted) and the peer's pull repairs it.
+pub struct PushFanout {
+    pushers: Vec<(String, Addr<PeerPusher>)>,
+    metrics: Arc<Metrics>,
+}
+
+impl PushFanout {
+    /// Starts one pusher per configured peer (on the current arbiter).
+    pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Self {
+        let pushers = settings
+            .peers
+            .iter()
+            .map(|peer| {
+                let pusher = PeerPusher::new(
+                    peer.clone(),
+                    settings.self_peer_url.clone(),
+                    settings.push_timeout,
+                    settings.max_failures,
+                    settings.failure_cooldown,
+                    settings.push_rate_per_s,
+                    Arc::clone(&metrics),
+                );
+                (peer.url.clone(), pusher.start())
+            })
+            .collect();
+        Self { pushers, metrics }
+    }
+
+    fn fan_out(&self, item: &OutItem) {
+        for (url, pusher) in &self.pushers {
+            if pusher.try_send(Enqueue(item.clone())).is_err() {
+                self.metrics
+                    .push_queue_overflow_total
+                    .with_label_values(&[url])
+                    .inc();
+            }
+        }
+    }
+}
+
+impl ChangeSink for PushFanout {
+    fn envelope_stored(&self, envelope: &Arc<Envelope>) {
+        self.fan_out(&OutItem::Envelope(Arc::clone(envelope)));
+    }
+
+    fn ack_applied(&self, ack: &Arc<AckObject>) {
+        self.fan_out(&OutItem::Ack(Arc::clone(ack)));
+    }
+}
+
+/// Starts one feed puller per configured peer (on the current arbiter).
+pub fn start_sync(
+    settings: &Settings,
+    store: &StoreHandle,
+    mailboxes: &MailboxRouter,
+    limits: EnvelopeLimits,
+    metrics: &Arc<Metrics>,
+) -> Vec<Addr<PeerSync>> {
+    settings
+        .peers
+        .iter()
+        .map(|peer| {
+            PeerSync::new(
+                peer.clone(),
+                settings.self_peer_url.clone(),
+                settings.push_timeout,
+                settings.sync_interval,
+                store.clone(),
+                mailboxes.clone(),
+                limits,
+                Arc::clone(metrics),
+            )
+            .start()
+        })
+        .collect()
+}

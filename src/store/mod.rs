@@ -34,6 +34,11 @@ pub enum StoreOp {
         tombstones: Vec<(MsgId, u64)>,
         live_until: u64,
     },
+    /// A replica refused for want of room (cap or full mailbox), kept until the mailbox frees a
+    /// slot (SPEC §7.4's convergence promise). Not pending, not in the feed.
+    Park(Arc<Envelope>),
+    /// A parked replica that was accepted later or became pointless (acknowledged).
+    Unpark { mailbox: MailboxKey, msg_id: MsgId },
     /// Small metadata, e.g. a peer cursor.
     PutMeta { key: String, value: Vec<u8> },
 }
@@ -57,6 +62,7 @@ impl StoreError {
 #[derive(Default)]
 pub struct Recovered {
     pub envelopes: Vec<Arc<Envelope>>,
+    pub parked: Vec<Arc<Envelope>>,
     pub tombstones: Vec<(MailboxKey, MsgId, u64)>,
 }
 

@@ -5,8 +5,10 @@
 //! - `changes`: `seq -> until(8, BE) ‖ kind(1: 'E' envelope, 'A' ack) ‖ JSON`.
 //! - `envelope_index`: `mailbox(32) ‖ msg_id -> seq` of its pending envelope.
 //! - `tombstones`: `mailbox(32) ‖ msg_id -> until`.
+//! - `parked`: `mailbox(32) ‖ msg_id -> envelope JSON` of replicas waiting for room.
 //! - `expiry`: `until(8, BE) ‖ kind ‖ payload -> ()`, where kind 'C' carries `seq(8) ‖ key?` of a
-//!   change and 'T' the key of a tombstone; a range scan up to `now` finds what to drop.
+//!   change, 'T' the key of a tombstone and 'P' the key of a parked replica; a range scan up to
+//!   `now` finds what to drop.
 
 use super::{FeedEntry, FeedPage, Recovered, Store, StoreError, StoreOp};
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
@@ -19,11 +21,13 @@ const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 const ENVELOPE_INDEX: TableDefinition<&[u8], u64> = TableDefinition::new("envelope_index");
 const TOMBSTONES: TableDefinition<&[u8], u64> = TableDefinition::new("tombstones");
 const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
+const PARKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("parked");
 
 const KIND_ENVELOPE: u8 = b'E';
 const KIND_ACK: u8 = b'A';
 const EXPIRY_CHANGE: u8 = b'C';
 const EXPIRY_TOMBSTONE: u8 = b'T';
+const EXPIRY_PARKED: u8 = b'P';
 
 /// The database file's name inside `MESH_DM_DATA_DIR`.
 pub const DATABASE_FILE: &str = "dmrelay.redb";
@@ -142,6 +146,7 @@ impl RedbStore {
                 .map_err(StoreError::backend)?;
             txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
             txn.open_table(EXPIRY).map_err(StoreError::backend)?;
+            txn.open_table(PARKED).map_err(StoreError::backend)?;
             epoch
         };
         txn.commit().map_err(StoreError::backend)?;
@@ -168,6 +173,7 @@ struct WriteTables<'t> {
     index: redb::Table<'t, &'static [u8], u64>,
     tombstones: redb::Table<'t, &'static [u8], u64>,
     expiry: redb::Table<'t, &'static [u8], ()>,
+    parked: redb::Table<'t, &'static [u8], &'static [u8]>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -180,6 +186,7 @@ impl<'t> WriteTables<'t> {
                 .map_err(StoreError::backend)?,
             tombstones: txn.open_table(TOMBSTONES).map_err(StoreError::backend)?,
             expiry: txn.open_table(EXPIRY).map_err(StoreError::backend)?,
+            parked: txn.open_table(PARKED).map_err(StoreError::backend)?,
         })
     }
 
@@ -195,11 +202,28 @@ impl<'t> WriteTables<'t> {
         self.index
             .insert(key.as_slice(), seq)
             .map_err(StoreError::backend)?;
+        // A parked replica that is now accepted is parked no more.
+        self.parked
+            .remove(key.as_slice())
+            .map_err(StoreError::backend)?;
         let expiry = expiry_key(
             envelope.expires_at,
             EXPIRY_CHANGE,
             &[&seq.to_be_bytes(), &key],
         );
+        self.expiry
+            .insert(expiry.as_slice(), ())
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    fn park(&mut self, envelope: &Envelope) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(envelope).map_err(StoreError::backend)?;
+        let key = envelope_key(&envelope.mailbox, &envelope.msg_id);
+        self.parked
+            .insert(key.as_slice(), json.as_slice())
+            .map_err(StoreError::backend)?;
+        let expiry = expiry_key(envelope.expires_at, EXPIRY_PARKED, &[&key]);
         self.expiry
             .insert(expiry.as_slice(), ())
             .map_err(StoreError::backend)?;
@@ -323,6 +347,9 @@ impl<'t> WriteTables<'t> {
                         .map_err(StoreError::backend)?;
                 }
             }
+            EXPIRY_PARKED => {
+                self.parked.remove(payload).map_err(StoreError::backend)?;
+            }
             other => {
                 return Err(StoreError::Corrupt(format!("unknown expiry kind {other}")));
             }
@@ -365,6 +392,18 @@ impl Store for RedbStore {
                         tables.apply_ack(next_seq, ack, removed, tombstones, *live_until)?;
                         seqs.push(Some(next_seq));
                         next_seq += 1;
+                    }
+                    StoreOp::Park(envelope) => {
+                        tables.park(envelope)?;
+                        seqs.push(None);
+                    }
+                    StoreOp::Unpark { mailbox, msg_id } => {
+                        let key = envelope_key(mailbox, msg_id);
+                        tables
+                            .parked
+                            .remove(key.as_slice())
+                            .map_err(StoreError::backend)?;
+                        seqs.push(None);
                     }
                     StoreOp::PutMeta { key, value } => {
                         tables
@@ -421,6 +460,15 @@ impl Store for RedbStore {
             let envelope: Envelope = serde_json::from_slice(json)
                 .map_err(|e| StoreError::Corrupt(format!("stored envelope: {e}")))?;
             recovered.envelopes.push(Arc::new(envelope));
+        }
+        let parked = txn.open_table(PARKED).map_err(StoreError::backend)?;
+        for item in parked.iter().map_err(StoreError::backend)? {
+            let (_, json) = item.map_err(StoreError::backend)?;
+            let envelope: Envelope = serde_json::from_slice(json.value())
+                .map_err(|e| StoreError::Corrupt(format!("parked envelope: {e}")))?;
+            if envelope.expires_at > now {
+                recovered.parked.push(Arc::new(envelope));
+            }
         }
         let tombstones = txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
         for item in tombstones.iter().map_err(StoreError::backend)? {
@@ -578,6 +626,27 @@ mod tests {
         store.collect_garbage(NOW + 500).unwrap();
         assert!(store.changes_since(0, 10, NOW).unwrap().changes.is_empty());
         assert!(store.recover(NOW).unwrap().tombstones.is_empty());
+    }
+
+    #[test]
+    fn parked_replicas_survive_until_accepted_or_expired() {
+        let store = RedbStore::in_memory().unwrap();
+        let a = envelope("a", NOW + 100);
+        let b = envelope("b", NOW + 200);
+        store
+            .commit(&[StoreOp::Park(Arc::clone(&a)), StoreOp::Park(Arc::clone(&b))])
+            .unwrap();
+        assert_eq!(store.recover(NOW).unwrap().parked.len(), 2);
+        assert!(
+            store.changes_since(0, 10, NOW).unwrap().changes.is_empty(),
+            "parked is not in the feed"
+        );
+        store.commit(&[StoreOp::PutEnvelope(a)]).unwrap();
+        let recovered = store.recover(NOW).unwrap();
+        assert_eq!(recovered.parked.len(), 1, "accepting unparks");
+        assert_eq!(recovered.envelopes.len(), 1);
+        store.collect_garbage(NOW + 200).unwrap();
+        assert!(store.recover(NOW).unwrap().parked.is_empty());
     }
 
     #[test]

@@ -1,0 +1,358 @@
+//! Peer-plane routes (SPEC §7.1–7.3) and the [`AuthenticatedPeer`] extractor (SPEC §5.2).
+//!
+//! The extractor runs before any handler sees the request: size limit (413), then `X-Peer-Url`
+//! among the configured peers, `|now - X-Peer-Timestamp| <= SKEW`, and a constant-time HMAC over
+//! method, path and query, timestamp and body. Any failure is the same 403 `peer_auth`; the
+//! reason goes to the log only. Handlers then parse JSON and send every item through the same
+//! mailbox shards and rules as the client plane.
+
+use super::AppState;
+use super::body::{MAX_CLIENT_BODY_BYTES, MAX_PEER_BATCH_BYTES, read_limited};
+use super::error::ApiError;
+use crate::mailbox::Origin;
+use crate::mailbox::rules::Decision;
+use crate::mailbox::shard::ShardError;
+use crate::peer::auth::{HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL, verify_request};
+use crate::peer::pusher::MAX_ITEMS_PER_BATCH;
+use crate::peer::url::normalize_peer_url;
+use crate::protocol::{AckObject, Envelope, ProtocolError, SKEW_S, now_unix};
+use crate::store::FeedEntry;
+use actix_web::dev::Payload;
+use actix_web::web::Bytes;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use futures_util::future::LocalBoxFuture;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Default and largest `limit` of the change feed (SPEC §7.3).
+pub const FEED_DEFAULT_LIMIT: u64 = 256;
+pub const FEED_MAX_LIMIT: u64 = 1000;
+
+/// A request whose peer HMAC verified, with its body.
+pub struct AuthenticatedPeer {
+    /// The caller's normalized URL.
+    pub peer: Arc<str>,
+    pub body: Bytes,
+}
+
+/// Keys of the configured peers, by their normalized URL (the caller's URL is in the key).
+pub type PeerKeys = HashMap<String, [u8; 32]>;
+
+/// Checks the three headers and the HMAC; the reason of a failure is for the log only.
+pub fn authenticate(
+    req: &HttpRequest,
+    body: &[u8],
+    keys: &PeerKeys,
+    now: u64,
+) -> Result<Arc<str>, &'static str> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let url = header(HEADER_PEER_URL).ok_or("missing X-Peer-Url")?;
+    let url = normalize_peer_url(url).map_err(|_| "X-Peer-Url is not a URL")?;
+    let key = keys
+        .get(&url)
+        .ok_or("X-Peer-Url is not a configured peer")?;
+    let timestamp = header(HEADER_PEER_TIMESTAMP).ok_or("missing X-Peer-Timestamp")?;
+    let ts: u64 = timestamp
+        .parse()
+        .map_err(|_| "X-Peer-Timestamp is not a number")?;
+    if ts.abs_diff(now) > SKEW_S {
+        return Err("X-Peer-Timestamp outside the 300 s window");
+    }
+    let hmac = header(HEADER_PEER_HMAC).ok_or("missing X-Peer-HMAC")?;
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path(), |pq| pq.as_str());
+    if !verify_request(
+        key,
+        req.method().as_str(),
+        path_and_query,
+        timestamp,
+        body,
+        hmac,
+    ) {
+        return Err("HMAC mismatch");
+    }
+    Ok(Arc::from(url))
+}
+
+impl FromRequest for AuthenticatedPeer {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let payload = payload.take();
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .cloned()
+                .ok_or_else(ApiError::unavailable)?;
+            let body = read_limited(&req, payload, MAX_PEER_BATCH_BYTES).await?;
+            match authenticate(&req, &body, &state.peer_keys, now_unix()) {
+                Ok(peer) => Ok(Self { peer, body }),
+                Err(reason) => {
+                    let claimed = req
+                        .headers()
+                        .get(HEADER_PEER_URL)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .chars()
+                        .take(200)
+                        .collect::<String>();
+                    tracing::info!(reason, claimed_peer = %claimed, remote = ?req.peer_addr(), path = req.path(), "peer request refused");
+                    Err(ApiError::PeerAuth)
+                }
+            }
+        })
+    }
+}
+
+#[derive(Serialize, Default)]
+struct ItemResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    msg_id: Option<String>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unknown: Option<usize>,
+}
+
+impl ItemResult {
+    fn rejected(msg_id: Option<String>, err: ApiError) -> Self {
+        let (pending, limit) = match &err {
+            ApiError::CapViolation { pending, limit } => (Some(*pending), Some(*limit)),
+            ApiError::MailboxFull { limit } => (None, Some(*limit)),
+            _ => (None, None),
+        };
+        Self {
+            msg_id,
+            status: "rejected",
+            error: Some(err.code()),
+            detail: Some(err.to_string()),
+            pending,
+            limit,
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ResultsReply {
+    ok: bool,
+    results: Vec<ItemResult>,
+}
+
+fn parse_error(err: ProtocolError) -> ApiError {
+    ApiError::from(err)
+}
+
+fn body_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("The request body is not valid JSON: {e}.")))
+}
+
+fn service_error(err: ShardError) -> ApiError {
+    ApiError::from(err)
+}
+
+/// `POST /api/mesh/dm/replicate-envelope`
+pub async fn replicate_envelope(
+    peer: AuthenticatedPeer,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut json = body_json(&peer.body)?;
+    let items: Vec<serde_json::Value> = if let Some(one) = json.get_mut("envelope") {
+        if peer.body.len() > MAX_CLIENT_BODY_BYTES {
+            return Err(ApiError::body_too_large(MAX_CLIENT_BODY_BYTES));
+        }
+        vec![one.take()]
+    } else if let Some(serde_json::Value::Array(many)) = json.get_mut("envelopes") {
+        if many.len() > MAX_ITEMS_PER_BATCH {
+            return Err(ApiError::BadRequest(format!(
+                "A batch holds at most {MAX_ITEMS_PER_BATCH} envelopes; split it."
+            )));
+        }
+        std::mem::take(many)
+    } else {
+        return Err(ApiError::BadRequest(
+            "Expected {\"envelope\": {...}} or {\"envelopes\": [...]}.".into(),
+        ));
+    };
+    let now = now_unix();
+    let origin = Origin::Peer(Arc::clone(&peer.peer));
+    // Send every valid envelope to its shard first (in order), then collect the answers.
+    let mut pending = Vec::with_capacity(items.len());
+    for item in items {
+        let msg_id = item
+            .get("msg_id")
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().take(128).collect::<String>());
+        let checked = Envelope::from_value(item, &state.envelope_limits)
+            .and_then(|e| e.verify(now, &state.envelope_limits).map(|()| e));
+        match checked {
+            Ok(envelope) => {
+                let envelope = Arc::new(envelope);
+                let answer = state
+                    .mailboxes
+                    .deposit(Arc::clone(&envelope), origin.clone());
+                pending.push((msg_id, Ok(answer)));
+            }
+            Err(err) => pending.push((msg_id, Err(parse_error(err)))),
+        }
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    for (msg_id, item) in pending {
+        let result = match item {
+            Err(err) => ItemResult::rejected(msg_id, err),
+            Ok(answer) => match answer.await.map_err(service_error)? {
+                Decision::Accept => ItemResult {
+                    msg_id,
+                    status: "accepted",
+                    ..ItemResult::default()
+                },
+                Decision::Duplicate => ItemResult {
+                    msg_id,
+                    status: "duplicate",
+                    ..ItemResult::default()
+                },
+                Decision::Acked => ItemResult {
+                    msg_id,
+                    status: "acked",
+                    ..ItemResult::default()
+                },
+                Decision::Conflict => ItemResult::rejected(
+                    msg_id,
+                    ApiError::Conflict("Another envelope with this msg_id is pending here.".into()),
+                ),
+                Decision::MailboxFull { limit } => {
+                    ItemResult::rejected(msg_id, ApiError::MailboxFull { limit })
+                }
+                Decision::CapViolation { pending, limit } => {
+                    ItemResult::rejected(msg_id, ApiError::CapViolation { pending, limit })
+                }
+            },
+        };
+        results.push(result);
+    }
+    Ok(HttpResponse::Ok().json(ResultsReply { ok: true, results }))
+}
+
+/// `POST /api/mesh/dm/replicate-ack`
+pub async fn replicate_ack(
+    peer: AuthenticatedPeer,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut json = body_json(&peer.body)?;
+    let Some(serde_json::Value::Array(acks)) = json.get_mut("acks") else {
+        return Err(ApiError::BadRequest("Expected {\"acks\": [...]}.".into()));
+    };
+    if acks.len() > MAX_ITEMS_PER_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "A batch holds at most {MAX_ITEMS_PER_BATCH} acks; split it."
+        )));
+    }
+    let now = now_unix();
+    let origin = Origin::Peer(Arc::clone(&peer.peer));
+    let mut pending = Vec::with_capacity(acks.len());
+    for item in std::mem::take(acks) {
+        let checked = AckObject::from_value(item).and_then(|a| {
+            a.verify_replica(now, state.envelope_limits.max_ttl_s)
+                .map(|()| a)
+        });
+        pending.push(match checked {
+            Ok(ack) => Ok(state.mailboxes.acknowledge(Arc::new(ack), origin.clone())),
+            Err(err) => Err(parse_error(err)),
+        });
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    for item in pending {
+        results.push(match item {
+            Err(err) => ItemResult::rejected(None, err),
+            Ok(answer) => {
+                let report = answer.await.map_err(service_error)?;
+                ItemResult {
+                    status: "applied",
+                    removed: Some(report.removed),
+                    unknown: Some(report.unknown),
+                    ..ItemResult::default()
+                }
+            }
+        });
+    }
+    Ok(HttpResponse::Ok().json(ResultsReply { ok: true, results }))
+}
+
+#[derive(Deserialize)]
+struct FeedQuery {
+    since: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// `GET /api/mesh/dm/changes?since=<seq>&limit=<n>`
+pub async fn changes(
+    req: HttpRequest,
+    _peer: AuthenticatedPeer,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query: FeedQuery = serde_urlencoded::from_str(req.query_string()).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "Query must be since=<seq>&limit=<1..={FEED_MAX_LIMIT}>: {e}."
+        ))
+    })?;
+    let since = query.since.unwrap_or(0);
+    let limit = query.limit.unwrap_or(FEED_DEFAULT_LIMIT);
+    if !(1..=FEED_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {FEED_MAX_LIMIT}."
+        )));
+    }
+    let store = Arc::clone(state.store.store());
+    let page = web::block(move || store.changes_since(since, limit as usize, now_unix()))
+        .await
+        .map_err(|_| ApiError::unavailable())?
+        .map_err(|err| {
+            tracing::error!(%err, "change feed read failed");
+            ApiError::unavailable()
+        })?;
+    let next = page.changes.last().map_or(since, |(seq, _)| *seq);
+    let mut body = String::with_capacity(
+        128 + page
+            .changes
+            .iter()
+            .map(|(_, e)| match e {
+                FeedEntry::Envelope(j) | FeedEntry::Ack(j) => j.len() + 40,
+            })
+            .sum::<usize>(),
+    );
+    body.push_str(&format!(
+        "{{\"ok\":true,\"epoch\":\"{}\",\"next\":{next},\"more\":{},\"changes\":[",
+        state.store.store().epoch(),
+        page.more
+    ));
+    for (i, (seq, entry)) in page.changes.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        // Stored JSON was produced by serde_json from validated values: safe to splice.
+        let (kind, json) = match entry {
+            FeedEntry::Envelope(json) => ("envelope", json),
+            FeedEntry::Ack(json) => ("ack", json),
+        };
+        body.push_str(&format!("{{\"seq\":{seq},\"{kind}\":{json}}}"));
+    }
+    body.push_str("]}");
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}

@@ -1,0 +1,136 @@
+//! Signed HTTP calls to one peer (SPEC §5.2), shared by its pusher and its sync actor.
+//!
+//! `awc::Client` is `!Send`: each actor builds its own `PeerClient` in `started()`.
+
+use super::auth::{
+    HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL, derive_peer_key, sign_request,
+};
+use crate::config::PeerSettings;
+use crate::protocol::now_unix;
+use actix_web::web::Bytes;
+use std::time::Duration;
+
+/// Largest response body read from a peer (a full feed page of large envelopes fits).
+pub const MAX_PEER_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerCallError {
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("unexpected reply: {0}")]
+    BadReply(String),
+}
+
+impl PeerCallError {
+    /// Transport errors, 5xx, 429 and 403 (a secret being rotated) are worth retrying; any other
+    /// 4xx means the request itself is wrong and would fail again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport(_) => true,
+            Self::Status { status, .. } => *status >= 500 || *status == 429 || *status == 403,
+            Self::BadReply(_) => true,
+        }
+    }
+
+    /// Short label for logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Transport(_) => "transport",
+            Self::Status { status, .. } if *status >= 500 => "5xx",
+            Self::Status { status: 429, .. } => "429",
+            Self::Status { .. } => "4xx",
+            Self::BadReply(_) => "bad_reply",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PeerClient {
+    http: awc::Client,
+    /// The peer's normalized URL (requests go to `{peer_url}{path}`).
+    pub peer_url: String,
+    /// Path part of the peer URL, prefixed to every signed path.
+    path_prefix: String,
+    self_url: String,
+    key: [u8; 32],
+}
+
+impl PeerClient {
+    pub fn new(peer: &PeerSettings, self_url: &str, timeout: Duration) -> Self {
+        let path_prefix = url::Url::parse(&peer.url)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        Self {
+            http: awc::Client::builder()
+                .timeout(timeout)
+                .disable_redirects()
+                .finish(),
+            peer_url: peer.url.clone(),
+            path_prefix,
+            self_url: self_url.to_string(),
+            key: derive_peer_key(peer.secret.as_bytes(), self_url),
+        }
+    }
+
+    fn origin(&self) -> &str {
+        self.peer_url
+            .strip_suffix(&self.path_prefix)
+            .unwrap_or(&self.peer_url)
+    }
+
+    /// `POST {path}` with a JSON body; the reply body on 2xx.
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<Bytes, PeerCallError> {
+        let path_and_query = format!("{}{path}", self.path_prefix);
+        let timestamp = now_unix();
+        let hmac = sign_request(&self.key, "POST", &path_and_query, timestamp, &body);
+        let request = self
+            .http
+            .post(format!("{}{path_and_query}", self.origin()))
+            .insert_header(("content-type", "application/json"))
+            .insert_header((HEADER_PEER_URL, self.self_url.as_str()))
+            .insert_header((HEADER_PEER_TIMESTAMP, timestamp.to_string()))
+            .insert_header((HEADER_PEER_HMAC, hmac));
+        let response = request.send_body(body).await;
+        Self::read(response).await
+    }
+
+    /// `GET {path_and_query}`; the reply body on 2xx.
+    pub async fn get(&self, path_and_query: &str) -> Result<Bytes, PeerCallError> {
+        let path_and_query = format!("{}{path_and_query}", self.path_prefix);
+        let timestamp = now_unix();
+        let hmac = sign_request(&self.key, "GET", &path_and_query, timestamp, b"");
+        let response = self
+            .http
+            .get(format!("{}{path_and_query}", self.origin()))
+            .insert_header((HEADER_PEER_URL, self.self_url.as_str()))
+            .insert_header((HEADER_PEER_TIMESTAMP, timestamp.to_string()))
+            .insert_header((HEADER_PEER_HMAC, hmac))
+            .send()
+            .await;
+        Self::read(response).await
+    }
+
+    async fn read<S>(
+        response: Result<awc::ClientResponse<S>, awc::error::SendRequestError>,
+    ) -> Result<Bytes, PeerCallError>
+    where
+        S: futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>> + Unpin,
+    {
+        let mut response = response.map_err(|e| PeerCallError::Transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body()
+            .limit(MAX_PEER_RESPONSE_BYTES)
+            .await
+            .map_err(|e| PeerCallError::Transport(e.to_string()))?;
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+            Err(PeerCallError::Status { status, body: text })
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! `PeerSync`: one per peer; pulls the peer's change feed (SPEC §7.3) from a durable cursor and
+//! applies every entry exactly as if it had been pushed (SPEC §7.4 "Pull").
+//!
+//! The cursor is `(epoch, seq)`, stored in the node's store under `cursor/{peer url}`. A page is
+//! applied in feed order (entries are sent to the mailbox shards eagerly, so per-mailbox order
+//! holds), and the cursor moves past the page only when every entry got an answer; an overloaded
+//! shard leaves it where it was, and the page is simply applied again (every operation is
+//! idempotent). A feed from another epoch restarts from 0.
+
+use super::client::{PeerCallError, PeerClient};
+use crate::config::PeerSettings;
+use crate::mailbox::{MailboxRouter, Origin};
+use crate::metrics::Metrics;
+use crate::protocol::{AckObject, Envelope, EnvelopeLimits, now_unix};
+use crate::store::{StoreHandle, StoreOp};
+use actix::prelude::*;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Entries asked for per feed request.
+pub const FEED_PAGE_LIMIT: usize = 256;
+/// Most pages pulled in one round, so one busy peer cannot hog the node.
+const MAX_PAGES_PER_ROUND: usize = 64;
+
+/// Where this node is in a peer's feed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cursor {
+    pub epoch: Option<String>,
+    pub seq: u64,
+}
+
+impl Cursor {
+    fn meta_key(peer_url: &str) -> String {
+        format!("cursor/{peer_url}")
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        format!("{} {}", self.epoch.as_deref().unwrap_or("-"), self.seq).into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (epoch, seq) = text.split_once(' ')?;
+        Some(Self {
+            epoch: (epoch != "-").then(|| epoch.to_string()),
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    /// Reads the saved cursor for `peer_url` (a fresh one if none or unreadable).
+    pub fn load(store: &StoreHandle, peer_url: &str) -> Self {
+        match store.store().get_meta(&Self::meta_key(peer_url)) {
+            Ok(Some(bytes)) => Self::decode(&bytes).unwrap_or_default(),
+            Ok(None) => Self::default(),
+            Err(err) => {
+                tracing::warn!(peer = peer_url, %err, "cannot read sync cursor; starting from 0");
+                Self::default()
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct FeedReply {
+    epoch: String,
+    next: u64,
+    #[serde(default)]
+    more: bool,
+    changes: Vec<serde_json::Value>,
+}
+
+/// Everything one pull round needs; cloned into the round's future.
+#[derive(Clone)]
+struct Puller {
+    peer_url: Arc<str>,
+    client: PeerClient,
+    store: StoreHandle,
+    mailboxes: MailboxRouter,
+    limits: EnvelopeLimits,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("{0}")]
+    Call(#[from] PeerCallError),
+    #[error("bad feed reply: {0}")]
+    BadFeed(String),
+    #[error("local: {0}")]
+    Local(String),
+}
+
+impl Puller {
+    /// Pulls pages until the feed has no more (or the round's page budget is spent).
+    async fn round(self, mut cursor: Cursor) -> (Cursor, Result<(), SyncError>) {
+        for _ in 0..MAX_PAGES_PER_ROUND {
+            match self.page(&cursor).await {
+                Ok((next, more)) => {
+                    cursor = next;
+                    if !more {
+                        return (cursor, Ok(()));
+                    }
+                }
+                Err(err) => return (cursor, Err(err)),
+            }
+        }
+        (cursor, Ok(()))
+    }
+
+    async fn page(&self, cursor: &Cursor) -> Result<(Cursor, bool), SyncError> {
+        let path = format!(
+            "/api/mesh/dm/changes?since={}&limit={FEED_PAGE_LIMIT}",
+            cursor.seq
+        );
+        let bytes = self.client.get(&path).await?;
+        let feed: FeedReply =
+            serde_json::from_slice(&bytes).map_err(|e| SyncError::BadFeed(e.to_string()))?;
+        if cursor.epoch.as_deref().is_some_and(|e| e != feed.epoch) {
+            tracing::info!(peer = %self.peer_url, epoch = %feed.epoch, "peer store has a new epoch; reading its feed from 0");
+            return Ok((
+                Cursor {
+                    epoch: Some(feed.epoch),
+                    seq: 0,
+                },
+                true,
+            ));
+        }
+        self.apply(feed.changes).await?;
+        let next = Cursor {
+            epoch: Some(feed.epoch),
+            seq: feed.next.max(cursor.seq),
+        };
+        if next != *cursor {
+            self.store
+                .commit(vec![StoreOp::PutMeta {
+                    key: Cursor::meta_key(&self.peer_url),
+                    value: next.encode(),
+                }])
+                .await
+                .map_err(|e| SyncError::Local(e.to_string()))?;
+        }
+        Ok((next, feed.more))
+    }
+
+    /// Applies feed entries in order, as if pushed.
+    async fn apply(&self, changes: Vec<serde_json::Value>) -> Result<(), SyncError> {
+        let now = now_unix();
+        let origin = Origin::Peer(Arc::clone(&self.peer_url));
+        let mut answers = Vec::with_capacity(changes.len());
+        let mut invalid = 0usize;
+        for mut change in changes {
+            if let Some(value) = change.get_mut("envelope").map(serde_json::Value::take) {
+                let parsed = Envelope::from_value(value, &self.limits)
+                    .and_then(|e| e.verify(now, &self.limits).map(|()| e));
+                match parsed {
+                    Ok(envelope) => answers.push(futures_util::future::Either::Left(
+                        self.mailboxes.deposit(Arc::new(envelope), origin.clone()),
+                    )),
+                    Err(err) => {
+                        invalid += 1;
+                        tracing::debug!(peer = %self.peer_url, %err, "feed envelope refused");
+                    }
+                }
+            } else if let Some(value) = change.get_mut("ack").map(serde_json::Value::take) {
+                let parsed = AckObject::from_value(value)
+                    .and_then(|a| a.verify_replica(now, self.limits.max_ttl_s).map(|()| a));
+                match parsed {
+                    Ok(ack) => answers.push(futures_util::future::Either::Right(
+                        self.mailboxes.acknowledge(Arc::new(ack), origin.clone()),
+                    )),
+                    Err(err) => {
+                        invalid += 1;
+                        tracing::debug!(peer = %self.peer_url, %err, "feed ack refused");
+                    }
+                }
+            } else {
+                invalid += 1;
+            }
+        }
+        let applied = answers.len();
+        for answer in answers {
+            match answer {
+                futures_util::future::Either::Left(deposit) => {
+                    deposit.await.map_err(|e| SyncError::Local(e.to_string()))?;
+                }
+                futures_util::future::Either::Right(ack) => {
+                    ack.await.map_err(|e| SyncError::Local(e.to_string()))?;
+                }
+            }
+        }
+        if invalid > 0 {
+            tracing::warn!(peer = %self.peer_url, invalid, "feed entries refused (bad shape, signature or time)");
+        }
+        self.metrics
+            .sync_applied_total
+            .with_label_values(&[&self.peer_url])
+            .inc_by(applied as u64);
+        Ok(())
+    }
+}
+
+pub struct PeerSync {
+    peer: PeerSettings,
+    self_url: String,
+    timeout: Duration,
+    interval: Duration,
+    store: StoreHandle,
+    mailboxes: MailboxRouter,
+    limits: EnvelopeLimits,
+    metrics: Arc<Metrics>,
+    cursor: Cursor,
+    puller: Option<Puller>,
+    in_flight: bool,
+    last_success: Instant,
+    failures: u32,
+}
+
+impl PeerSync {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        peer: PeerSettings,
+        self_url: String,
+        timeout: Duration,
+        interval: Duration,
+        store: StoreHandle,
+        mailboxes: MailboxRouter,
+        limits: EnvelopeLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let cursor = Cursor::load(&store, &peer.url);
+        Self {
+            peer,
+            self_url,
+            timeout,
+            interval,
+            store,
+            mailboxes,
+            limits,
+            metrics,
+            cursor,
+            puller: None,
+            in_flight: false,
+            last_success: Instant::now(),
+            failures: 0,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.metrics
+            .peer_sync_lag_seconds
+            .with_label_values(&[&self.peer.url])
+            .set(self.last_success.elapsed().as_secs() as i64);
+        if self.in_flight {
+            return;
+        }
+        let Some(puller) = self.puller.clone() else {
+            return;
+        };
+        self.in_flight = true;
+        let round = puller.round(self.cursor.clone());
+        ctx.spawn(round.into_actor(self).map(|(cursor, result), sync, _| {
+            sync.in_flight = false;
+            sync.cursor = cursor;
+            match result {
+                Ok(()) => {
+                    sync.failures = 0;
+                    sync.last_success = Instant::now();
+                }
+                Err(err) => {
+                    sync.failures += 1;
+                    // Log the first failure and then every 20th, not every interval.
+                    if sync.failures == 1 || sync.failures % 20 == 0 {
+                        tracing::warn!(peer = %sync.peer.url, %err, failures = sync.failures, "feed pull failed");
+                    }
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for PeerSync {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.puller = Some(Puller {
+            peer_url: Arc::from(self.peer.url.as_str()),
+            client: PeerClient::new(&self.peer, &self.self_url, self.timeout),
+            store: self.store.clone(),
+            mailboxes: self.mailboxes.clone(),
+            limits: self.limits,
+            metrics: Arc::clone(&self.metrics),
+        });
+        self.tick(ctx);
+        ctx.run_interval(self.interval, |sync, ctx| sync.tick(ctx));
+    }
+}
