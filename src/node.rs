@@ -173,8 +173,9 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
             handle.stop(true).await;
         }
     });
-    for server in servers {
-        server.await?;
+    // Both servers must be polled together: a server only runs while its future is polled.
+    for result in futures_util::future::join_all(servers).await {
+        result?;
     }
     store_handle.shutdown();
     // Joining blocks this thread, which serves nothing any more.

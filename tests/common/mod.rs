@@ -7,8 +7,7 @@
 #![allow(dead_code)]
 
 use dmrelay::protocol::{
-    AckObject, Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix,
-    random_hex,
+    AckObject, Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix, random_hex,
 };
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
@@ -61,11 +60,10 @@ impl Reserved {
     pub fn new(separate_peer_lane: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let peer_listener =
-            separate_peer_lane.then(|| TcpListener::bind("127.0.0.1:0").unwrap());
-        let peer_url = peer_listener
-            .as_ref()
-            .map_or(url.clone(), |l| format!("http://{}", l.local_addr().unwrap()));
+        let peer_listener = separate_peer_lane.then(|| TcpListener::bind("127.0.0.1:0").unwrap());
+        let peer_url = peer_listener.as_ref().map_or(url.clone(), |l| {
+            format!("http://{}", l.local_addr().unwrap())
+        });
         Self {
             listener,
             peer_listener,
@@ -79,7 +77,10 @@ impl Reserved {
         let data = tempfile::tempdir().unwrap();
         let data_dir = data.path().to_path_buf();
         let mut env = vec![
-            ("MESH_DM_DATA_DIR".to_string(), data_dir.display().to_string()),
+            (
+                "MESH_DM_DATA_DIR".to_string(),
+                data_dir.display().to_string(),
+            ),
             ("MESH_SELF_PEER_URL".to_string(), self.peer_url.clone()),
             ("MESH_DM_SHARDS".to_string(), "2".to_string()),
             ("MESH_DM_HTTP_WORKERS".to_string(), "2".to_string()),
@@ -206,8 +207,11 @@ impl Node {
     }
 
     pub async fn send(&self, envelope: &Envelope) -> (u16, Value) {
-        self.post("/api/mesh/dm/send", &serde_json::to_value(envelope).unwrap())
-            .await
+        self.post(
+            "/api/mesh/dm/send",
+            &serde_json::to_value(envelope).unwrap(),
+        )
+        .await
     }
 
     pub async fn poll(&self, owner: &Identity, limit: u64) -> (u16, Value) {
@@ -282,7 +286,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !condition().await {
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         actix_rt::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -355,5 +362,146 @@ impl Identity {
 impl Default for Identity {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The mesh-wide secret the multi-node tests share.
+pub const MESH_SECRET: &str = "test-mesh-secret-0123456789";
+
+/// Starts `n` nodes where node `i` peers with every `j` in `links` (pairs are made symmetric),
+/// with short sync intervals and cooldowns so that tests converge in well under a second.
+pub fn mesh(n: usize, links: &[(usize, usize)], extra: &[(&str, &str)]) -> Vec<Node> {
+    let reserved: Vec<Reserved> = (0..n).map(|_| Reserved::new(false)).collect();
+    let urls: Vec<String> = reserved.iter().map(|r| r.peer_url.clone()).collect();
+    reserved
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let peers: Vec<&str> = links
+                .iter()
+                .filter_map(|&(a, b)| {
+                    if a == i {
+                        Some(urls[b].as_str())
+                    } else if b == i {
+                        Some(urls[a].as_str())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let mut config = mesh_config().env("MESH_RELAY_PEERS", peers.join(","));
+            for (k, v) in extra {
+                config = config.env(k, v);
+            }
+            r.start(config)
+        })
+        .collect()
+}
+
+/// Peer settings of a fast test mesh (peers to be added).
+pub fn mesh_config() -> NodeConfig {
+    NodeConfig::default()
+        .env("MESH_PEER_PUSH_SECRET", MESH_SECRET)
+        .env("MESH_DM_SYNC_INTERVAL_S", "0.2")
+        .env("MESH_RELAY_PUSH_TIMEOUT_S", "2")
+        .env("MESH_RELAY_FAILURE_COOLDOWN_S", "1")
+}
+
+/// Every pair of `n` nodes.
+pub fn full_mesh_links(n: usize) -> Vec<(usize, usize)> {
+    (0..n)
+        .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
+        .collect()
+}
+
+/// A signed peer-plane request, as peer `self_url` sharing `secret` would send it.
+pub async fn peer_request(
+    base: &str,
+    method: &str,
+    path_and_query: &str,
+    body: Vec<u8>,
+    self_url: &str,
+    secret: &str,
+) -> (u16, Value) {
+    let key = dmrelay::peer::auth::derive_peer_key(secret.as_bytes(), self_url);
+    let ts = now_unix();
+    let hmac = dmrelay::peer::auth::sign_request(&key, method, path_and_query, ts, &body);
+    signed_request(
+        base,
+        method,
+        path_and_query,
+        body,
+        self_url,
+        &ts.to_string(),
+        &hmac,
+    )
+    .await
+}
+
+/// A peer-plane request with the given headers, whatever they are (for the auth tests).
+pub async fn signed_request(
+    base: &str,
+    method: &str,
+    path_and_query: &str,
+    body: Vec<u8>,
+    peer_url: &str,
+    timestamp: &str,
+    hmac: &str,
+) -> (u16, Value) {
+    let client = http();
+    let url = format!("{base}{path_and_query}");
+    let request = if method == "GET" {
+        client.get(url)
+    } else {
+        client.post(url)
+    };
+    let mut request = request.insert_header(("content-type", "application/json"));
+    if !peer_url.is_empty() {
+        request = request.insert_header(("X-Peer-Url", peer_url));
+    }
+    if !timestamp.is_empty() {
+        request = request.insert_header(("X-Peer-Timestamp", timestamp));
+    }
+    if !hmac.is_empty() {
+        request = request.insert_header(("X-Peer-HMAC", hmac));
+    }
+    let mut response = request.send_body(body).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.body().limit(32 << 20).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+/// Waits until `owner`'s mailbox on `node` holds exactly `ids` (in delivery order).
+pub async fn wait_for_ids(node: &Node, owner: &Identity, ids: &[&str]) {
+    wait_for_mailbox(node, owner, ids, false).await;
+}
+
+/// Waits until `owner`'s mailbox on `node` holds exactly `ids`, in any order.
+pub async fn wait_for_id_set(node: &Node, owner: &Identity, ids: &[&str]) {
+    wait_for_mailbox(node, owner, ids, true).await;
+}
+
+async fn wait_for_mailbox(node: &Node, owner: &Identity, ids: &[&str], any_order: bool) {
+    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    if any_order {
+        want.sort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut got = node.pending_ids(owner).await;
+        if any_order {
+            got.sort();
+        }
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: mailbox holds {got:?}, expected {want:?}",
+            node.url
+        );
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
     }
 }
