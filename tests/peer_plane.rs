@@ -89,7 +89,9 @@ async fn every_bad_peer_authentication_is_403_peer_auth() {
     let body_path = "/api/mesh/dm/replicate-ack";
     let signed_body = br#"{"acks":[]}"#.to_vec();
     let body_mac = sign_request(&key, "POST", body_path, now, &signed_body);
-    let cases: Vec<(&str, &str, &str, Vec<u8>, String, String, String)> = vec![
+    /// (name, method, path, body, X-Peer-Url, X-Peer-Timestamp, X-Peer-HMAC)
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, String, String, String);
+    let cases: Vec<Case> = vec![
         (
             "missing url",
             "GET",
