@@ -85,7 +85,7 @@ pub struct Settings {
     /// Interval between pulls of each peer's change feed (`MESH_DM_SYNC_INTERVAL_S`, default 5;
     /// fractions allowed).
     pub sync_interval: Duration,
-    /// Items each peer may have pushed per second (`MESH_RELAY_PUSH_RATE`, default 200).
+    /// Items pushed to each peer per second (`MESH_RELAY_PUSH_RATE`, default 1000).
     pub push_rate_per_s: f64,
     /// Mailbox shards, one per core by default (`MESH_DM_SHARDS`).
     pub shards: usize,
@@ -405,7 +405,7 @@ impl Settings {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
         let shards: u64 = raw.parse("shards", cores, integer)?;
         let http_workers: u64 = raw.parse("http_workers", cores, integer)?;
-        let push_rate_per_s: f64 = raw.parse("push_rate", 200.0, "a number")?;
+        let push_rate_per_s: f64 = raw.parse("push_rate", 1000.0, "a number")?;
         Ok(Self {
             listen,
             peer_listen,
@@ -519,6 +519,24 @@ mod tests {
                 secret: "m".into()
             }
         );
+    }
+
+    #[test]
+    fn the_documented_example_is_the_defaults_and_every_documented_key_is_real() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/node.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let example = from_toml(&text, &[]).unwrap();
+        let defaults = from_toml("", &[]).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+        // Uncomment every `# key = value` line (and the [[peers]] table): it must still parse.
+        let uncommented: String = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| line.contains(" = ") || line.starts_with("[[peers]]"))
+            .map(|line| line.split("  #").next().unwrap_or(line).trim().to_string() + "\n")
+            .collect();
+        let file: FileSettings = toml::from_str(&uncommented).unwrap();
+        assert!(file.listen.is_some() && file.http_workers.is_some() && file.peers.len() == 1);
     }
 
     #[test]
