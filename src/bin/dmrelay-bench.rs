@@ -1,0 +1,385 @@
+//! `dmrelay-bench`: starts real `dmrelay serve` processes and prints figures and ratios.
+//!
+//! 1. Deposit throughput against `GET /health` of the same server in the same run (fsync and
+//!    memory mode), with the group-commit batch size read from `/metrics`.
+//! 2. Memory per pending envelope: RSS of the node before and after N deposits.
+//! 3. Replication lag: deposits on node A at a fixed rate; the time until each appears in node
+//!    B's change feed, as percentiles.
+//!
+//! The load generator runs on the same machine as the nodes (it takes one core's share); the
+//! figures are for comparing runs and endpoints on one machine, not absolute capacity.
+
+use clap::Parser;
+use dmrelay::peer::auth::{derive_peer_key, sign_request};
+use dmrelay::protocol::{Envelope, MailboxKey, MsgId, generate_signing_key, now_unix};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "dmrelay-bench", about = "Measure a dmrelay node: throughput, memory, replication lag")]
+struct Args {
+    /// Deposits (and health requests) per throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Ciphertext bytes per envelope.
+    #[arg(long, default_value_t = 1024)]
+    ciphertext_bytes: usize,
+    /// Pending envelopes for the memory measurement.
+    #[arg(long, default_value_t = 20_000)]
+    memory_envelopes: usize,
+    /// Deposits per second during the replication-lag run.
+    #[arg(long, default_value_t = 200)]
+    lag_rate: u64,
+    /// Length of the replication-lag run, seconds.
+    #[arg(long, default_value_t = 10)]
+    lag_seconds: u64,
+    /// Where the nodes keep their data (a temporary directory by default).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+}
+
+const SECRET: &str = "bench-mesh-secret";
+/// The URL the bench claims when it reads node B's feed.
+const BENCH_PEER: &str = "http://127.0.0.1:1";
+
+struct NodeProcess {
+    child: Child,
+    url: String,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| fail(&format!("no free port: {e}")))
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("dmrelay-bench: {message}");
+    std::process::exit(1)
+}
+
+fn start_node(data_dir: &PathBuf, port: u16, env: &[(&str, String)]) -> NodeProcess {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("dmrelay")))
+        .unwrap_or_else(|| fail("cannot locate the dmrelay binary next to dmrelay-bench"));
+    let _ = std::fs::remove_dir_all(data_dir);
+    let child = Command::new(binary)
+        .arg("serve")
+        .env("MESH_DM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MESH_DM_DATA_DIR", data_dir)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| fail(&format!("cannot start dmrelay: {e}")));
+    NodeProcess {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn wait_ready(client: &awc::Client, node: &NodeProcess) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{}/health", node.url)).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    fail("node did not become healthy");
+}
+
+fn envelopes(count: usize, bytes: usize) -> Vec<(String, Vec<u8>)> {
+    // 40 envelopes per mailbox, under the default mailbox limit of 48.
+    let mailbox_owners: Vec<MailboxKey> = (0..count.div_ceil(40).max(1))
+        .map(|_| generate_signing_key().unwrap_or_else(|_| fail("no randomness")))
+        .map(|k| MailboxKey::from_bytes(k.verifying_key().to_bytes()))
+        .collect();
+    let now = now_unix();
+    let payload = vec![0xabu8; bytes];
+    (0..count)
+        .map(|i| {
+            // One sender per envelope, so the per-sender cap never interferes.
+            let sender = generate_signing_key().unwrap_or_else(|_| fail("no randomness"));
+            let id = format!("bench-{i}");
+            let envelope = Envelope::sign(
+                &sender,
+                mailbox_owners[i % mailbox_owners.len()],
+                MsgId::parse("msg_id", &id).unwrap_or_else(|_| fail("bad id")),
+                now,
+                now + 3600,
+                &payload,
+            );
+            let json = serde_json::to_vec(&envelope).unwrap_or_else(|_| fail("encode"));
+            (id, json)
+        })
+        .collect()
+}
+
+/// Runs `bodies` (None = GET /health) with `concurrency` in flight; returns (seconds, failures).
+async fn drive(
+    client: &awc::Client,
+    url: &str,
+    bodies: Vec<Option<Vec<u8>>>,
+    concurrency: usize,
+) -> (f64, usize) {
+    let queue = Rc::new(RefCell::new(VecDeque::from(bodies)));
+    let failures = Rc::new(RefCell::new(0usize));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (queue, failures, client, url) =
+                (Rc::clone(&queue), Rc::clone(&failures), client.clone(), url.to_string());
+            actix_rt::spawn(async move {
+                loop {
+                    let next = queue.borrow_mut().pop_front();
+                    let Some(body) = next else { break };
+                    let ok = match body {
+                        Some(body) => client
+                            .post(format!("{url}/api/mesh/dm/send"))
+                            .send_body(body)
+                            .await
+                            .map(|r| r.status().as_u16() == 200),
+                        None => client
+                            .get(format!("{url}/health"))
+                            .send()
+                            .await
+                            .map(|r| r.status().is_success()),
+                    };
+                    if !matches!(ok, Ok(true)) {
+                        *failures.borrow_mut() += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let failed = *failures.borrow();
+    (started.elapsed().as_secs_f64(), failed)
+}
+
+async fn metric(client: &awc::Client, url: &str, name: &str) -> f64 {
+    let Ok(mut response) = client.get(format!("{url}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = response.body().await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn throughput(args: &Args, client: &awc::Client, root: &PathBuf, persist: &str) {
+    let node = start_node(&root.join(format!("tp-{persist}")), free_port(), &[("MESH_DM_PERSIST", persist.to_string())]);
+    wait_ready(client, &node).await;
+    eprintln!("[{persist}] signing {} envelopes...", args.requests);
+    let bodies: Vec<Option<Vec<u8>>> = envelopes(args.requests, args.ciphertext_bytes)
+        .into_iter()
+        .map(|(_, body)| Some(body))
+        .collect();
+    eprintln!("[{persist}] GET /health x{} ...", args.requests);
+    let (health_s, health_failed) = drive(client, &node.url, vec![None; args.requests], args.concurrency).await;
+    eprintln!("[{persist}] POST /send x{} ...", args.requests);
+    let (send_s, send_failed) = drive(client, &node.url, bodies, args.concurrency).await;
+    let commits = metric(client, &node.url, "dm_store_commits_total").await;
+    let ops = metric(client, &node.url, "dm_store_ops_total").await;
+    let health_rate = args.requests as f64 / health_s;
+    let send_rate = args.requests as f64 / send_s;
+    println!(
+        "throughput persist={persist}: deposits {send_rate:.0}/s ({send_failed} failed), GET /health {health_rate:.0}/s ({health_failed} failed), ratio deposit/health {:.2}, store commits {commits:.0} for {ops:.0} ops (batch {:.1})",
+        send_rate / health_rate,
+        if commits > 0.0 { ops / commits } else { 0.0 }
+    );
+}
+
+async fn memory(args: &Args, client: &awc::Client, root: &PathBuf, persist: &str) {
+    let node = start_node(&root.join(format!("mem-{persist}")), free_port(), &[("MESH_DM_PERSIST", persist.to_string())]);
+    wait_ready(client, &node).await;
+    let bodies: Vec<Option<Vec<u8>>> = envelopes(args.memory_envelopes, args.ciphertext_bytes)
+        .into_iter()
+        .map(|(_, body)| Some(body))
+        .collect();
+    // Warm up the allocator and the HTTP workers before the baseline.
+    let _ = drive(client, &node.url, vec![None; 2000], 16).await;
+    let before = rss_bytes(node.child.id());
+    let (_, failed) = drive(client, &node.url, bodies, args.concurrency).await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_bytes(node.child.id());
+    let pending = metric(client, &node.url, "dm_pending_envelopes").await;
+    println!(
+        "memory persist={persist}: {pending:.0} pending envelopes of {} ciphertext bytes ({failed} failed): RSS {:.1} MiB -> {:.1} MiB, {:.0} bytes per pending envelope",
+        args.ciphertext_bytes,
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / pending.max(1.0)
+    );
+}
+
+async fn replication_lag(args: &Args, client: &awc::Client, root: &PathBuf) {
+    let (port_a, port_b) = (free_port(), free_port());
+    let (url_a, url_b) = (format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}"));
+    let common = |peers: String| {
+        vec![
+            ("MESH_RELAY_PEERS", peers),
+            ("MESH_PEER_PUSH_SECRET", SECRET.to_string()),
+            ("MESH_DM_MAILBOX_LIMIT", "100000".to_string()),
+        ]
+    };
+    let a = start_node(&root.join("lag-a"), port_a, &common(url_b.clone()));
+    let b = start_node(&root.join("lag-b"), port_b, &common(format!("{url_a},{BENCH_PEER}")));
+    wait_ready(client, &a).await;
+    wait_ready(client, &b).await;
+    let total = (args.lag_rate * args.lag_seconds) as usize;
+    let signed = envelopes(total, args.ciphertext_bytes);
+    let accepted_at: Rc<RefCell<HashMap<String, Instant>>> = Rc::default();
+    let done = Rc::new(RefCell::new(false));
+    // Feed reader: node B's /changes, as a peer would read it.
+    let reader = {
+        let (client, accepted_at, done, url_b) = (client.clone(), Rc::clone(&accepted_at), Rc::clone(&done), url_b.clone());
+        actix_rt::spawn(async move {
+            let key = derive_peer_key(SECRET.as_bytes(), BENCH_PEER);
+            let mut since = 0u64;
+            let mut lags = Vec::new();
+            let deadline_after_done = Duration::from_secs(30);
+            let mut done_at: Option<Instant> = None;
+            while lags.len() < total {
+                if *done.borrow() && done_at.is_none() {
+                    done_at = Some(Instant::now());
+                }
+                if done_at.is_some_and(|t| t.elapsed() > deadline_after_done) {
+                    break;
+                }
+                let path = format!("/api/mesh/dm/changes?since={since}&limit=1000");
+                let ts = now_unix();
+                let mac = sign_request(&key, "GET", &path, ts, b"");
+                let response = client
+                    .get(format!("{url_b}{path}"))
+                    .insert_header(("X-Peer-Url", BENCH_PEER))
+                    .insert_header(("X-Peer-Timestamp", ts.to_string()))
+                    .insert_header(("X-Peer-HMAC", mac))
+                    .send()
+                    .await;
+                let seen = Instant::now();
+                let feed: serde_json::Value = match response {
+                    Ok(mut r) => match r.body().limit(64 << 20).await {
+                        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+                        Err(_) => serde_json::Value::Null,
+                    },
+                    Err(_) => serde_json::Value::Null,
+                };
+                if let Some(changes) = feed["changes"].as_array() {
+                    for change in changes {
+                        if let Some(id) = change["envelope"]["msg_id"].as_str()
+                            && let Some(at) = accepted_at.borrow().get(id)
+                        {
+                            lags.push(seen.saturating_duration_since(*at));
+                        }
+                    }
+                    since = feed["next"].as_u64().unwrap_or(since);
+                }
+                actix_rt::time::sleep(Duration::from_millis(2)).await;
+            }
+            lags
+        })
+    };
+    // Deposits on A at a fixed rate.
+    let interval = Duration::from_secs_f64(1.0 / args.lag_rate as f64);
+    let started = Instant::now();
+    let mut in_flight = Vec::new();
+    for (i, (id, body)) in signed.into_iter().enumerate() {
+        let due = started + interval * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            actix_rt::time::sleep(wait).await;
+        }
+        let (client, accepted_at, url_a) = (client.clone(), Rc::clone(&accepted_at), url_a.clone());
+        in_flight.push(actix_rt::spawn(async move {
+            if let Ok(r) = client.post(format!("{url_a}/api/mesh/dm/send")).send_body(body).await
+                && r.status().as_u16() == 200
+            {
+                accepted_at.borrow_mut().insert(id, Instant::now());
+            }
+        }));
+    }
+    for task in in_flight {
+        let _ = task.await;
+    }
+    *done.borrow_mut() = true;
+    let mut lags = reader.await.unwrap_or_default();
+    lags.sort();
+    let pct = |p: f64| -> f64 {
+        if lags.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((lags.len() as f64 - 1.0) * p).round() as usize;
+        lags[i.min(lags.len() - 1)].as_secs_f64() * 1000.0
+    };
+    println!(
+        "replication lag A->B ({} deposits at {}/s, {} seen on B): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        total,
+        args.lag_rate,
+        lags.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    let root = args
+        .data_root
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("dmrelay-bench-{}", std::process::id())));
+    actix_rt::System::new().block_on(async {
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish();
+        println!(
+            "dmrelay-bench: {} cores, {} requests, concurrency {}, {} ciphertext bytes",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            args.requests,
+            args.concurrency,
+            args.ciphertext_bytes
+        );
+        throughput(&args, &client, &root, "fsync").await;
+        throughput(&args, &client, &root, "memory").await;
+        memory(&args, &client, &root, "fsync").await;
+        memory(&args, &client, &root, "memory").await;
+        replication_lag(&args, &client, &root).await;
+    });
+    let _ = std::fs::remove_dir_all(&root);
+}
