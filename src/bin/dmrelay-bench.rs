@@ -20,7 +20,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "dmrelay-bench", about = "Measure a dmrelay node: throughput, memory, replication lag")]
+#[command(
+    name = "dmrelay-bench",
+    about = "Measure a dmrelay node: throughput, memory, replication lag"
+)]
 struct Args {
     /// Deposits (and health requests) per throughput run.
     #[arg(long, default_value_t = 20_000)]
@@ -149,8 +152,12 @@ async fn drive(
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (queue, failures, client, url) =
-                (Rc::clone(&queue), Rc::clone(&failures), client.clone(), url.to_string());
+            let (queue, failures, client, url) = (
+                Rc::clone(&queue),
+                Rc::clone(&failures),
+                client.clone(),
+                url.to_string(),
+            );
             actix_rt::spawn(async move {
                 loop {
                     let next = queue.borrow_mut().pop_front();
@@ -185,7 +192,11 @@ async fn metric(client: &awc::Client, url: &str, name: &str) -> f64 {
     let Ok(mut response) = client.get(format!("{url}/metrics")).send().await else {
         return 0.0;
     };
-    let text = response.body().await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = response
+        .body()
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
@@ -203,7 +214,11 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 async fn throughput(args: &Args, client: &awc::Client, root: &PathBuf, persist: &str) {
-    let node = start_node(&root.join(format!("tp-{persist}")), free_port(), &[("MESH_DM_PERSIST", persist.to_string())]);
+    let node = start_node(
+        &root.join(format!("tp-{persist}")),
+        free_port(),
+        &[("MESH_DM_PERSIST", persist.to_string())],
+    );
     wait_ready(client, &node).await;
     eprintln!("[{persist}] signing {} envelopes...", args.requests);
     let bodies: Vec<Option<Vec<u8>>> = envelopes(args.requests, args.ciphertext_bytes)
@@ -211,7 +226,13 @@ async fn throughput(args: &Args, client: &awc::Client, root: &PathBuf, persist: 
         .map(|(_, body)| Some(body))
         .collect();
     eprintln!("[{persist}] GET /health x{} ...", args.requests);
-    let (health_s, health_failed) = drive(client, &node.url, vec![None; args.requests], args.concurrency).await;
+    let (health_s, health_failed) = drive(
+        client,
+        &node.url,
+        vec![None; args.requests],
+        args.concurrency,
+    )
+    .await;
     eprintln!("[{persist}] POST /send x{} ...", args.requests);
     let (send_s, send_failed) = drive(client, &node.url, bodies, args.concurrency).await;
     let commits = metric(client, &node.url, "dm_store_commits_total").await;
@@ -226,7 +247,11 @@ async fn throughput(args: &Args, client: &awc::Client, root: &PathBuf, persist: 
 }
 
 async fn memory(args: &Args, client: &awc::Client, root: &PathBuf, persist: &str) {
-    let node = start_node(&root.join(format!("mem-{persist}")), free_port(), &[("MESH_DM_PERSIST", persist.to_string())]);
+    let node = start_node(
+        &root.join(format!("mem-{persist}")),
+        free_port(),
+        &[("MESH_DM_PERSIST", persist.to_string())],
+    );
     wait_ready(client, &node).await;
     let bodies: Vec<Option<Vec<u8>>> = envelopes(args.memory_envelopes, args.ciphertext_bytes)
         .into_iter()
@@ -250,7 +275,10 @@ async fn memory(args: &Args, client: &awc::Client, root: &PathBuf, persist: &str
 
 async fn replication_lag(args: &Args, client: &awc::Client, root: &PathBuf) {
     let (port_a, port_b) = (free_port(), free_port());
-    let (url_a, url_b) = (format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}"));
+    let (url_a, url_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
     let common = |peers: String| {
         vec![
             ("MESH_RELAY_PEERS", peers),
@@ -259,7 +287,11 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &PathBuf) {
         ]
     };
     let a = start_node(&root.join("lag-a"), port_a, &common(url_b.clone()));
-    let b = start_node(&root.join("lag-b"), port_b, &common(format!("{url_a},{BENCH_PEER}")));
+    let b = start_node(
+        &root.join("lag-b"),
+        port_b,
+        &common(format!("{url_a},{BENCH_PEER}")),
+    );
     wait_ready(client, &a).await;
     wait_ready(client, &b).await;
     let total = (args.lag_rate * args.lag_seconds) as usize;
@@ -268,7 +300,12 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &PathBuf) {
     let done = Rc::new(RefCell::new(false));
     // Feed reader: node B's /changes, as a peer would read it.
     let reader = {
-        let (client, accepted_at, done, url_b) = (client.clone(), Rc::clone(&accepted_at), Rc::clone(&done), url_b.clone());
+        let (client, accepted_at, done, url_b) = (
+            client.clone(),
+            Rc::clone(&accepted_at),
+            Rc::clone(&done),
+            url_b.clone(),
+        );
         actix_rt::spawn(async move {
             let key = derive_peer_key(SECRET.as_bytes(), BENCH_PEER);
             let mut since = 0u64;
@@ -326,7 +363,10 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &PathBuf) {
         }
         let (client, accepted_at, url_a) = (client.clone(), Rc::clone(&accepted_at), url_a.clone());
         in_flight.push(actix_rt::spawn(async move {
-            if let Ok(r) = client.post(format!("{url_a}/api/mesh/dm/send")).send_body(body).await
+            if let Ok(r) = client
+                .post(format!("{url_a}/api/mesh/dm/send"))
+                .send_body(body)
+                .await
                 && r.status().as_u16() == 200
             {
                 accepted_at.borrow_mut().insert(id, Instant::now());
@@ -360,10 +400,9 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &PathBuf) {
 
 fn main() {
     let args = Args::parse();
-    let root = args
-        .data_root
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("dmrelay-bench-{}", std::process::id())));
+    let root = args.data_root.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("dmrelay-bench-{}", std::process::id()))
+    });
     actix_rt::System::new().block_on(async {
         let client = awc::Client::builder()
             .timeout(Duration::from_secs(30))

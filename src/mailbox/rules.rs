@@ -227,6 +227,13 @@ impl MailboxState {
         );
     }
 
+    /// Whether `msg_id` is pending and its write has reached the disk.
+    pub fn is_committed(&self, msg_id: &MsgId) -> bool {
+        self.pending
+            .get(msg_id)
+            .is_some_and(|entry| entry.committed)
+    }
+
     /// The write of `msg_id` reached the disk: deliver it from now on.
     pub fn mark_committed(&mut self, msg_id: &MsgId) {
         if let Some(entry) = self.pending.get_mut(msg_id) {

@@ -262,6 +262,29 @@ impl Handler<Deposit> for MailboxShard {
         let limits = self.limits;
         let state = self.mailbox(envelope.mailbox, now_unix());
         let decision = state.decide(&envelope, &limits);
+        if decision == Decision::Duplicate && !state.is_committed(&envelope.msg_id) {
+            // The first copy's write is still in flight: "duplicate" must not answer before it is
+            // durable. The writer is FIFO, so once an (empty) commit queued now completes, the
+            // first one has completed too, and its outcome is in the state.
+            let barrier = self.store.commit(Vec::new());
+            ctx.spawn(barrier.into_actor(self).map(move |result, shard, _| {
+                let durable = result.is_ok()
+                    && shard
+                        .mailboxes
+                        .get(&envelope.mailbox)
+                        .is_some_and(|state| state.is_committed(&envelope.msg_id));
+                let outcome = if durable {
+                    shard.count_decision(Decision::Duplicate, &origin);
+                    Ok(Decision::Duplicate)
+                } else {
+                    Err(ShardError::Unavailable(
+                        "the first copy was not stored".into(),
+                    ))
+                };
+                let _ = reply.send(outcome);
+            }));
+            return;
+        }
         if decision != Decision::Accept {
             self.count_decision(decision, &origin);
             let no_room = matches!(
@@ -347,12 +370,17 @@ impl Handler<Acknowledge> for MailboxShard {
         self.metrics
             .pending_envelopes
             .sub(effect.removed.len() as i64);
-        if !effect.changed {
-            // Already applied: nothing new to store or to tell the peers.
+        if !effect.changed && origin != Origin::Client {
+            // A replica already applied: nothing new to store, and storing it again would echo
+            // it around the mesh through the feeds.
             let _ = reply.send(Ok(report));
             return;
         }
-        self.metrics.ack_total.inc();
+        // A client's repeated ack is stored (and pushed) again: its 200 must mean "on disk"
+        // even if the first attempt's commit failed after it was applied in memory.
+        if effect.changed {
+            self.metrics.ack_total.inc();
+        }
         let live_until = effect
             .tombstones
             .iter()
