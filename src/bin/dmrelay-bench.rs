@@ -14,7 +14,7 @@ use dmrelay::peer::auth::{derive_peer_key, sign_request};
 use dmrelay::protocol::{Envelope, MailboxKey, MsgId, generate_signing_key, now_unix};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -76,7 +76,7 @@ fn fail(message: &str) -> ! {
     std::process::exit(1)
 }
 
-fn start_node(data_dir: &PathBuf, port: u16, env: &[(&str, String)]) -> NodeProcess {
+fn start_node(data_dir: &Path, port: u16, env: &[(&str, String)]) -> NodeProcess {
     let binary = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("dmrelay")))
@@ -213,7 +213,7 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-async fn throughput(args: &Args, client: &awc::Client, root: &PathBuf, persist: &str) {
+async fn throughput(args: &Args, client: &awc::Client, root: &Path, persist: &str) {
     let node = start_node(
         &root.join(format!("tp-{persist}")),
         free_port(),
@@ -246,7 +246,7 @@ async fn throughput(args: &Args, client: &awc::Client, root: &PathBuf, persist: 
     );
 }
 
-async fn memory(args: &Args, client: &awc::Client, root: &PathBuf, persist: &str) {
+async fn memory(args: &Args, client: &awc::Client, root: &Path, persist: &str) {
     let node = start_node(
         &root.join(format!("mem-{persist}")),
         free_port(),
@@ -273,7 +273,7 @@ async fn memory(args: &Args, client: &awc::Client, root: &PathBuf, persist: &str
     );
 }
 
-async fn replication_lag(args: &Args, client: &awc::Client, root: &PathBuf) {
+async fn replication_lag(args: &Args, client: &awc::Client, root: &Path) {
     let (port_a, port_b) = (free_port(), free_port());
     let (url_a, url_b) = (
         format!("http://127.0.0.1:{port_a}"),
