@@ -286,6 +286,60 @@ fn serve_stops_on_a_bad_config_file_naming_the_key() {
     assert!(line.contains("no_such_key"), "{line}");
 }
 
+#[test]
+fn serve_reads_config_node_toml_from_the_working_directory_by_default() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("config")).unwrap();
+    std::fs::write(cwd.path().join("config/node.toml"), "typo_setting = true\n").unwrap();
+    let mut command = dmrelay(cwd.path());
+    command
+        .arg("serve")
+        .env("MESH_DM_DATA_DIR", data.path())
+        .env("MESH_DM_LISTEN", "127.0.0.1:0");
+    let output = run(command, Duration::from_secs(10));
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("typo_setting"), "{err}");
+}
+
+#[actix_rt::test]
+async fn settings_come_from_the_config_file_with_the_environment_taking_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "mailbox_limit = 2\npending_per_sender_limit = 5\n").unwrap();
+    let node = Node::start(
+        NodeConfig::default()
+            .env("MESH_DM_CONFIG", file.display())
+            .env("MESH_DM_PENDING_PER_SENDER_LIMIT", 1),
+    );
+    node.ready().await;
+    let (alice, carol, dave, bob) = (
+        common::Identity::new(),
+        common::Identity::new(),
+        common::Identity::new(),
+        common::Identity::new(),
+    );
+    assert_eq!(node.send(&alice.envelope_to(&bob, "a1")).await.0, 200);
+    // The environment's cap of 1, not the file's 5.
+    let (status, body) = node.send(&alice.envelope_to(&bob, "a2")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("cap_violation")),
+        "{body}"
+    );
+    assert_eq!(body["limit"], 1, "{body}");
+    // The file's mailbox limit of 2, not the default 48.
+    assert_eq!(node.send(&carol.envelope_to(&bob, "c1")).await.0, 200);
+    let (status, body) = node.send(&dave.envelope_to(&bob, "d1")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("mailbox_full")),
+        "{body}"
+    );
+}
+
 fn cli_json(dir: &Path, args: &[&str]) -> Value {
     let mut command = dmrelay(dir);
     command.args(args);

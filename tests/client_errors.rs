@@ -935,3 +935,37 @@ async fn too_many_polls_of_one_mailbox_are_429_rate_limited_with_retry_after() {
     assert_eq!(f.node.poll(&Identity::new(), 8).await.0, 200);
     f.assert_unharmed().await;
 }
+
+#[actix_rt::test]
+#[ignore = "BUG: with MESH_DM_PEER_LISTEN the peer-plane server is never started (awaited only after the client server stops); its address hangs"]
+async fn with_a_separate_peer_listener_the_client_plane_is_served_only_on_its_own_address() {
+    // SPEC §8: with MESH_DM_PEER_LISTEN each plane is served only on its own address; §6.4:
+    // /health answers there too.
+    let node = Node::start(NodeConfig {
+        separate_peer_lane: true,
+        ..NodeConfig::default()
+    });
+    node.ready().await;
+    assert_ne!(node.url, node.peer_url);
+    node.ready_peer_lane().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    let envelope = json!(alice.envelope_to(&bob, "m1"));
+    let requests = [
+        (SEND, envelope.clone()),
+        (POLL, bob.poll(8)),
+        (ACK, bob.ack(&["m1"])),
+    ];
+    for (path, body) in &requests {
+        let got = common::post_raw(&node.peer_url, path, bytes(body)).await;
+        assert_json_error(&format!("{path} on the peer address"), &got, 404);
+    }
+    assert_eq!(request("GET", &node.peer_url, "/health").await.0, 200);
+    // Nothing sent to the peer address was stored; the client address works.
+    assert!(node.pending_ids(&bob).await.is_empty());
+    assert_deposit(
+        "client address",
+        &node.post(SEND, &envelope).await,
+        "m1",
+        "accepted",
+    );
+}

@@ -514,3 +514,31 @@ pub async fn post_with_headers(
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, value, headers)
 }
+
+impl Node {
+    /// The running process's id (None when stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Waits until `GET {base}/health` answers 200, each attempt with a 1 s timeout (so that an
+/// address nobody serves fails within `timeout` rather than hanging on one request).
+pub async fn wait_healthy(base: &str, timeout: Duration) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .finish();
+    let url = format!("{base}/health");
+    wait_for(timeout, || {
+        let (client, url) = (client.clone(), url.clone());
+        async move { matches!(client.get(url).send().await, Ok(r) if r.status().is_success()) }
+    })
+    .await;
+}
+
+impl Node {
+    /// Waits until `/health` answers on the peer plane's address too (with separate lanes).
+    pub async fn ready_peer_lane(&self) {
+        wait_healthy(&self.peer_url, Duration::from_secs(10)).await;
+    }
+}
