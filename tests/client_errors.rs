@@ -937,7 +937,7 @@ async fn too_many_polls_of_one_mailbox_are_429_rate_limited_with_retry_after() {
 }
 
 #[actix_rt::test]
-#[ignore = "BUG: with MESH_DM_PEER_LISTEN the peer-plane server is never started (awaited only after the client server stops); its address hangs"]
+#[ignore = "BUG: with MESH_DM_PEER_LISTEN the peer-plane server is never started (awaited only after the client server stops); its address hangs (passes on main since c7ff8b6)"]
 async fn with_a_separate_peer_listener_the_client_plane_is_served_only_on_its_own_address() {
     // SPEC §8: with MESH_DM_PEER_LISTEN each plane is served only on its own address; §6.4:
     // /health answers there too.

@@ -414,7 +414,7 @@ async fn group_commit_puts_concurrent_deposits_in_shared_commits() {
 }
 
 #[actix_rt::test]
-#[ignore = "BUG: `200 duplicate` for a copy of a deposit whose commit is still queued is sent before it is durable; kill -9 then loses it"]
+#[ignore = "BUG: `200 duplicate` for a copy of a deposit whose commit is still queued is sent before it is durable; kill -9 then loses it (passes on main since 813ba75)"]
 async fn a_duplicate_reply_means_the_envelope_is_durable() {
     // A client that retries a deposit (say after a timeout) and gets `200 duplicate` must be able
     // to rely on the envelope being stored, exactly as after `200 accepted` (SPEC §6.1, §4 rule
@@ -473,7 +473,7 @@ async fn a_duplicate_reply_means_the_envelope_is_durable() {
 }
 
 #[actix_rt::test]
-#[ignore = "BUG: poll nonces live only in memory; after a restart a captured poll replays with 200 instead of 401 replay"]
+#[ignore = "BUG: poll nonces live only in memory; after a restart a captured poll replays with 200 instead of 401 replay (still on main, documented there as a trade-off)"]
 async fn a_poll_nonce_stays_spent_across_a_restart() {
     // SPEC §6.2: a nonce already used for this mailbox within the window is a `replay`. A
     // captured poll must not become replayable just because the node restarted meanwhile.
