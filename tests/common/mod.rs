@@ -505,3 +505,181 @@ async fn wait_for_mailbox(node: &Node, owner: &Identity, ids: &[&str], any_order
         actix_rt::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers added for the client-plane, error, durability and CLI tests.
+
+/// Like [`post_raw`], but a transport error (node killed mid-request, connection reset) is an
+/// `Err` instead of a panic.
+pub async fn try_post_raw(base: &str, path: &str, body: Vec<u8>) -> Result<(u16, Value), String> {
+    let mut response = http()
+        .post(format!("{base}{path}"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body)
+        .await
+        .map_err(|e| format!("POST {base}{path}: {e}"))?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .body()
+        .limit(8 << 20)
+        .await
+        .map_err(|e| format!("POST {base}{path}: reading the reply: {e}"))?;
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Ok((status, value))
+}
+
+/// POSTs `chunks` as a chunked body: no `Content-Length`, `Transfer-Encoding: chunked`.
+pub async fn post_chunked(base: &str, path: &str, chunks: Vec<Vec<u8>>) -> (u16, Value) {
+    let stream = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::io::Error>(actix_web::web::Bytes::from(c))),
+    );
+    let mut response = http()
+        .post(format!("{base}{path}"))
+        .insert_header(("content-type", "application/json"))
+        .send_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("chunked POST {base}{path}: {e}"));
+    let status = response.status().as_u16();
+    let bytes = response.body().limit(8 << 20).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+/// Sends `method` to `base{path}` with an empty body; returns status and JSON (or the text).
+pub async fn request(method: &str, base: &str, path: &str) -> (u16, Value) {
+    let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut response = http()
+        .request(method, format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{base}{path}: {e}"));
+    let status = response.status().as_u16();
+    let bytes = response.body().limit(8 << 20).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+/// Asserts the error shape of SPEC §1 and §6.5: `status`, `ok: false`, `error: code`, and a
+/// non-empty `detail` sentence. `what` names the case in the failure message.
+pub fn assert_error(what: &str, got: &(u16, Value), status: u16, code: &str) {
+    let (got_status, body) = got;
+    assert_eq!(
+        (*got_status, body["error"].as_str()),
+        (status, Some(code)),
+        "{what}: expected {status} {code}, got {got_status} {body}"
+    );
+    assert_eq!(body["ok"], Value::Bool(false), "{what}: {body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(!detail.trim().is_empty(), "{what}: empty detail in {body}");
+}
+
+/// Asserts a `200 {"ok": true, "msg_id": id, "status": status}` deposit reply.
+pub fn assert_deposit(what: &str, got: &(u16, Value), msg_id: &str, status: &str) {
+    let (got_status, body) = got;
+    assert_eq!(
+        (*got_status, body["status"].as_str()),
+        (200, Some(status)),
+        "{what}: expected 200 {status}, got {got_status} {body}"
+    );
+    assert_eq!(body["ok"], Value::Bool(true), "{what}: {body}");
+    assert_eq!(body["msg_id"].as_str(), Some(msg_id), "{what}: {body}");
+}
+
+impl Node {
+    /// Like [`Node::send`], but a transport error is an `Err` instead of a panic.
+    pub async fn try_send(&self, envelope: &Envelope) -> Result<(u16, Value), String> {
+        try_post_raw(
+            &self.url,
+            "/api/mesh/dm/send",
+            serde_json::to_vec(envelope).unwrap(),
+        )
+        .await
+    }
+
+    /// `GET {path}` on the client plane.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        request("GET", &self.url, path).await
+    }
+
+    /// Every envelope in `owner`'s mailbox on this node, oldest first (up to 100), as JSON.
+    pub async fn pending_messages(&self, owner: &Identity) -> Vec<Value> {
+        let (status, body) = self.poll(owner, 100).await;
+        assert_eq!(status, 200, "{body}");
+        body["messages"].as_array().unwrap().clone()
+    }
+}
+
+impl Identity {
+    /// A poll request signed at `ts` with `nonce`; `limit: None` leaves the field out (the
+    /// signature then covers the default, 8).
+    pub fn poll_with(&self, ts: u64, nonce: &str, limit: Option<u64>) -> Value {
+        let signed = PollRequest::sign(&self.key, ts, nonce.to_string(), limit.unwrap_or(8));
+        let mut json = signed.to_json();
+        if limit.is_none() {
+            json.as_object_mut().unwrap().remove("limit");
+        }
+        json
+    }
+
+    /// An ack object signed at `ts`, as JSON.
+    pub fn ack_at(&self, ids: &[&str], ts: u64) -> Value {
+        serde_json::to_value(self.ack_object_at(ids, ts)).unwrap()
+    }
+}
+
+/// Like [`post_raw`], also returning the response headers (lowercase names).
+pub async fn post_with_headers(
+    base: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, Value, Vec<(String, String)>) {
+    let mut response = http()
+        .post(format!("{base}{path}"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body)
+        .await
+        .unwrap_or_else(|e| panic!("POST {base}{path}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let bytes = response.body().limit(8 << 20).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value, headers)
+}
+
+impl Node {
+    /// The running process's id (None when stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Waits until `GET {base}/health` answers 200, each attempt with a 1 s timeout (so that an
+/// address nobody serves fails within `timeout` rather than hanging on one request).
+pub async fn wait_healthy(base: &str, timeout: Duration) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .finish();
+    let url = format!("{base}/health");
+    wait_for(timeout, || {
+        let (client, url) = (client.clone(), url.clone());
+        async move { matches!(client.get(url).send().await, Ok(r) if r.status().is_success()) }
+    })
+    .await;
+}
+
+impl Node {
+    /// Waits until `/health` answers on the peer plane's address too (with separate lanes).
+    pub async fn ready_peer_lane(&self) {
+        wait_healthy(&self.peer_url, Duration::from_secs(10)).await;
+    }
+}
