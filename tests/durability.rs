@@ -472,7 +472,6 @@ async fn a_duplicate_reply_means_the_envelope_is_durable() {
 }
 
 #[actix_rt::test]
-#[ignore = "BUG: poll nonces live only in memory; after a restart a captured poll replays with 200 instead of 401 replay (still on main, documented there as a trade-off)"]
 async fn a_poll_nonce_stays_spent_across_a_restart() {
     // SPEC §6.2: a nonce already used for this mailbox within the window is a `replay`. A
     // captured poll must not become replayable just because the node restarted meanwhile.

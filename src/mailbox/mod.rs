@@ -83,6 +83,7 @@ impl MailboxRouter {
                 envelopes: Vec::new(),
                 parked: Vec::new(),
                 tombstones: Vec::new(),
+                nonces: Vec::new(),
             })
             .collect();
         for envelope in recovered.envelopes {
@@ -92,6 +93,10 @@ impl MailboxRouter {
         for envelope in recovered.parked {
             let i = router.index_of(&envelope.mailbox);
             per_shard[i].parked.push(envelope);
+        }
+        for nonce in recovered.nonces {
+            let i = router.index_of(&nonce.0);
+            per_shard[i].nonces.push(nonce);
         }
         for tombstone in recovered.tombstones {
             let i = router.index_of(&tombstone.0);
@@ -174,7 +179,8 @@ impl MailboxRouter {
     ) -> impl Future<Output = Result<Result<PollView, NonceRefusal>, ShardError>> + 'static + use<>
     {
         let mailbox = request.mailbox;
-        self.ask(mailbox, |reply| shard::Poll { request, reply })
+        let answer = self.ask(mailbox, |reply| shard::Poll { request, reply });
+        async move { answer.await? }
     }
 
     /// SPEC §6.3 for a verified ack object.

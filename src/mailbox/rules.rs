@@ -349,7 +349,7 @@ impl MailboxState {
         nonce: &str,
         now: u64,
         limits: &MailboxLimits,
-    ) -> Result<(), NonceRefusal> {
+    ) -> Result<u64, NonceRefusal> {
         if self.nonces.contains_key(nonce) {
             return Err(NonceRefusal::Replay);
         }
@@ -359,9 +359,15 @@ impl MailboxState {
         // A request signed at `ts` is accepted until `ts + SKEW`, and `ts >= now - SKEW`.
         let until = now.saturating_add(2 * SKEW_S);
         let nonce: Box<str> = nonce.into();
+        self.restore_nonce(nonce, until);
+        Ok(until)
+    }
+
+    /// Remembers a nonce until `until` (also used when reading nonces back from the store,
+    /// oldest first, so the expiry queue stays ordered).
+    pub fn restore_nonce(&mut self, nonce: Box<str>, until: u64) {
         self.nonces.insert(nonce.clone(), until);
         self.nonce_expiry.push_back((until, nonce));
-        Ok(())
     }
 
     /// The oldest `limit` deliverable envelopes (SPEC §6.2). Non-destructive.
@@ -634,17 +640,17 @@ mod tests {
             ..MailboxLimits::default()
         };
         let mut state = MailboxState::default();
-        assert_eq!(state.use_nonce("n1", NOW, &limits), Ok(()));
+        assert_eq!(state.use_nonce("n1", NOW, &limits), Ok(NOW + 2 * SKEW_S));
         assert_eq!(
             state.use_nonce("n1", NOW, &limits),
             Err(NonceRefusal::Replay)
         );
-        assert_eq!(state.use_nonce("n2", NOW, &limits), Ok(()));
+        assert!(state.use_nonce("n2", NOW, &limits).is_ok());
         assert_eq!(
             state.use_nonce("n3", NOW, &limits),
             Err(NonceRefusal::TooMany)
         );
         state.expire(NOW + 2 * SKEW_S);
-        assert_eq!(state.use_nonce("n1", NOW + 2 * SKEW_S, &limits), Ok(()));
+        assert!(state.use_nonce("n1", NOW + 2 * SKEW_S, &limits).is_ok());
     }
 }

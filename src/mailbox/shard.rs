@@ -54,7 +54,7 @@ pub struct Deposit {
 #[rtype(result = "()")]
 pub struct Poll {
     pub request: PollRequest,
-    pub reply: oneshot::Sender<Result<PollView, NonceRefusal>>,
+    pub reply: oneshot::Sender<Result<Result<PollView, NonceRefusal>, ShardError>>,
 }
 
 /// What an applied ack reports (SPEC §6.3).
@@ -80,6 +80,7 @@ pub struct Restore {
     pub envelopes: Vec<Arc<Envelope>>,
     pub parked: Vec<Arc<Envelope>>,
     pub tombstones: Vec<(MailboxKey, MsgId, u64)>,
+    pub nonces: Vec<(MailboxKey, Box<str>, u64)>,
 }
 
 pub struct MailboxShard {
@@ -339,19 +340,31 @@ impl Handler<Deposit> for MailboxShard {
 impl Handler<Poll> for MailboxShard {
     type Result = ();
 
-    fn handle(&mut self, msg: Poll, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Poll, ctx: &mut Self::Context) {
         let now = now_unix();
         let limits = self.limits;
-        let mailbox = msg.request.mailbox;
+        let Poll { request, reply } = msg;
+        let mailbox = request.mailbox;
         let state = self.mailbox(mailbox, now);
-        let outcome = state.use_nonce(&msg.request.nonce, now, &limits).map(|()| {
-            state.poll(
-                usize::try_from(msg.request.limit).unwrap_or(usize::MAX),
-                now,
-            )
-        });
-        self.release_if_empty(&mailbox);
-        let _ = msg.reply.send(outcome);
+        let until = match state.use_nonce(&request.nonce, now, &limits) {
+            Ok(until) => until,
+            Err(refusal) => {
+                self.release_if_empty(&mailbox);
+                let _ = reply.send(Ok(Err(refusal)));
+                return;
+            }
+        };
+        let view = state.poll(usize::try_from(request.limit).unwrap_or(usize::MAX), now);
+        // The nonce is spent in memory at once; the reply waits until it is spent on disk too,
+        // so that a restart cannot make a captured poll replayable.
+        let commit = self.store.commit(vec![StoreOp::PutNonce {
+            mailbox,
+            nonce: request.nonce.into_boxed_str(),
+            until,
+        }]);
+        ctx.spawn(commit.into_actor(self).map(move |result, _, _| {
+            let _ = reply.send(result.map(|_| Ok(view)).map_err(ShardError::from));
+        }));
     }
 }
 
@@ -428,6 +441,11 @@ impl Handler<Restore> for MailboxShard {
                 state.insert(envelope, true);
                 self.metrics.pending_envelopes.inc();
             }
+        }
+        let mut nonces = msg.nonces;
+        nonces.sort_by_key(|(_, _, until)| *until);
+        for (mailbox, nonce, until) in nonces {
+            self.mailbox(mailbox, now).restore_nonce(nonce, until);
         }
         for envelope in msg.parked {
             let state = self.mailbox(envelope.mailbox, now);

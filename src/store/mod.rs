@@ -39,6 +39,13 @@ pub enum StoreOp {
     Park(Arc<Envelope>),
     /// A parked replica that was accepted later or became pointless (acknowledged).
     Unpark { mailbox: MailboxKey, msg_id: MsgId },
+    /// A poll nonce used for a mailbox, remembered until `until` (so a restart cannot reopen
+    /// the replay window of SPEC §6.2).
+    PutNonce {
+        mailbox: MailboxKey,
+        nonce: Box<str>,
+        until: u64,
+    },
     /// Small metadata, e.g. a peer cursor.
     PutMeta { key: String, value: Vec<u8> },
 }
@@ -64,6 +71,7 @@ pub struct Recovered {
     pub envelopes: Vec<Arc<Envelope>>,
     pub parked: Vec<Arc<Envelope>>,
     pub tombstones: Vec<(MailboxKey, MsgId, u64)>,
+    pub nonces: Vec<(MailboxKey, Box<str>, u64)>,
 }
 
 /// One entry of the change feed (SPEC §7.3), as stored JSON.

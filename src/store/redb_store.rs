@@ -6,8 +6,9 @@
 //! - `envelope_index`: `mailbox(32) ‖ msg_id -> seq` of its pending envelope.
 //! - `tombstones`: `mailbox(32) ‖ msg_id -> until`.
 //! - `parked`: `mailbox(32) ‖ msg_id -> envelope JSON` of replicas waiting for room.
+//! - `nonces`: `mailbox(32) ‖ nonce -> until` of poll nonces in their replay window.
 //! - `expiry`: `until(8, BE) ‖ kind ‖ payload -> ()`, where kind 'C' carries `seq(8) ‖ key?` of a
-//!   change, 'T' the key of a tombstone and 'P' the key of a parked replica; a range scan up to
+//!   change, 'T' the key of a tombstone, 'P' of a parked replica, 'N' of a nonce; a range scan up to
 //!   `now` finds what to drop.
 
 use super::{FeedEntry, FeedPage, Recovered, Store, StoreError, StoreOp};
@@ -22,12 +23,14 @@ const ENVELOPE_INDEX: TableDefinition<&[u8], u64> = TableDefinition::new("envelo
 const TOMBSTONES: TableDefinition<&[u8], u64> = TableDefinition::new("tombstones");
 const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
 const PARKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("parked");
+const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
 
 const KIND_ENVELOPE: u8 = b'E';
 const KIND_ACK: u8 = b'A';
 const EXPIRY_CHANGE: u8 = b'C';
 const EXPIRY_TOMBSTONE: u8 = b'T';
 const EXPIRY_PARKED: u8 = b'P';
+const EXPIRY_NONCE: u8 = b'N';
 
 /// The database file's name inside `MESH_DM_DATA_DIR`.
 pub const DATABASE_FILE: &str = "dmrelay.redb";
@@ -147,6 +150,7 @@ impl RedbStore {
             txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
             txn.open_table(EXPIRY).map_err(StoreError::backend)?;
             txn.open_table(PARKED).map_err(StoreError::backend)?;
+            txn.open_table(NONCES).map_err(StoreError::backend)?;
             epoch
         };
         txn.commit().map_err(StoreError::backend)?;
@@ -174,6 +178,7 @@ struct WriteTables<'t> {
     tombstones: redb::Table<'t, &'static [u8], u64>,
     expiry: redb::Table<'t, &'static [u8], ()>,
     parked: redb::Table<'t, &'static [u8], &'static [u8]>,
+    nonces: redb::Table<'t, &'static [u8], u64>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -187,6 +192,7 @@ impl<'t> WriteTables<'t> {
             tombstones: txn.open_table(TOMBSTONES).map_err(StoreError::backend)?,
             expiry: txn.open_table(EXPIRY).map_err(StoreError::backend)?,
             parked: txn.open_table(PARKED).map_err(StoreError::backend)?,
+            nonces: txn.open_table(NONCES).map_err(StoreError::backend)?,
         })
     }
 
@@ -350,6 +356,9 @@ impl<'t> WriteTables<'t> {
             EXPIRY_PARKED => {
                 self.parked.remove(payload).map_err(StoreError::backend)?;
             }
+            EXPIRY_NONCE => {
+                self.nonces.remove(payload).map_err(StoreError::backend)?;
+            }
             other => {
                 return Err(StoreError::Corrupt(format!("unknown expiry kind {other}")));
             }
@@ -402,6 +411,25 @@ impl Store for RedbStore {
                         tables
                             .parked
                             .remove(key.as_slice())
+                            .map_err(StoreError::backend)?;
+                        seqs.push(None);
+                    }
+                    StoreOp::PutNonce {
+                        mailbox,
+                        nonce,
+                        until,
+                    } => {
+                        let mut key = Vec::with_capacity(32 + nonce.len());
+                        key.extend_from_slice(mailbox.as_bytes());
+                        key.extend_from_slice(nonce.as_bytes());
+                        tables
+                            .nonces
+                            .insert(key.as_slice(), *until)
+                            .map_err(StoreError::backend)?;
+                        let expiry = expiry_key(*until, EXPIRY_NONCE, &[&key]);
+                        tables
+                            .expiry
+                            .insert(expiry.as_slice(), ())
                             .map_err(StoreError::backend)?;
                         seqs.push(None);
                     }
@@ -468,6 +496,21 @@ impl Store for RedbStore {
                 .map_err(|e| StoreError::Corrupt(format!("parked envelope: {e}")))?;
             if envelope.expires_at > now {
                 recovered.parked.push(Arc::new(envelope));
+            }
+        }
+        let nonces = txn.open_table(NONCES).map_err(StoreError::backend)?;
+        for item in nonces.iter().map_err(StoreError::backend)? {
+            let (key, until) = item.map_err(StoreError::backend)?;
+            let until = until.value();
+            let key = key.value();
+            if until > now
+                && let Some((mailbox, nonce)) = key.split_at_checked(32)
+                && let (Ok(mailbox), Ok(nonce)) =
+                    (<[u8; 32]>::try_from(mailbox), std::str::from_utf8(nonce))
+            {
+                recovered
+                    .nonces
+                    .push((MailboxKey::from_bytes(mailbox), nonce.into(), until));
             }
         }
         let tombstones = txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
@@ -647,6 +690,31 @@ mod tests {
         assert_eq!(recovered.envelopes.len(), 1);
         store.collect_garbage(NOW + 200).unwrap();
         assert!(store.recover(NOW).unwrap().parked.is_empty());
+    }
+
+    #[test]
+    fn nonces_survive_reopen_until_their_window_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mailbox = MailboxKey::from_bytes([7; 32]);
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            store
+                .commit(&[StoreOp::PutNonce {
+                    mailbox,
+                    nonce: "00112233445566778899".into(),
+                    until: NOW + 600,
+                }])
+                .unwrap();
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        let recovered = store.recover(NOW).unwrap();
+        assert_eq!(
+            recovered.nonces,
+            vec![(mailbox, "00112233445566778899".into(), NOW + 600)]
+        );
+        assert!(store.recover(NOW + 600).unwrap().nonces.is_empty());
+        store.collect_garbage(NOW + 600).unwrap();
+        assert!(store.recover(NOW).unwrap().nonces.is_empty(), "collected");
     }
 
     #[test]
