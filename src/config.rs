@@ -85,7 +85,7 @@ pub struct Settings {
     /// Interval between pulls of each peer's change feed (`MESH_DM_SYNC_INTERVAL_S`, default 5;
     /// fractions allowed).
     pub sync_interval: Duration,
-    /// Items pushed to each peer per second (`MESH_RELAY_PUSH_RATE`, default 1000).
+    /// Items pushed to each peer per second (`MESH_RELAY_PUSH_RATE`, default 5000).
     pub push_rate_per_s: f64,
     /// Mailbox shards, one per core by default (`MESH_DM_SHARDS`).
     pub shards: usize,
@@ -405,7 +405,7 @@ impl Settings {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
         let shards: u64 = raw.parse("shards", cores, integer)?;
         let http_workers: u64 = raw.parse("http_workers", cores, integer)?;
-        let push_rate_per_s: f64 = raw.parse("push_rate", 1000.0, "a number")?;
+        let push_rate_per_s: f64 = raw.parse("push_rate", 5000.0, "a number")?;
         Ok(Self {
             listen,
             peer_listen,
