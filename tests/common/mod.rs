@@ -265,17 +265,9 @@ pub fn http() -> awc::Client {
 }
 
 pub async fn post_raw(base: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
-    let mut response = http()
-        .post(format!("{base}{path}"))
-        .insert_header(("content-type", "application/json"))
-        .send_body(body)
+    try_post_raw(base, path, body)
         .await
-        .unwrap_or_else(|e| panic!("POST {base}{path}: {e}"));
-    let status = response.status().as_u16();
-    let bytes = response.body().limit(8 << 20).await.unwrap();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, value)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls `condition` every 25 ms until it holds; panics after `timeout`.
