@@ -87,6 +87,9 @@ pub struct Settings {
     pub sync_interval: Duration,
     /// Items pushed to each peer per second (`MESH_RELAY_PUSH_RATE`, default 5000).
     pub push_rate_per_s: f64,
+    /// How long an unused mailbox stays in memory (`MESH_DM_MAILBOX_IDLE_S`, default 300;
+    /// fractions allowed). Its state is always in the store.
+    pub mailbox_idle: Duration,
     /// Mailbox shards, one per core by default (`MESH_DM_SHARDS`).
     pub shards: usize,
     /// HTTP worker threads, one per core by default (`MESH_DM_HTTP_WORKERS`).
@@ -115,6 +118,7 @@ struct FileSettings {
     failure_cooldown_s: Option<f64>,
     sync_interval_s: Option<f64>,
     push_rate: Option<f64>,
+    mailbox_idle_s: Option<f64>,
     shards: Option<u64>,
     http_workers: Option<u64>,
 }
@@ -194,6 +198,7 @@ const SCALARS: &[(&str, &str, &str)] = &[
         "sync_interval_s",
     ),
     ("push_rate", "MESH_RELAY_PUSH_RATE", "push_rate"),
+    ("mailbox_idle_s", "MESH_DM_MAILBOX_IDLE_S", "mailbox_idle_s"),
     ("shards", "MESH_DM_SHARDS", "shards"),
     ("http_workers", "MESH_DM_HTTP_WORKERS", "http_workers"),
 ];
@@ -289,6 +294,7 @@ impl Settings {
                 "failure_cooldown_s" => f.failure_cooldown_s.map(|v| v.to_string()),
                 "sync_interval_s" => f.sync_interval_s.map(|v| v.to_string()),
                 "push_rate" => f.push_rate.map(|v| v.to_string()),
+                "mailbox_idle_s" => f.mailbox_idle_s.map(|v| v.to_string()),
                 "shards" => f.shards.map(|v| v.to_string()),
                 "http_workers" => f.http_workers.map(|v| v.to_string()),
                 _ => None,
@@ -434,6 +440,7 @@ impl Settings {
             failure_cooldown: positive_duration(&raw, "failure_cooldown_s", 120.0)?,
             sync_interval: positive_duration(&raw, "sync_interval_s", 5.0)?,
             push_rate_per_s: in_range(&raw, "push_rate", push_rate_per_s, 0.1, 1_000_000.0)?,
+            mailbox_idle: positive_duration(&raw, "mailbox_idle_s", 300.0)?,
             shards: in_range(&raw, "shards", shards, 1, 256)? as usize,
             http_workers: in_range(&raw, "http_workers", http_workers, 1, 256)? as usize,
         })

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub ack_total: IntCounter,
     /// Envelopes pending on this node.
     pub pending_envelopes: IntGauge,
+    /// Mailboxes whose state is in memory (the others are only in the store).
+    pub mailboxes_loaded: IntGauge,
     /// Items waiting in each peer's push queue.
     pub peer_queue_depth: IntGaugeVec,
     /// 1 while a peer's circuit breaker is open.
@@ -151,6 +153,11 @@ impl Metrics {
                 &r,
                 "dm_pending_envelopes",
                 "Envelopes pending on this node.",
+            ),
+            mailboxes_loaded: gauge(
+                &r,
+                "dm_mailboxes_loaded",
+                "Mailboxes whose state is in memory; idle ones live only in the store.",
             ),
             peer_queue_depth: gauge_vec(
                 &r,

@@ -11,7 +11,7 @@ use crate::mailbox::{ChangeSink, MailboxRouter};
 use crate::metrics::Metrics;
 use crate::peer::auth::derive_peer_key;
 use crate::peer::{PushFanout, start_sync};
-use crate::protocol::{EnvelopeLimits, now_unix};
+use crate::protocol::EnvelopeLimits;
 use crate::store::{RedbStore, Store, StoreHandle};
 use actix_web::{App, HttpServer, web};
 use std::net::TcpListener;
@@ -66,11 +66,11 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         PersistMode::Fsync => Arc::new(RedbStore::open(&settings.data_dir)?),
         PersistMode::Memory => Arc::new(RedbStore::in_memory()?),
     };
-    let recovered = store.recover(now_unix())?;
+    let parked_mailboxes = store.parked_mailboxes()?;
     tracing::info!(
         epoch = store.epoch(),
-        envelopes = recovered.envelopes.len(),
-        tombstones = recovered.tombstones.len(),
+        pending = store.pending_count(),
+        mailboxes_with_parked_replicas = parked_mailboxes.len(),
         persist = ?settings.persist,
         data_dir = %settings.data_dir.display(),
         "store opened"
@@ -86,10 +86,11 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         settings.shards,
         limits,
         settings.max_ttl_s,
+        settings.mailbox_idle,
         store_handle.clone(),
         Arc::clone(&metrics),
         sink,
-        recovered,
+        parked_mailboxes,
     )
     .await?;
     let envelope_limits = EnvelopeLimits {

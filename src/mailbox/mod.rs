@@ -12,10 +12,10 @@ pub mod shard;
 
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, MailboxKey, PollRequest};
-use crate::store::{Recovered, StoreHandle};
+use crate::store::StoreHandle;
 use actix::prelude::*;
 use rules::{Decision, MailboxLimits, NonceRefusal, PollView};
-use shard::{AckReport, MailboxShard, Restore, ShardError};
+use shard::{AckReport, MailboxShard, Preload, ShardError};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -52,15 +52,18 @@ pub struct MailboxRouter {
 }
 
 impl MailboxRouter {
-    /// Starts `count` shards, each on its own arbiter (thread), and loads the recovered state.
+    /// Starts `count` shards, each on its own arbiter (thread), and has them load the mailboxes
+    /// in `preload` (those holding parked replicas).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         count: usize,
         limits: MailboxLimits,
         max_ttl_s: u64,
+        idle: std::time::Duration,
         store: StoreHandle,
         metrics: Arc<Metrics>,
         sink: Arc<dyn ChangeSink>,
-        recovered: Recovered,
+        preload: Vec<MailboxKey>,
     ) -> Result<Self, MailboxError> {
         let count = count.max(1);
         let shards: Vec<Addr<MailboxShard>> = (0..count)
@@ -69,7 +72,7 @@ impl MailboxRouter {
                 let (store, metrics, sink) =
                     (store.clone(), Arc::clone(&metrics), Arc::clone(&sink));
                 MailboxShard::start_in_arbiter(&arbiter.handle(), move |_| {
-                    MailboxShard::new(limits, max_ttl_s, store, metrics, sink)
+                    MailboxShard::new(limits, max_ttl_s, idle, store, metrics, sink)
                 })
             })
             .collect();
@@ -78,32 +81,12 @@ impl MailboxRouter {
             hasher: std::collections::hash_map::RandomState::new(),
             metrics,
         };
-        let mut per_shard: Vec<Restore> = (0..count)
-            .map(|_| Restore {
-                envelopes: Vec::new(),
-                parked: Vec::new(),
-                tombstones: Vec::new(),
-                nonces: Vec::new(),
-            })
-            .collect();
-        for envelope in recovered.envelopes {
-            let i = router.index_of(&envelope.mailbox);
-            per_shard[i].envelopes.push(envelope);
+        let mut per_shard: Vec<Vec<MailboxKey>> = vec![Vec::new(); count];
+        for mailbox in preload {
+            per_shard[router.index_of(&mailbox)].push(mailbox);
         }
-        for envelope in recovered.parked {
-            let i = router.index_of(&envelope.mailbox);
-            per_shard[i].parked.push(envelope);
-        }
-        for nonce in recovered.nonces {
-            let i = router.index_of(&nonce.0);
-            per_shard[i].nonces.push(nonce);
-        }
-        for tombstone in recovered.tombstones {
-            let i = router.index_of(&tombstone.0);
-            per_shard[i].tombstones.push(tombstone);
-        }
-        for (shard, restore) in router.shards.iter().zip(per_shard) {
-            shard.send(restore).await?;
+        for (shard, mailboxes) in router.shards.iter().zip(per_shard) {
+            shard.send(Preload(mailboxes)).await?;
         }
         Ok(router)
     }

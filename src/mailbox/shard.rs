@@ -5,22 +5,27 @@
 //! state changes, hands the change to the store writer. The decision is taken (and the slot
 //! reserved) at once, so racing deposits cannot both pass the cap; the reply waits for the
 //! commit without blocking the shard, which goes on serving other messages meanwhile.
+//!
+//! Only mailboxes in use are in memory. The first request for a mailbox loads its state from
+//! the store on a blocking-pool thread (never on the shard's arbiter); requests that arrive
+//! meanwhile wait in that mailbox's slot, in order. A mailbox idle for `MESH_DM_MAILBOX_IDLE_S`
+//! with no write in flight and no parked replica leaves memory: its state is all in the store.
 
 use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView};
 use super::{ChangeSink, Origin};
 use crate::metrics::Metrics;
-use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
-use crate::store::{StoreHandle, StoreOp, WriterError};
+use crate::protocol::{AckObject, Envelope, MailboxKey, PollRequest, now_unix};
+use crate::store::{Recovered, StoreHandle, StoreOp, WriterError};
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Messages that may wait in one shard's queue; past that, requests get 503.
 pub const SHARD_QUEUE_CAPACITY: usize = 4096;
-/// How often a shard drops expired envelopes, tombstones and nonces of idle mailboxes.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a shard drops what expired and evicts idle mailboxes.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a shard could not finish a request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,6 +43,10 @@ impl From<WriterError> for ShardError {
             other => ShardError::Unavailable(other.to_string()),
         }
     }
+}
+
+fn not_loaded() -> ShardError {
+    ShardError::Unavailable("the mailbox could not be read from the store".into())
 }
 
 /// Store an envelope in its mailbox (SPEC §4), from a client or a peer.
@@ -73,20 +82,57 @@ pub struct Acknowledge {
     pub reply: oneshot::Sender<Result<AckReport, ShardError>>,
 }
 
-/// Load state read back from the store at start-up (before any request is served).
+/// Load these mailboxes now (at start-up: those holding parked replicas, so that room freed by
+/// expiry reaches them).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Restore {
-    pub envelopes: Vec<Arc<Envelope>>,
-    pub parked: Vec<Arc<Envelope>>,
-    pub tombstones: Vec<(MailboxKey, MsgId, u64)>,
-    pub nonces: Vec<(MailboxKey, Box<str>, u64)>,
+pub struct Preload(pub Vec<MailboxKey>);
+
+/// A mailbox in memory.
+struct Loaded {
+    state: MailboxState,
+    last_used: Instant,
+    /// Store writes not yet answered; the mailbox stays in memory until they are.
+    in_flight: u32,
+}
+
+/// Work waiting for a mailbox to load; `true` when it loaded.
+type Waiting = Box<dyn FnOnce(&mut MailboxShard, &mut Context<MailboxShard>, bool)>;
+
+enum Slot {
+    Loaded(Box<Loaded>),
+    Loading(Vec<Waiting>),
+}
+
+/// A mailbox's state from what the store holds for it.
+fn state_from(snapshot: Recovered, now: u64) -> MailboxState {
+    let mut state = MailboxState::default();
+    for (_, msg_id, until) in snapshot.tombstones {
+        state.restore_tombstone(msg_id, until);
+    }
+    let mut nonces = snapshot.nonces;
+    nonces.sort_by_key(|(_, _, until)| *until);
+    for (_, nonce, until) in nonces {
+        state.restore_nonce(nonce, until);
+    }
+    for envelope in snapshot.envelopes {
+        // The store holds only what the rules accepted; a tombstone written later wins.
+        if state.decide(&envelope, &MailboxLimits::UNLIMITED) == Decision::Accept {
+            state.insert(envelope, true);
+        }
+    }
+    for envelope in snapshot.parked {
+        state.park(envelope, &MailboxLimits::UNLIMITED);
+    }
+    state.expire(now);
+    state
 }
 
 pub struct MailboxShard {
-    mailboxes: HashMap<MailboxKey, MailboxState>,
+    mailboxes: HashMap<MailboxKey, Slot>,
     limits: MailboxLimits,
     max_ttl_s: u64,
+    idle: Duration,
     store: StoreHandle,
     metrics: Arc<Metrics>,
     sink: Arc<dyn ChangeSink>,
@@ -96,6 +142,7 @@ impl MailboxShard {
     pub fn new(
         limits: MailboxLimits,
         max_ttl_s: u64,
+        idle: Duration,
         store: StoreHandle,
         metrics: Arc<Metrics>,
         sink: Arc<dyn ChangeSink>,
@@ -104,43 +151,134 @@ impl MailboxShard {
             mailboxes: HashMap::new(),
             limits,
             max_ttl_s,
+            idle,
             store,
             metrics,
             sink,
         }
     }
 
-    /// The state of `mailbox`, with everything whose time has come already dropped.
-    fn mailbox(&mut self, mailbox: MailboxKey, now: u64) -> &mut MailboxState {
-        let state = self.mailboxes.entry(mailbox).or_default();
-        let expired = state.expire(now);
-        self.metrics.pending_envelopes.sub(expired.len() as i64);
-        state
+    /// Runs `work` once `mailbox` is in memory: at once if it is, after loading it otherwise.
+    fn with_mailbox(
+        &mut self,
+        mailbox: MailboxKey,
+        ctx: &mut Context<Self>,
+        work: impl FnOnce(&mut Self, &mut Context<Self>, bool) + 'static,
+    ) {
+        match self.mailboxes.get_mut(&mailbox) {
+            Some(Slot::Loaded(_)) => work(self, ctx, true),
+            Some(Slot::Loading(waiting)) => waiting.push(Box::new(work)),
+            None => {
+                self.mailboxes
+                    .insert(mailbox, Slot::Loading(vec![Box::new(work)]));
+                let store = Arc::clone(self.store.store());
+                let load = actix_rt::task::spawn_blocking(move || {
+                    store.load_mailbox(&mailbox, now_unix())
+                });
+                ctx.spawn(load.into_actor(self).map(move |result, shard, ctx| {
+                    let result = match result {
+                        Ok(Ok(snapshot)) => Ok(snapshot),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    };
+                    shard.install(mailbox, result, ctx);
+                }));
+            }
+        }
     }
 
-    /// Forgets a mailbox that holds nothing any more.
-    fn release_if_empty(&mut self, mailbox: &MailboxKey) {
-        if self
-            .mailboxes
-            .get(mailbox)
-            .is_some_and(MailboxState::is_empty)
-        {
-            self.mailboxes.remove(mailbox);
+    /// A load finished: put the state in place and run what waited for it, in order.
+    fn install(
+        &mut self,
+        mailbox: MailboxKey,
+        result: Result<Recovered, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(Slot::Loading(waiting)) = self.mailboxes.remove(&mailbox) else {
+            return;
+        };
+        let loaded = match result {
+            Ok(snapshot) => {
+                let loaded = Loaded {
+                    state: state_from(snapshot, now_unix()),
+                    last_used: Instant::now(),
+                    in_flight: 0,
+                };
+                self.mailboxes
+                    .insert(mailbox, Slot::Loaded(Box::new(loaded)));
+                self.metrics.mailboxes_loaded.inc();
+                true
+            }
+            Err(err) => {
+                tracing::error!(%mailbox, %err, "mailbox could not be loaded");
+                false
+            }
+        };
+        for work in waiting {
+            work(self, ctx, loaded);
         }
+    }
+
+    /// The loaded mailbox, with what expired dropped and its use recorded.
+    fn loaded(&mut self, mailbox: &MailboxKey) -> Option<&mut Loaded> {
+        match self.mailboxes.get_mut(mailbox) {
+            Some(Slot::Loaded(entry)) => {
+                entry.state.expire(now_unix());
+                entry.last_used = Instant::now();
+                Some(entry)
+            }
+            _ => None,
+        }
+    }
+
+    /// A store write for `mailbox` finished.
+    fn write_done(&mut self, mailbox: &MailboxKey) {
+        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Commits `ops` for `mailbox`, keeping the mailbox in memory until the answer, then runs
+    /// `done` on the shard.
+    fn write(
+        &mut self,
+        mailbox: MailboxKey,
+        ops: Vec<StoreOp>,
+        ctx: &mut Context<Self>,
+        done: impl FnOnce(&mut Self, Result<Vec<Option<u64>>, WriterError>) + 'static,
+    ) {
+        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(&mailbox) {
+            entry.in_flight += 1;
+        }
+        let commit = self.store.commit(ops);
+        ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
+            shard.write_done(&mailbox);
+            done(shard, result);
+        }));
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let now = now_unix();
-        let mut expired = 0usize;
+        let idle = self.idle;
         let mut with_parked = Vec::new();
-        self.mailboxes.retain(|mailbox, state| {
-            expired += state.expire(now).len();
-            if state.parked_len() > 0 {
+        let mut evicted = 0i64;
+        self.mailboxes.retain(|mailbox, slot| {
+            let Slot::Loaded(entry) = slot else {
+                return true;
+            };
+            entry.state.expire(now);
+            if entry.state.parked_len() > 0 {
                 with_parked.push(*mailbox);
+                return true;
             }
-            !state.is_empty()
+            let keep = entry.in_flight > 0
+                || (!entry.state.is_empty() && entry.last_used.elapsed() < idle);
+            if !keep {
+                evicted += 1;
+            }
+            keep
         });
-        self.metrics.pending_envelopes.sub(expired as i64);
+        self.metrics.mailboxes_loaded.sub(evicted);
         // Expiry may have freed room for parked replicas.
         for mailbox in with_parked {
             self.retry_parked(mailbox, ctx);
@@ -150,32 +288,32 @@ impl MailboxShard {
     /// Keeps a replica refused for want of room, on disk too, until room frees up.
     fn park(&mut self, envelope: Arc<Envelope>, ctx: &mut Context<Self>) {
         let limits = self.limits;
-        let Some(state) = self.mailboxes.get_mut(&envelope.mailbox) else {
+        let Some(entry) = self.loaded(&envelope.mailbox) else {
             return;
         };
-        if !state.park(Arc::clone(&envelope), &limits) {
+        if !entry.state.park(Arc::clone(&envelope), &limits) {
             return;
         }
-        let commit = self.store.commit(vec![StoreOp::Park(envelope)]);
-        ctx.spawn(commit.into_actor(self).map(|result, _, _| {
+        let mailbox = envelope.mailbox;
+        self.write(mailbox, vec![StoreOp::Park(envelope)], ctx, |_, result| {
             if let Err(err) = result {
                 // Still parked in memory; only a restart before room frees would lose it, and
                 // the origin's feed still offers it to a resync.
                 tracing::warn!(%err, "parked replica not stored");
             }
-        }));
+        });
     }
 
     /// Runs the rules again on the parked replicas of `mailbox` and stores those now accepted.
     fn retry_parked(&mut self, mailbox: MailboxKey, ctx: &mut Context<Self>) {
         let limits = self.limits;
-        let Some(state) = self.mailboxes.get_mut(&mailbox) else {
+        let Some(entry) = self.loaded(&mailbox) else {
             return;
         };
-        if state.parked_len() == 0 {
+        if entry.state.parked_len() == 0 {
             return;
         }
-        let unparked = state.retry_parked(&limits);
+        let unparked = entry.state.retry_parked(&limits);
         let mut ops: Vec<StoreOp> = unparked
             .dropped
             .iter()
@@ -193,25 +331,20 @@ impl MailboxShard {
         if ops.is_empty() {
             return;
         }
-        self.metrics
-            .pending_envelopes
-            .add(unparked.accepted.len() as i64);
         let accepted = unparked.accepted;
-        let commit = self.store.commit(ops);
-        ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
-            let Some(state) = shard.mailboxes.get_mut(&mailbox) else {
+        self.write(mailbox, ops, ctx, move |shard, result| {
+            let Some(Slot::Loaded(entry)) = shard.mailboxes.get_mut(&mailbox) else {
                 return;
             };
             for envelope in accepted {
                 if result.is_ok() {
-                    state.mark_committed(&envelope.msg_id);
+                    entry.state.mark_committed(&envelope.msg_id);
                     shard.metrics.replica_accepted_total.inc();
-                } else if state.remove_uncommitted(&envelope) {
-                    shard.metrics.pending_envelopes.dec();
-                    state.park(envelope, &limits);
+                } else if entry.state.remove_uncommitted(&envelope) {
+                    entry.state.park(envelope, &limits);
                 }
             }
-        }));
+        });
     }
 
     fn count_decision(&self, decision: Decision, origin: &Origin) {
@@ -240,40 +373,28 @@ impl MailboxShard {
             },
         }
     }
-}
 
-impl Actor for MailboxShard {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(SHARD_QUEUE_CAPACITY);
-        ctx.run_interval(SWEEP_INTERVAL, |shard, ctx| shard.sweep(ctx));
-    }
-}
-
-impl Handler<Deposit> for MailboxShard {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deposit, ctx: &mut Self::Context) {
+    fn deposit(&mut self, msg: Deposit, ctx: &mut Context<Self>) {
         let Deposit {
             envelope,
             origin,
             reply,
         } = msg;
         let limits = self.limits;
-        let state = self.mailbox(envelope.mailbox, now_unix());
-        let decision = state.decide(&envelope, &limits);
-        if decision == Decision::Duplicate && !state.is_committed(&envelope.msg_id) {
+        let mailbox = envelope.mailbox;
+        let Some(entry) = self.loaded(&mailbox) else {
+            let _ = reply.send(Err(not_loaded()));
+            return;
+        };
+        let decision = entry.state.decide(&envelope, &limits);
+        if decision == Decision::Duplicate && !entry.state.is_committed(&envelope.msg_id) {
             // The first copy's write is still in flight: "duplicate" must not answer before it is
             // durable. The writer is FIFO, so once an (empty) commit queued now completes, the
             // first one has completed too, and its outcome is in the state.
-            let barrier = self.store.commit(Vec::new());
-            ctx.spawn(barrier.into_actor(self).map(move |result, shard, _| {
+            self.write(mailbox, Vec::new(), ctx, move |shard, result| {
                 let durable = result.is_ok()
-                    && shard
-                        .mailboxes
-                        .get(&envelope.mailbox)
-                        .is_some_and(|state| state.is_committed(&envelope.msg_id));
+                    && matches!(shard.mailboxes.get(&mailbox),
+                        Some(Slot::Loaded(entry)) if entry.state.is_committed(&envelope.msg_id));
                 let outcome = if durable {
                     shard.count_decision(Decision::Duplicate, &origin);
                     Ok(Decision::Duplicate)
@@ -283,7 +404,7 @@ impl Handler<Deposit> for MailboxShard {
                     ))
                 };
                 let _ = reply.send(outcome);
-            }));
+            });
             return;
         }
         if decision != Decision::Accept {
@@ -295,22 +416,20 @@ impl Handler<Deposit> for MailboxShard {
             if no_room && origin != Origin::Client {
                 self.park(Arc::clone(&envelope), ctx);
             }
-            self.release_if_empty(&envelope.mailbox);
             let _ = reply.send(Ok(decision));
             return;
         }
         // Reserve the slot now, so that the next deposit already sees it.
-        state.insert(Arc::clone(&envelope), false);
-        self.metrics.pending_envelopes.inc();
-        let commit = self
-            .store
-            .commit(vec![StoreOp::PutEnvelope(Arc::clone(&envelope))]);
-        ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
+        entry.state.insert(Arc::clone(&envelope), false);
+        let op = StoreOp::PutEnvelope(Arc::clone(&envelope));
+        self.write(mailbox, vec![op], ctx, move |shard, result| {
+            let Some(Slot::Loaded(entry)) = shard.mailboxes.get_mut(&mailbox) else {
+                let _ = reply.send(Err(not_loaded()));
+                return;
+            };
             let outcome = match result {
                 Ok(_) => {
-                    if let Some(state) = shard.mailboxes.get_mut(&envelope.mailbox) {
-                        state.mark_committed(&envelope.msg_id);
-                    }
+                    entry.state.mark_committed(&envelope.msg_id);
                     shard.count_decision(Decision::Accept, &origin);
                     if origin == Origin::Client {
                         shard.sink.envelope_stored(&envelope);
@@ -318,12 +437,7 @@ impl Handler<Deposit> for MailboxShard {
                     Ok(Decision::Accept)
                 }
                 Err(err) => {
-                    if let Some(state) = shard.mailboxes.get_mut(&envelope.mailbox)
-                        && state.remove_uncommitted(&envelope)
-                    {
-                        shard.metrics.pending_envelopes.dec();
-                    }
-                    shard.release_if_empty(&envelope.mailbox);
+                    entry.state.remove_uncommitted(&envelope);
                     shard
                         .metrics
                         .deposit_total
@@ -333,56 +447,55 @@ impl Handler<Deposit> for MailboxShard {
                 }
             };
             let _ = reply.send(outcome);
-        }));
+        });
     }
-}
 
-impl Handler<Poll> for MailboxShard {
-    type Result = ();
-
-    fn handle(&mut self, msg: Poll, ctx: &mut Self::Context) {
+    fn poll(&mut self, msg: Poll, ctx: &mut Context<Self>) {
         let now = now_unix();
         let limits = self.limits;
         let Poll { request, reply } = msg;
         let mailbox = request.mailbox;
-        let state = self.mailbox(mailbox, now);
-        let until = match state.use_nonce(&request.nonce, now, &limits) {
+        let Some(entry) = self.loaded(&mailbox) else {
+            let _ = reply.send(Err(not_loaded()));
+            return;
+        };
+        let until = match entry.state.use_nonce(&request.nonce, now, &limits) {
             Ok(until) => until,
             Err(refusal) => {
-                self.release_if_empty(&mailbox);
                 let _ = reply.send(Ok(Err(refusal)));
                 return;
             }
         };
-        let view = state.poll(usize::try_from(request.limit).unwrap_or(usize::MAX), now);
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let view = entry.state.poll(limit, now);
         // The nonce is spent in memory at once; the reply waits until it is spent on disk too,
         // so that a restart cannot make a captured poll replayable.
-        let commit = self.store.commit(vec![StoreOp::PutNonce {
+        let op = StoreOp::PutNonce {
             mailbox,
             nonce: request.nonce.into_boxed_str(),
             until,
-        }]);
-        ctx.spawn(commit.into_actor(self).map(move |result, _, _| {
+        };
+        self.write(mailbox, vec![op], ctx, move |_, result| {
             let _ = reply.send(result.map(|_| Ok(view)).map_err(ShardError::from));
-        }));
+        });
     }
-}
 
-impl Handler<Acknowledge> for MailboxShard {
-    type Result = ();
-
-    fn handle(&mut self, msg: Acknowledge, ctx: &mut Self::Context) {
+    fn acknowledge(&mut self, msg: Acknowledge, ctx: &mut Context<Self>) {
         let Acknowledge { ack, origin, reply } = msg;
         let max_ttl_s = self.max_ttl_s;
-        let state = self.mailbox(ack.mailbox, now_unix());
-        let effect = state.acknowledge(&ack, max_ttl_s);
+        let mailbox = ack.mailbox;
+        let Some(entry) = self.loaded(&mailbox) else {
+            let _ = reply.send(Err(not_loaded()));
+            return;
+        };
+        let effect = entry.state.acknowledge(&ack, max_ttl_s);
         let report = AckReport {
             removed: effect.removed.len(),
             unknown: effect.unknown,
         };
-        self.metrics
-            .pending_envelopes
-            .sub(effect.removed.len() as i64);
+        if !effect.removed.is_empty() {
+            self.retry_parked(mailbox, ctx);
+        }
         if !effect.changed && origin != Origin::Client {
             // A replica already applied: nothing new to store, and storing it again would echo
             // it around the mesh through the feeds.
@@ -406,8 +519,7 @@ impl Handler<Acknowledge> for MailboxShard {
             tombstones: effect.tombstones,
             live_until,
         };
-        let commit = self.store.commit(vec![op]);
-        ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
+        self.write(mailbox, vec![op], ctx, move |shard, result| {
             let outcome = match result {
                 Ok(_) => {
                     if origin == Origin::Client {
@@ -416,40 +528,71 @@ impl Handler<Acknowledge> for MailboxShard {
                     Ok(report)
                 }
                 // The ack stays applied in memory (it is idempotent and the client will retry);
-                // the store catches up with the retry.
+                // the retry stores it.
                 Err(err) => Err(ShardError::from(err)),
             };
             let _ = reply.send(outcome);
-        }));
+        });
     }
 }
 
-impl Handler<Restore> for MailboxShard {
+impl Actor for MailboxShard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(SHARD_QUEUE_CAPACITY);
+        ctx.run_interval(SWEEP_INTERVAL, |shard, ctx| shard.sweep(ctx));
+    }
+}
+
+impl Handler<Deposit> for MailboxShard {
     type Result = ();
 
-    fn handle(&mut self, msg: Restore, _: &mut Self::Context) {
-        let limits = self.limits;
-        let now = now_unix();
-        for (mailbox, msg_id, until) in msg.tombstones {
-            self.mailbox(mailbox, now).restore_tombstone(msg_id, until);
-        }
-        for envelope in msg.envelopes {
-            let state = self.mailbox(envelope.mailbox, now);
-            // The store holds only what the rules accepted, but a tombstone written after the
-            // envelope wins, exactly as it did before the restart.
-            if state.decide(&envelope, &MailboxLimits::UNLIMITED) == Decision::Accept {
-                state.insert(envelope, true);
-                self.metrics.pending_envelopes.inc();
+    fn handle(&mut self, msg: Deposit, ctx: &mut Self::Context) {
+        self.with_mailbox(msg.envelope.mailbox, ctx, move |shard, ctx, loaded| {
+            if loaded {
+                shard.deposit(msg, ctx);
+            } else {
+                let _ = msg.reply.send(Err(not_loaded()));
             }
-        }
-        let mut nonces = msg.nonces;
-        nonces.sort_by_key(|(_, _, until)| *until);
-        for (mailbox, nonce, until) in nonces {
-            self.mailbox(mailbox, now).restore_nonce(nonce, until);
-        }
-        for envelope in msg.parked {
-            let state = self.mailbox(envelope.mailbox, now);
-            state.park(envelope, &limits);
+        });
+    }
+}
+
+impl Handler<Poll> for MailboxShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Poll, ctx: &mut Self::Context) {
+        self.with_mailbox(msg.request.mailbox, ctx, move |shard, ctx, loaded| {
+            if loaded {
+                shard.poll(msg, ctx);
+            } else {
+                let _ = msg.reply.send(Err(not_loaded()));
+            }
+        });
+    }
+}
+
+impl Handler<Acknowledge> for MailboxShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Acknowledge, ctx: &mut Self::Context) {
+        self.with_mailbox(msg.ack.mailbox, ctx, move |shard, ctx, loaded| {
+            if loaded {
+                shard.acknowledge(msg, ctx);
+            } else {
+                let _ = msg.reply.send(Err(not_loaded()));
+            }
+        });
+    }
+}
+
+impl Handler<Preload> for MailboxShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Preload, ctx: &mut Self::Context) {
+        for mailbox in msg.0 {
+            self.with_mailbox(mailbox, ctx, |_, _, _| {});
         }
     }
 }

@@ -65,7 +65,7 @@ impl StoreError {
     }
 }
 
-/// State read back at start-up.
+/// The live state of some mailboxes, as read back from the store.
 #[derive(Default)]
 pub struct Recovered {
     pub envelopes: Vec<Arc<Envelope>>,
@@ -99,8 +99,16 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, ops: &[StoreOp]) -> Result<Vec<Option<u64>>, StoreError>;
     /// Drops changes and tombstones whose time has come; returns how many records went.
     fn collect_garbage(&self, now: u64) -> Result<usize, StoreError>;
-    /// Reads back live envelopes and tombstones.
+    /// Reads back the live state of every mailbox (tests and tools; a node loads mailboxes one
+    /// at a time with [`Store::load_mailbox`]).
     fn recover(&self, now: u64) -> Result<Recovered, StoreError>;
+    /// Reads back the live state of one mailbox.
+    fn load_mailbox(&self, mailbox: &MailboxKey, now: u64) -> Result<Recovered, StoreError>;
+    /// Pending envelopes in the store (kept up to date by every commit).
+    fn pending_count(&self) -> u64;
+    /// Mailboxes that hold parked replicas (loaded at start-up, so that room freed by expiry
+    /// reaches them).
+    fn parked_mailboxes(&self) -> Result<Vec<MailboxKey>, StoreError>;
     /// The live changes after `since`, in seq order.
     fn changes_since(&self, since: u64, limit: usize, now: u64) -> Result<FeedPage, StoreError>;
     /// Small metadata written with [`StoreOp::PutMeta`].

@@ -14,8 +14,10 @@
 use super::{FeedEntry, FeedPage, Recovered, Store, StoreError, StoreOp};
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
@@ -42,6 +44,8 @@ pub struct RedbStore {
     db: Database,
     epoch: String,
     durable: bool,
+    /// Mirror of `meta/pending_count`, the number of live pending envelopes.
+    pending: AtomicU64,
 }
 
 /// `mailbox ‖ msg_id`, the key of an envelope or tombstone.
@@ -92,6 +96,18 @@ fn expiry_key(until: u64, kind: u8, payload: &[&[u8]]) -> Vec<u8> {
         key.extend_from_slice(part);
     }
     key
+}
+
+/// The first key after every key that starts with `prefix` (None: no such key, scan to the end).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
@@ -154,7 +170,86 @@ impl RedbStore {
             epoch
         };
         txn.commit().map_err(StoreError::backend)?;
-        Ok(Self { db, epoch, durable })
+        let pending = {
+            let txn = db.begin_read().map_err(StoreError::backend)?;
+            let meta = txn.open_table(META).map_err(StoreError::backend)?;
+            meta.get("pending_count")
+                .map_err(StoreError::backend)?
+                .map(|v| read_u64(v.value()))
+                .transpose()?
+                .unwrap_or(0)
+        };
+        Ok(Self {
+            db,
+            epoch,
+            durable,
+            pending: AtomicU64::new(pending),
+        })
+    }
+
+    /// Live state of every mailbox whose key starts with `prefix` (all of them for `&[]`).
+    fn read_state(&self, prefix: &[u8], now: u64) -> Result<Recovered, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::backend)?;
+        let mut state = Recovered::default();
+        let end = prefix_end(prefix);
+        let range = (
+            Bound::Included(prefix),
+            end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        let index = txn
+            .open_table(ENVELOPE_INDEX)
+            .map_err(StoreError::backend)?;
+        let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
+        for item in index.range::<&[u8]>(range).map_err(StoreError::backend)? {
+            let (_, seq) = item.map_err(StoreError::backend)?;
+            let Some(record) = changes.get(seq.value()).map_err(StoreError::backend)? else {
+                continue;
+            };
+            let (until, kind, json) = parse_change_record(record.value())?;
+            if kind != KIND_ENVELOPE || until <= now {
+                continue;
+            }
+            let envelope: Envelope = serde_json::from_slice(json)
+                .map_err(|e| StoreError::Corrupt(format!("stored envelope: {e}")))?;
+            state.envelopes.push(Arc::new(envelope));
+        }
+        let parked = txn.open_table(PARKED).map_err(StoreError::backend)?;
+        for item in parked.range::<&[u8]>(range).map_err(StoreError::backend)? {
+            let (_, json) = item.map_err(StoreError::backend)?;
+            let envelope: Envelope = serde_json::from_slice(json.value())
+                .map_err(|e| StoreError::Corrupt(format!("parked envelope: {e}")))?;
+            if envelope.expires_at > now {
+                state.parked.push(Arc::new(envelope));
+            }
+        }
+        let nonces = txn.open_table(NONCES).map_err(StoreError::backend)?;
+        for item in nonces.range::<&[u8]>(range).map_err(StoreError::backend)? {
+            let (key, until) = item.map_err(StoreError::backend)?;
+            let until = until.value();
+            let key = key.value();
+            if until > now
+                && let Some((mailbox, nonce)) = key.split_at_checked(32)
+                && let (Ok(mailbox), Ok(nonce)) =
+                    (<[u8; 32]>::try_from(mailbox), std::str::from_utf8(nonce))
+            {
+                state
+                    .nonces
+                    .push((MailboxKey::from_bytes(mailbox), nonce.into(), until));
+            }
+        }
+        let tombstones = txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
+        for item in tombstones
+            .range::<&[u8]>(range)
+            .map_err(StoreError::backend)?
+        {
+            let (key, until) = item.map_err(StoreError::backend)?;
+            let until = until.value();
+            if until > now {
+                let (mailbox, msg_id) = split_envelope_key(key.value())?;
+                state.tombstones.push((mailbox, msg_id, until));
+            }
+        }
+        Ok(state)
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
@@ -179,6 +274,8 @@ struct WriteTables<'t> {
     expiry: redb::Table<'t, &'static [u8], ()>,
     parked: redb::Table<'t, &'static [u8], &'static [u8]>,
     nonces: redb::Table<'t, &'static [u8], u64>,
+    /// Change of the number of pending envelopes in this transaction.
+    pending_delta: i64,
 }
 
 impl<'t> WriteTables<'t> {
@@ -193,10 +290,15 @@ impl<'t> WriteTables<'t> {
             expiry: txn.open_table(EXPIRY).map_err(StoreError::backend)?,
             parked: txn.open_table(PARKED).map_err(StoreError::backend)?,
             nonces: txn.open_table(NONCES).map_err(StoreError::backend)?,
+            pending_delta: 0,
         })
     }
 
     fn put_envelope(&mut self, seq: u64, envelope: &Envelope) -> Result<(), StoreError> {
+        // An id can be stored again once its earlier envelope expired (and its tombstone, if
+        // any): the earlier record goes first.
+        self.remove_envelope(&envelope.mailbox, &envelope.msg_id)?;
+        self.pending_delta += 1;
         let json = serde_json::to_vec(envelope).map_err(StoreError::backend)?;
         let key = envelope_key(&envelope.mailbox, &envelope.msg_id);
         self.changes
@@ -252,6 +354,7 @@ impl<'t> WriteTables<'t> {
             .map_err(StoreError::backend)?
             .map(|v| v.value().to_vec());
         if let Some(record) = record {
+            self.pending_delta -= 1;
             let (until, _, _) = parse_change_record(&record)?;
             let expiry = expiry_key(until, EXPIRY_CHANGE, &[&seq.to_be_bytes(), &key]);
             self.expiry
@@ -317,6 +420,23 @@ impl<'t> WriteTables<'t> {
         Ok(())
     }
 
+    /// Applies this transaction's pending delta to `meta/pending_count`; returns the new count.
+    fn save_pending_count(&mut self) -> Result<u64, StoreError> {
+        let current = self
+            .meta
+            .get("pending_count")
+            .map_err(StoreError::backend)?
+            .map(|v| read_u64(v.value()))
+            .transpose()?
+            .unwrap_or(0);
+        let updated = current.saturating_add_signed(self.pending_delta);
+        self.meta
+            .insert("pending_count", updated.to_be_bytes().as_slice())
+            .map_err(StoreError::backend)?;
+        self.pending_delta = 0;
+        Ok(updated)
+    }
+
     /// Drops one expired record named by an expiry key.
     fn drop_expired(&mut self, expiry: &[u8]) -> Result<(), StoreError> {
         let (head, payload) = expiry
@@ -329,8 +449,15 @@ impl<'t> WriteTables<'t> {
                     .split_at_checked(8)
                     .ok_or_else(|| StoreError::Corrupt("short expiry payload".into()))?;
                 let seq = read_u64(seq)?;
-                self.changes.remove(seq).map_err(StoreError::backend)?;
+                let removed = self
+                    .changes
+                    .remove(seq)
+                    .map_err(StoreError::backend)?
+                    .is_some();
                 if !key.is_empty() {
+                    if removed {
+                        self.pending_delta -= 1;
+                    }
                     let current = self
                         .index
                         .get(key)
@@ -376,6 +503,7 @@ impl Store for RedbStore {
     fn commit(&self, ops: &[StoreOp]) -> Result<Vec<Option<u64>>, StoreError> {
         let txn = self.begin_write()?;
         let mut seqs = Vec::with_capacity(ops.len());
+        let pending;
         {
             let mut tables = WriteTables::open(&txn)?;
             let mut next_seq = tables
@@ -446,14 +574,17 @@ impl Store for RedbStore {
                 .meta
                 .insert("next_seq", next_seq.to_be_bytes().as_slice())
                 .map_err(StoreError::backend)?;
+            pending = tables.save_pending_count()?;
         }
         txn.commit().map_err(StoreError::backend)?;
+        self.pending.store(pending, Ordering::Relaxed);
         Ok(seqs)
     }
 
     fn collect_garbage(&self, now: u64) -> Result<usize, StoreError> {
         let txn = self.begin_write()?;
         let mut dropped = 0;
+        let pending;
         {
             let mut tables = WriteTables::open(&txn)?;
             // Everything with until <= now: keys below (now + 1) in big-endian order.
@@ -466,63 +597,47 @@ impl Store for RedbStore {
                 .map(|item| item.map(|(k, _)| k.value().to_vec()))
                 .collect::<Result<_, _>>()
                 .map_err(StoreError::backend)?;
+            if due.is_empty() {
+                // Nothing to drop: no commit, no fsync.
+                drop(tables);
+                txn.abort().map_err(StoreError::backend)?;
+                return Ok(0);
+            }
             for key in &due {
                 tables.drop_expired(key)?;
                 dropped += 1;
             }
+            pending = tables.save_pending_count()?;
         }
         txn.commit().map_err(StoreError::backend)?;
+        self.pending.store(pending, Ordering::Relaxed);
         Ok(dropped)
     }
 
     fn recover(&self, now: u64) -> Result<Recovered, StoreError> {
+        self.read_state(&[], now)
+    }
+
+    fn load_mailbox(&self, mailbox: &MailboxKey, now: u64) -> Result<Recovered, StoreError> {
+        self.read_state(mailbox.as_bytes(), now)
+    }
+
+    fn pending_count(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    fn parked_mailboxes(&self) -> Result<Vec<MailboxKey>, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::backend)?;
-        let mut recovered = Recovered::default();
-        let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
-        for item in changes.iter().map_err(StoreError::backend)? {
-            let (_, record) = item.map_err(StoreError::backend)?;
-            let (until, kind, json) = parse_change_record(record.value())?;
-            if kind != KIND_ENVELOPE || until <= now {
-                continue;
-            }
-            let envelope: Envelope = serde_json::from_slice(json)
-                .map_err(|e| StoreError::Corrupt(format!("stored envelope: {e}")))?;
-            recovered.envelopes.push(Arc::new(envelope));
-        }
         let parked = txn.open_table(PARKED).map_err(StoreError::backend)?;
+        let mut mailboxes: Vec<MailboxKey> = Vec::new();
         for item in parked.iter().map_err(StoreError::backend)? {
-            let (_, json) = item.map_err(StoreError::backend)?;
-            let envelope: Envelope = serde_json::from_slice(json.value())
-                .map_err(|e| StoreError::Corrupt(format!("parked envelope: {e}")))?;
-            if envelope.expires_at > now {
-                recovered.parked.push(Arc::new(envelope));
+            let (key, _) = item.map_err(StoreError::backend)?;
+            let (mailbox, _) = split_envelope_key(key.value())?;
+            if mailboxes.last() != Some(&mailbox) {
+                mailboxes.push(mailbox);
             }
         }
-        let nonces = txn.open_table(NONCES).map_err(StoreError::backend)?;
-        for item in nonces.iter().map_err(StoreError::backend)? {
-            let (key, until) = item.map_err(StoreError::backend)?;
-            let until = until.value();
-            let key = key.value();
-            if until > now
-                && let Some((mailbox, nonce)) = key.split_at_checked(32)
-                && let (Ok(mailbox), Ok(nonce)) =
-                    (<[u8; 32]>::try_from(mailbox), std::str::from_utf8(nonce))
-            {
-                recovered
-                    .nonces
-                    .push((MailboxKey::from_bytes(mailbox), nonce.into(), until));
-            }
-        }
-        let tombstones = txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
-        for item in tombstones.iter().map_err(StoreError::backend)? {
-            let (key, until) = item.map_err(StoreError::backend)?;
-            let until = until.value();
-            if until > now {
-                let (mailbox, msg_id) = split_envelope_key(key.value())?;
-                recovered.tombstones.push((mailbox, msg_id, until));
-            }
-        }
-        Ok(recovered)
+        Ok(mailboxes)
     }
 
     fn changes_since(&self, since: u64, limit: usize, now: u64) -> Result<FeedPage, StoreError> {
@@ -715,6 +830,63 @@ mod tests {
         assert!(store.recover(NOW + 600).unwrap().nonces.is_empty());
         store.collect_garbage(NOW + 600).unwrap();
         assert!(store.recover(NOW).unwrap().nonces.is_empty(), "collected");
+    }
+
+    #[test]
+    fn mailboxes_load_one_by_one_and_the_pending_count_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = Arc::new(Envelope::sign(
+            &SigningKey::from_bytes(&[1; 32]),
+            MailboxKey::from_bytes([0xff; 32]),
+            MsgId::parse("m", "o1").unwrap(),
+            NOW,
+            NOW + 100,
+            b"x",
+        ));
+        let bob = envelope("a", NOW + 100).mailbox;
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            store
+                .commit(&[
+                    StoreOp::PutEnvelope(envelope("a", NOW + 100)),
+                    StoreOp::PutEnvelope(envelope("b", NOW + 50)),
+                    StoreOp::PutEnvelope(Arc::clone(&other)),
+                    // The same id again replaces, it does not add.
+                    StoreOp::PutEnvelope(envelope("b", NOW + 60)),
+                ])
+                .unwrap();
+            assert_eq!(store.pending_count(), 3);
+            let a = MsgId::parse("m", "a").unwrap();
+            store
+                .commit(&[StoreOp::ApplyAck {
+                    ack: ack_of(&["a"]),
+                    removed: vec![a.clone()],
+                    tombstones: vec![(a, NOW + 100)],
+                    live_until: NOW + 100,
+                }])
+                .unwrap();
+            assert_eq!(store.pending_count(), 2);
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.pending_count(), 2, "the count is durable");
+        let mine = store.load_mailbox(&bob, NOW).unwrap();
+        assert_eq!(mine.envelopes.len(), 1);
+        assert_eq!(mine.envelopes[0].expires_at, NOW + 60);
+        assert_eq!(mine.tombstones.len(), 1);
+        let theirs = store.load_mailbox(&other.mailbox, NOW).unwrap();
+        assert_eq!(theirs.envelopes, vec![other]);
+        assert!(theirs.tombstones.is_empty());
+        store.collect_garbage(NOW + 60).unwrap();
+        assert_eq!(store.pending_count(), 1, "expiry counts too");
+        assert!(store.load_mailbox(&bob, NOW).unwrap().envelopes.is_empty());
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(&[]), None);
     }
 
     #[test]

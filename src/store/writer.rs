@@ -19,7 +19,7 @@ pub const MAX_REQUESTS_PER_COMMIT: usize = 1024;
 /// Requests that may wait for the writer before new ones are refused.
 pub const WRITER_QUEUE_CAPACITY: usize = 8192;
 /// How often expired changes and tombstones are dropped from the store.
-pub const GC_INTERVAL: Duration = Duration::from_secs(5);
+pub const GC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a write was not done.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,6 +67,9 @@ impl StoreHandle {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Self, WriterThread)> {
         let (requests, queue) = std::sync::mpsc::sync_channel(WRITER_QUEUE_CAPACITY);
+        metrics
+            .pending_envelopes
+            .set(i64::try_from(store.pending_count()).unwrap_or(i64::MAX));
         let writer_store = Arc::clone(&store);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
@@ -138,7 +141,11 @@ fn run_writer(store: &dyn Store, queue: &Receiver<Request>, metrics: &Metrics) {
         }
         if last_gc.elapsed() >= GC_INTERVAL {
             last_gc = Instant::now();
-            match store.collect_garbage(crate::protocol::now_unix()) {
+            let collected = store.collect_garbage(crate::protocol::now_unix());
+            metrics
+                .pending_envelopes
+                .set(i64::try_from(store.pending_count()).unwrap_or(i64::MAX));
+            match collected {
                 Ok(0) => {}
                 Ok(dropped) => tracing::debug!(dropped, "expired records collected"),
                 Err(err) => tracing::warn!(%err, "garbage collection failed; will retry"),
@@ -159,6 +166,9 @@ fn commit_batch(
         all_ops.extend(ops);
     }
     let result = store.commit(&all_ops);
+    metrics
+        .pending_envelopes
+        .set(i64::try_from(store.pending_count()).unwrap_or(i64::MAX));
     metrics.store_commits_total.inc();
     metrics.store_ops_total.inc_by(all_ops.len() as u64);
     match result {
