@@ -617,3 +617,62 @@ async fn a_new_feed_epoch_is_read_from_zero() {
     fake.append("ack", bob.ack(&["m1"]));
     wait_for_id_set(&node, &bob, &["m2", "c1"]).await;
 }
+
+#[actix_rt::test]
+async fn a_feed_reader_following_its_cursor_during_concurrent_deposits_misses_nothing() {
+    let node = node_with_test_peer(&[]);
+    node.ready().await;
+    let sender_count = 150;
+    let owners: Vec<Identity> = (0..10).map(|_| Identity::new()).collect();
+    let senders: Vec<Identity> = (0..sender_count).map(|_| Identity::new()).collect();
+    let envelopes: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.envelope_to(&owners[i % owners.len()], &format!("f{i}")))
+        .collect();
+    let url = node.url.clone();
+    let deposits: Vec<_> = envelopes
+        .into_iter()
+        .map(|envelope| {
+            let url = url.clone();
+            actix_rt::spawn(async move {
+                let body = serde_json::to_vec(&envelope).unwrap();
+                let (status, _) = post_raw(&url, "/api/mesh/dm/send", body).await;
+                (status, envelope.msg_id.as_str().to_string())
+            })
+        })
+        .collect();
+    // Meanwhile, read the feed from a cursor, small pages, as a puller does.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut since = 0u64;
+    let mut last_seq = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < sender_count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "saw {} of {sender_count}",
+            seen.len()
+        );
+        let path = format!("/api/mesh/dm/changes?since={since}&limit=7");
+        let (status, body) =
+            peer_request(&node.peer_url, "GET", &path, vec![], TEST_PEER, MESH_SECRET).await;
+        assert_eq!(status, 200, "{body}");
+        for change in body["changes"].as_array().unwrap() {
+            let seq = change["seq"].as_u64().unwrap();
+            assert!(seq > last_seq, "seqs only grow: {seq} after {last_seq}");
+            last_seq = seq;
+            seen.insert(change["envelope"]["msg_id"].as_str().unwrap().to_string());
+        }
+        since = body["next"].as_u64().unwrap();
+    }
+    let mut accepted = std::collections::BTreeSet::new();
+    for deposit in deposits {
+        let (status, id) = deposit.await.unwrap();
+        assert_eq!(status, 200);
+        accepted.insert(id);
+    }
+    assert_eq!(
+        seen, accepted,
+        "every accepted envelope appeared behind the cursor"
+    );
+}
