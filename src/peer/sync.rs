@@ -9,6 +9,7 @@
 
 use super::client::{PeerCallError, PeerClient};
 use crate::config::PeerSettings;
+use crate::mailbox::shard::ShardError;
 use crate::mailbox::{MailboxRouter, Origin};
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, EnvelopeLimits, now_unix};
@@ -80,6 +81,9 @@ struct Puller {
     limits: EnvelopeLimits,
     metrics: Arc<Metrics>,
 }
+
+/// A shard's answer to one applied feed entry; only failure matters here.
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ShardError>>>>;
 
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
@@ -154,9 +158,10 @@ impl Puller {
                 let parsed = Envelope::from_value(value, &self.limits)
                     .and_then(|e| e.verify(now, &self.limits).map(|()| e));
                 match parsed {
-                    Ok(envelope) => answers.push(futures_util::future::Either::Left(
-                        self.mailboxes.deposit(Arc::new(envelope), origin.clone()),
-                    )),
+                    Ok(envelope) => {
+                        let answer = self.mailboxes.deposit(Arc::new(envelope), origin.clone());
+                        answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);
+                    }
                     Err(err) => {
                         invalid += 1;
                         tracing::debug!(peer = %self.peer_url, %err, "feed envelope refused");
@@ -166,9 +171,10 @@ impl Puller {
                 let parsed = AckObject::from_value(value)
                     .and_then(|a| a.verify_replica(now, self.limits.max_ttl_s).map(|()| a));
                 match parsed {
-                    Ok(ack) => answers.push(futures_util::future::Either::Right(
-                        self.mailboxes.acknowledge(Arc::new(ack), origin.clone()),
-                    )),
+                    Ok(ack) => {
+                        let answer = self.mailboxes.acknowledge(Arc::new(ack), origin.clone());
+                        answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);
+                    }
                     Err(err) => {
                         invalid += 1;
                         tracing::debug!(peer = %self.peer_url, %err, "feed ack refused");
@@ -180,14 +186,7 @@ impl Puller {
         }
         let applied = answers.len();
         for answer in answers {
-            match answer {
-                futures_util::future::Either::Left(deposit) => {
-                    deposit.await.map_err(|e| SyncError::Local(e.to_string()))?;
-                }
-                futures_util::future::Either::Right(ack) => {
-                    ack.await.map_err(|e| SyncError::Local(e.to_string()))?;
-                }
-            }
+            answer.await.map_err(|e| SyncError::Local(e.to_string()))?;
         }
         if invalid > 0 {
             tracing::warn!(peer = %self.peer_url, invalid, "feed entries refused (bad shape, signature or time)");
