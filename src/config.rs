@@ -375,6 +375,21 @@ impl Settings {
             if url == self_peer_url || peers.iter().any(|p| p.url == url) {
                 continue;
             }
+            if url.starts_with("https://") {
+                // The peer client is built without TLS (see README, "Peer links"): refusing the
+                // setting beats a peer that silently never receives anything.
+                let setting = if env.contains_key("MESH_RELAY_PEERS") {
+                    "MESH_RELAY_PEERS"
+                } else {
+                    "peers.url"
+                };
+                return Err(bad(
+                    setting,
+                    format!(
+                        "{url}: this build speaks plain HTTP to peers; use an http:// URL over a private network or VPN"
+                    ),
+                ));
+            }
             let secret = file_secrets
                 .get(&url)
                 .cloned()
