@@ -208,3 +208,39 @@ async fn separate_peer_lane_serves_each_plane_only_on_its_own_address() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["changes"].as_array().unwrap().len(), 1);
 }
+
+#[actix_rt::test]
+async fn a_frozen_peer_delays_no_client_and_catches_up_when_it_thaws() {
+    let nodes = mesh(3, &full_mesh_links(3), &[]);
+    for node in &nodes {
+        node.ready().await;
+    }
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(nodes[0].send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    wait_for_ids(&nodes[2], &bob, &["m1"]).await;
+
+    // Freeze C: its sockets accept but nothing answers (a hung peer, worse than a dead one).
+    let frozen = nodes[2].pid().unwrap() as i32;
+    unsafe {
+        libc::kill(frozen, libc::SIGSTOP);
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(nodes[0].ack(&bob, &["m1"]).await.0, 200);
+    assert_eq!(nodes[0].send(&alice.envelope_to(&bob, "m2")).await.0, 200);
+    assert_eq!(nodes[1].send(&alice.envelope_to(&bob, "m3")).await.0, 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "client replies never wait for a peer"
+    );
+    // The healthy pair converges while C is frozen.
+    wait_for_ids(&nodes[1], &bob, &["m2", "m3"]).await;
+    wait_for_ids(&nodes[0], &bob, &["m2", "m3"]).await;
+
+    unsafe {
+        libc::kill(frozen, libc::SIGCONT);
+    }
+    // C converges: m1 acknowledged, m2 and m3 delivered.
+    wait_for_ids(&nodes[2], &bob, &["m2", "m3"]).await;
+    let (status, body) = nodes[2].send(&alice.envelope_to(&bob, "m1")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("acked")));
+}
