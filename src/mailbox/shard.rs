@@ -96,8 +96,15 @@ struct Loaded {
     in_flight: u32,
 }
 
-/// Work waiting for a mailbox to load; `true` when it loaded.
-type Waiting = Box<dyn FnOnce(&mut MailboxShard, &mut Context<MailboxShard>, bool)>;
+/// Work waiting for a mailbox to load: `Ok` once it is in memory, or why it cannot be.
+type Waiting =
+    Box<dyn FnOnce(&mut MailboxShard, &mut Context<MailboxShard>, Result<(), ShardError>)>;
+
+/// Mailbox loads running at once per shard (each holds a blocking-pool thread).
+const MAX_CONCURRENT_LOADS: usize = 8;
+/// Requests waiting for their mailbox to load, per shard; past that they get 503, so waiting
+/// work stays bounded like the shard's own queue.
+const MAX_WAITING_REQUESTS: usize = SHARD_QUEUE_CAPACITY;
 
 enum Slot {
     Loaded(Box<Loaded>),
@@ -130,6 +137,11 @@ fn state_from(snapshot: Recovered, now: u64) -> MailboxState {
 
 pub struct MailboxShard {
     mailboxes: HashMap<MailboxKey, Slot>,
+    /// Loads running now, and mailboxes waiting for a load to start.
+    loads_running: usize,
+    loads_queued: std::collections::VecDeque<MailboxKey>,
+    /// Requests parked in `Slot::Loading` across all mailboxes.
+    waiting_requests: usize,
     limits: MailboxLimits,
     max_ttl_s: u64,
     idle: Duration,
@@ -149,6 +161,9 @@ impl MailboxShard {
     ) -> Self {
         Self {
             mailboxes: HashMap::new(),
+            loads_running: 0,
+            loads_queued: std::collections::VecDeque::new(),
+            waiting_requests: 0,
             limits,
             max_ttl_s,
             idle,
@@ -163,28 +178,47 @@ impl MailboxShard {
         &mut self,
         mailbox: MailboxKey,
         ctx: &mut Context<Self>,
-        work: impl FnOnce(&mut Self, &mut Context<Self>, bool) + 'static,
+        work: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), ShardError>) + 'static,
     ) {
+        if let Some(Slot::Loaded(_)) = self.mailboxes.get(&mailbox) {
+            return work(self, ctx, Ok(()));
+        }
+        if self.waiting_requests >= MAX_WAITING_REQUESTS {
+            self.metrics.overload_total.inc();
+            return work(self, ctx, Err(ShardError::Overloaded));
+        }
+        self.waiting_requests += 1;
         match self.mailboxes.get_mut(&mailbox) {
-            Some(Slot::Loaded(_)) => work(self, ctx, true),
             Some(Slot::Loading(waiting)) => waiting.push(Box::new(work)),
-            None => {
+            _ => {
                 self.mailboxes
                     .insert(mailbox, Slot::Loading(vec![Box::new(work)]));
-                let store = Arc::clone(self.store.store());
-                let load = actix_rt::task::spawn_blocking(move || {
-                    store.load_mailbox(&mailbox, now_unix())
-                });
-                ctx.spawn(load.into_actor(self).map(move |result, shard, ctx| {
-                    let result = match result {
-                        Ok(Ok(snapshot)) => Ok(snapshot),
-                        Ok(Err(err)) => Err(err.to_string()),
-                        Err(err) => Err(err.to_string()),
-                    };
-                    shard.install(mailbox, result, ctx);
-                }));
+                if self.loads_running < MAX_CONCURRENT_LOADS {
+                    self.start_load(mailbox, ctx);
+                } else {
+                    self.loads_queued.push_back(mailbox);
+                }
             }
         }
+    }
+
+    /// Reads `mailbox` from the store on a blocking-pool thread, then installs it.
+    fn start_load(&mut self, mailbox: MailboxKey, ctx: &mut Context<Self>) {
+        self.loads_running += 1;
+        let store = Arc::clone(self.store.store());
+        let load = actix_rt::task::spawn_blocking(move || store.load_mailbox(&mailbox, now_unix()));
+        ctx.spawn(load.into_actor(self).map(move |result, shard, ctx| {
+            shard.loads_running -= 1;
+            if let Some(next) = shard.loads_queued.pop_front() {
+                shard.start_load(next, ctx);
+            }
+            let result = match result {
+                Ok(Ok(snapshot)) => Ok(snapshot),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(err) => Err(err.to_string()),
+            };
+            shard.install(mailbox, result, ctx);
+        }));
     }
 
     /// A load finished: put the state in place and run what waited for it, in order.
@@ -197,7 +231,8 @@ impl MailboxShard {
         let Some(Slot::Loading(waiting)) = self.mailboxes.remove(&mailbox) else {
             return;
         };
-        let loaded = match result {
+        self.waiting_requests = self.waiting_requests.saturating_sub(waiting.len());
+        let outcome = match result {
             Ok(snapshot) => {
                 let loaded = Loaded {
                     state: state_from(snapshot, now_unix()),
@@ -207,15 +242,15 @@ impl MailboxShard {
                 self.mailboxes
                     .insert(mailbox, Slot::Loaded(Box::new(loaded)));
                 self.metrics.mailboxes_loaded.inc();
-                true
+                Ok(())
             }
             Err(err) => {
                 tracing::error!(%mailbox, %err, "mailbox could not be loaded");
-                false
+                Err(not_loaded())
             }
         };
         for work in waiting {
-            work(self, ctx, loaded);
+            work(self, ctx, outcome.clone());
         }
     }
 
@@ -549,13 +584,16 @@ impl Handler<Deposit> for MailboxShard {
     type Result = ();
 
     fn handle(&mut self, msg: Deposit, ctx: &mut Self::Context) {
-        self.with_mailbox(msg.envelope.mailbox, ctx, move |shard, ctx, loaded| {
-            if loaded {
-                shard.deposit(msg, ctx);
-            } else {
-                let _ = msg.reply.send(Err(not_loaded()));
-            }
-        });
+        self.with_mailbox(
+            msg.envelope.mailbox,
+            ctx,
+            move |shard, ctx, ready| match ready {
+                Ok(()) => shard.deposit(msg, ctx),
+                Err(err) => {
+                    let _ = msg.reply.send(Err(err));
+                }
+            },
+        );
     }
 }
 
@@ -563,13 +601,16 @@ impl Handler<Poll> for MailboxShard {
     type Result = ();
 
     fn handle(&mut self, msg: Poll, ctx: &mut Self::Context) {
-        self.with_mailbox(msg.request.mailbox, ctx, move |shard, ctx, loaded| {
-            if loaded {
-                shard.poll(msg, ctx);
-            } else {
-                let _ = msg.reply.send(Err(not_loaded()));
-            }
-        });
+        self.with_mailbox(
+            msg.request.mailbox,
+            ctx,
+            move |shard, ctx, ready| match ready {
+                Ok(()) => shard.poll(msg, ctx),
+                Err(err) => {
+                    let _ = msg.reply.send(Err(err));
+                }
+            },
+        );
     }
 }
 
@@ -577,11 +618,10 @@ impl Handler<Acknowledge> for MailboxShard {
     type Result = ();
 
     fn handle(&mut self, msg: Acknowledge, ctx: &mut Self::Context) {
-        self.with_mailbox(msg.ack.mailbox, ctx, move |shard, ctx, loaded| {
-            if loaded {
-                shard.acknowledge(msg, ctx);
-            } else {
-                let _ = msg.reply.send(Err(not_loaded()));
+        self.with_mailbox(msg.ack.mailbox, ctx, move |shard, ctx, ready| match ready {
+            Ok(()) => shard.acknowledge(msg, ctx),
+            Err(err) => {
+                let _ = msg.reply.send(Err(err));
             }
         });
     }
