@@ -44,22 +44,25 @@ impl TokenBucket {
         self.updated = now;
     }
 
-    /// How many of `wanted` items may go now (at least one if any token is whole); takes them.
-    pub fn take_up_to(&mut self, wanted: usize, now: Instant) -> usize {
+    /// Takes `n` tokens if they are all there (a batch goes whole or waits).
+    pub fn try_take(&mut self, n: usize, now: Instant) -> bool {
         self.refill(now);
-        let available = self.tokens.floor().max(0.0) as usize;
-        let granted = wanted.min(available);
-        self.tokens -= granted as f64;
-        granted
+        let n = n as f64;
+        if n > self.burst || self.tokens < n {
+            return false;
+        }
+        self.tokens -= n;
+        true
     }
 
-    /// How long until one token is there.
-    pub fn wait_for_one(&mut self, now: Instant) -> Duration {
+    /// How long until `n` tokens are there (`n` is capped at the burst, which always comes).
+    pub fn wait_for(&mut self, n: usize, now: Instant) -> Duration {
         self.refill(now);
-        if self.tokens >= 1.0 {
+        let missing = (n as f64).min(self.burst) - self.tokens;
+        if missing <= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.rate_per_s)
+            Duration::from_secs_f64(missing / self.rate_per_s)
         }
     }
 }
@@ -146,17 +149,20 @@ mod tests {
     fn token_bucket_limits_the_rate_and_refills() {
         let t0 = Instant::now();
         let mut bucket = TokenBucket::new(10.0, 5.0, t0);
-        assert_eq!(
-            bucket.take_up_to(50, t0),
-            5,
-            "a full bucket gives its burst"
-        );
-        assert_eq!(bucket.take_up_to(1, t0), 0);
-        assert_eq!(bucket.wait_for_one(t0), Duration::from_millis(100));
-        let t1 = t0 + Duration::from_millis(300);
-        assert_eq!(bucket.take_up_to(50, t1), 3);
+        assert!(bucket.try_take(5, t0), "a full bucket gives its burst");
+        assert!(!bucket.try_take(1, t0));
+        assert_eq!(bucket.wait_for(1, t0), Duration::from_millis(100));
+        assert_eq!(bucket.wait_for(3, t0), Duration::from_millis(300));
+        // A batch waits until it can go whole.
+        let t1 = t0 + Duration::from_millis(250);
+        assert!(!bucket.try_take(3, t1));
+        assert_eq!(bucket.wait_for(3, t1), Duration::from_millis(50));
+        assert!(bucket.try_take(2, t1));
+        // Never more than the burst, however long the wait.
         let t2 = t1 + Duration::from_secs(60);
-        assert_eq!(bucket.take_up_to(50, t2), 5, "never more than the burst");
+        assert!(!bucket.try_take(6, t2));
+        assert_eq!(bucket.wait_for(60, t2), Duration::ZERO);
+        assert!(bucket.try_take(5, t2));
     }
 
     #[test]

@@ -165,9 +165,11 @@ impl PeerPusher {
             .take(MAX_ITEMS_PER_BATCH)
             .take_while(|item| item.is_envelope() == envelopes)
             .count();
-        let granted = self.bucket.take_up_to(same_kind, now);
-        if granted == 0 {
-            let wait = self.bucket.wait_for_one(now);
+        // A batch goes whole: under the rate limit, items gather into full batches instead of
+        // trickling out one per token.
+        let granted = same_kind;
+        if !self.bucket.try_take(granted, now) {
+            let wait = self.bucket.wait_for(granted, now);
             self.wake_after(wait, ctx);
             return;
         }

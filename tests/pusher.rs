@@ -1,0 +1,227 @@
+//! SPEC §7.4 "Push" against a scripted peer (a real HTTP server): order, batches, retries of
+//! transport errors / 5xx / 429 with backoff and breaker, `rejected` being final, rate limit.
+
+mod common;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use common::*;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Script {
+    /// Answer the next N push requests with `fail_status`.
+    fail_next: u32,
+    fail_status: u16,
+    /// Answer every item `rejected` (as a peer would for a cap violation).
+    reject_all: bool,
+    requests: u32,
+    /// Items received (msg_id, or "ack:<first id>"), with when.
+    received: Vec<(Instant, String)>,
+}
+
+struct ScriptedPeer {
+    url: String,
+    script: Arc<Mutex<Script>>,
+}
+
+async fn take_push(body: web::Bytes, script: web::Data<Mutex<Script>>) -> HttpResponse {
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut script = script.lock().unwrap();
+    script.requests += 1;
+    if script.fail_next > 0 {
+        script.fail_next -= 1;
+        let status = actix_web::http::StatusCode::from_u16(script.fail_status).unwrap();
+        return HttpResponse::build(status)
+            .json(json!({"ok": false, "error": "unavailable", "detail": "scripted"}));
+    }
+    let now = Instant::now();
+    let mut results = Vec::new();
+    if let Some(envelopes) = value["envelopes"].as_array() {
+        for e in envelopes {
+            script
+                .received
+                .push((now, e["msg_id"].as_str().unwrap_or("?").to_string()));
+            results.push(if script.reject_all {
+                json!({"msg_id": e["msg_id"], "status": "rejected", "error": "cap_violation", "pending": 2, "limit": 2})
+            } else {
+                json!({"msg_id": e["msg_id"], "status": "accepted"})
+            });
+        }
+    }
+    if let Some(acks) = value["acks"].as_array() {
+        for a in acks {
+            script.received.push((
+                now,
+                format!("ack:{}", a["msg_ids"][0].as_str().unwrap_or("?")),
+            ));
+            results.push(json!({"status": if script.reject_all { "rejected" } else { "applied" }}));
+        }
+    }
+    HttpResponse::Ok().json(json!({"ok": true, "results": results}))
+}
+
+impl ScriptedPeer {
+    async fn start(script: Script) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let script = Arc::new(Mutex::new(script));
+        let data = web::Data::from(Arc::clone(&script));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/api/mesh/dm/replicate-envelope", web::post().to(take_push))
+                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_rt::spawn(server);
+        Self { url, script }
+    }
+
+    fn received(&self) -> Vec<String> {
+        self.script
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    fn requests(&self) -> u32 {
+        self.script.lock().unwrap().requests
+    }
+}
+
+fn node_pushing_to(peer: &ScriptedPeer, extra: &[(&str, &str)]) -> Node {
+    let mut config = mesh_config()
+        .env("MESH_RELAY_PEERS", &peer.url)
+        // The scripted peer serves no feed: only the push path is under test.
+        .env("MESH_DM_SYNC_INTERVAL_S", "600")
+        .env("MESH_RELAY_MAX_FAILURES", "3")
+        .env("MESH_RELAY_FAILURE_COOLDOWN_S", "0.5");
+    for (k, v) in extra {
+        config = config.env(k, v);
+    }
+    Node::start(config)
+}
+
+#[actix_rt::test]
+async fn transient_failures_are_retried_until_delivered_in_order() {
+    for status in [503u16, 429] {
+        let peer = ScriptedPeer::start(Script {
+            fail_next: 4,
+            fail_status: status,
+            ..Script::default()
+        })
+        .await;
+        let node = node_pushing_to(&peer, &[]);
+        node.ready().await;
+        let (alice, bob) = (Identity::new(), Identity::new());
+        assert_eq!(node.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+        assert_eq!(node.send(&alice.envelope_to(&bob, "m2")).await.0, 200);
+        assert_eq!(node.ack(&bob, &["m1"]).await.0, 200);
+        let label = format!("{{peer=\"{}\"}}", peer.url);
+        wait_for(Duration::from_secs(15), || async {
+            peer.received().len() == 3
+        })
+        .await;
+        // Order is kept across retries: both envelopes, then the ack of m1.
+        assert_eq!(peer.received(), ["m1", "m2", "ack:m1"], "status {status}");
+        assert!(
+            node.metric(&format!("dm_replication_push_error_total{label}"))
+                .await
+                >= 4.0
+        );
+        assert_eq!(
+            node.metric(&format!("dm_replication_push_ok_total{label}"))
+                .await,
+            3.0
+        );
+        wait_for(Duration::from_secs(5), || async {
+            node.metric(&format!("dm_peer_queue_depth{label}")).await == 0.0
+                && node.metric(&format!("dm_peer_circuit_open{label}")).await == 0.0
+        })
+        .await;
+    }
+}
+
+#[actix_rt::test]
+async fn rejected_results_are_final() {
+    let peer = ScriptedPeer::start(Script {
+        reject_all: true,
+        ..Script::default()
+    })
+    .await;
+    let node = node_pushing_to(&peer, &[]);
+    node.ready().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m2")).await.0, 200);
+    let label = format!("{{peer=\"{}\"}}", peer.url);
+    wait_for(Duration::from_secs(10), || async {
+        node.metric(&format!("dm_replication_push_rejected_total{label}"))
+            .await
+            == 2.0
+    })
+    .await;
+    assert_eq!(
+        node.metric(&format!("dm_peer_queue_depth{label}")).await,
+        0.0
+    );
+    let requests = peer.requests();
+    // Nothing is sent again: a new deposit is the only next request.
+    assert_eq!(
+        node.send(&alice.envelope_to(&Identity::new(), "m3"))
+            .await
+            .0,
+        200
+    );
+    wait_for(Duration::from_secs(10), || async {
+        peer.received().len() == 3
+    })
+    .await;
+    assert_eq!(peer.received(), ["m1", "m2", "m3"]);
+    assert_eq!(peer.requests(), requests + 1);
+}
+
+#[actix_rt::test]
+async fn pushes_are_batched_and_rate_limited_per_peer() {
+    let peer = ScriptedPeer::start(Script::default()).await;
+    // 20 items/s with the minimum burst of one batch (50 items).
+    let node = node_pushing_to(&peer, &[("MESH_RELAY_PUSH_RATE", "20")]);
+    node.ready().await;
+    let owners: Vec<Identity> = (0..2).map(|_| Identity::new()).collect();
+    let mut sent = Vec::new();
+    for i in 0..70 {
+        let sender = Identity::new();
+        let id = format!("m{i:02}");
+        let (status, _) = node.send(&sender.envelope_to(&owners[i % 2], &id)).await;
+        assert_eq!(status, 200);
+        sent.push(id);
+    }
+    wait_for(Duration::from_secs(15), || async {
+        peer.received().len() == 70
+    })
+    .await;
+    assert_eq!(peer.received(), sent, "in deposit order");
+    let script = peer.script.lock().unwrap();
+    assert!(
+        script.requests < 70,
+        "batched: {} requests for 70 items",
+        script.requests
+    );
+    let first = script.received[0].0;
+    let last = script.received[69].0;
+    // 70 items at 20/s with a burst of 50: the last 20 need about a second.
+    assert!(
+        last.duration_since(first) >= Duration::from_millis(800),
+        "rate limit not applied: {:?}",
+        last.duration_since(first)
+    );
+}
