@@ -9,6 +9,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the client plane listens when nothing says otherwise.
@@ -92,6 +93,10 @@ pub struct Settings {
     pub mailbox_idle: Duration,
     /// Mailbox shards, one per core by default (`MESH_DM_SHARDS`).
     pub shards: usize,
+    /// HTTPS on every listener, from `MESH_DM_TLS_CERT` and `MESH_DM_TLS_KEY` (PEM files).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS of peer links: public web roots plus `MESH_RELAY_CA_FILE`'s CAs.
+    pub peer_tls: Arc<rustls::ClientConfig>,
     /// HTTP worker threads, one per core by default (`MESH_DM_HTTP_WORKERS`).
     pub http_workers: usize,
 }
@@ -119,6 +124,9 @@ struct FileSettings {
     sync_interval_s: Option<f64>,
     push_rate: Option<f64>,
     mailbox_idle_s: Option<f64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    peer_ca_file: Option<PathBuf>,
     shards: Option<u64>,
     http_workers: Option<u64>,
 }
@@ -199,6 +207,9 @@ const SCALARS: &[(&str, &str, &str)] = &[
     ),
     ("push_rate", "MESH_RELAY_PUSH_RATE", "push_rate"),
     ("mailbox_idle_s", "MESH_DM_MAILBOX_IDLE_S", "mailbox_idle_s"),
+    ("tls_cert", "MESH_DM_TLS_CERT", "tls_cert"),
+    ("tls_key", "MESH_DM_TLS_KEY", "tls_key"),
+    ("peer_ca_file", "MESH_RELAY_CA_FILE", "peer_ca_file"),
     ("shards", "MESH_DM_SHARDS", "shards"),
     ("http_workers", "MESH_DM_HTTP_WORKERS", "http_workers"),
 ];
@@ -295,6 +306,9 @@ impl Settings {
                 "sync_interval_s" => f.sync_interval_s.map(|v| v.to_string()),
                 "push_rate" => f.push_rate.map(|v| v.to_string()),
                 "mailbox_idle_s" => f.mailbox_idle_s.map(|v| v.to_string()),
+                "tls_cert" => f.tls_cert.as_ref().map(|p| p.display().to_string()),
+                "tls_key" => f.tls_key.as_ref().map(|p| p.display().to_string()),
+                "peer_ca_file" => f.peer_ca_file.as_ref().map(|p| p.display().to_string()),
                 "shards" => f.shards.map(|v| v.to_string()),
                 "http_workers" => f.http_workers.map(|v| v.to_string()),
                 _ => None,
@@ -324,11 +338,33 @@ impl Settings {
             )?),
             None => None,
         };
+        let tls = match (raw.get("tls_cert"), raw.get("tls_key")) {
+            (None, None) => None,
+            (Some((source, cert)), Some((_, key))) => Some(Arc::new(
+                crate::tls::server_config(Path::new(cert), Path::new(key))
+                    .map_err(|problem| bad(source, problem))?,
+            )),
+            (Some((source, _)), None) | (None, Some((source, _))) => {
+                return Err(bad(
+                    source,
+                    "TLS needs both MESH_DM_TLS_CERT and MESH_DM_TLS_KEY",
+                ));
+            }
+        };
+        let peer_tls = Arc::new(match raw.get("peer_ca_file") {
+            Some((source, path)) => crate::tls::client_config(Some(Path::new(path)))
+                .map_err(|problem| bad(source, problem))?,
+            None => crate::tls::client_config(None).map_err(|problem| bad("TLS", problem))?,
+        });
         let self_peer_url = match raw.get("self_peer_url") {
             Some((source, value)) => {
                 normalize_peer_url(value).map_err(|problem| bad(source, problem))?
             }
-            None => format!("http://{}", peer_listen.unwrap_or(listen)),
+            None => format!(
+                "{}://{}",
+                if tls.is_some() { "https" } else { "http" },
+                peer_listen.unwrap_or(listen)
+            ),
         };
         let mesh_secret = match (
             env.get("MESH_PEER_PUSH_SECRET_FILE"),
@@ -374,21 +410,6 @@ impl Settings {
         for url in peer_urls {
             if url == self_peer_url || peers.iter().any(|p| p.url == url) {
                 continue;
-            }
-            if url.starts_with("https://") {
-                // The peer client is built without TLS (see README, "Peer links"): refusing the
-                // setting beats a peer that silently never receives anything.
-                let setting = if env.contains_key("MESH_RELAY_PEERS") {
-                    "MESH_RELAY_PEERS"
-                } else {
-                    "peers.url"
-                };
-                return Err(bad(
-                    setting,
-                    format!(
-                        "{url}: this build speaks plain HTTP to peers; use an http:// URL over a private network or VPN"
-                    ),
-                ));
             }
             let secret = file_secrets
                 .get(&url)
@@ -458,6 +479,8 @@ impl Settings {
             mailbox_idle: positive_duration(&raw, "mailbox_idle_s", 300.0)?,
             shards: in_range(&raw, "shards", shards, 1, 256)? as usize,
             http_workers: in_range(&raw, "http_workers", http_workers, 1, 256)? as usize,
+            tls,
+            peer_tls,
         })
     }
 }
@@ -559,6 +582,7 @@ mod tests {
             .collect();
         let file: FileSettings = toml::from_str(&uncommented).unwrap();
         assert!(file.listen.is_some() && file.http_workers.is_some() && file.peers.len() == 1);
+        assert!(file.tls_cert.is_some() && file.tls_key.is_some() && file.peer_ca_file.is_some());
     }
 
     #[test]

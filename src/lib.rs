@@ -20,7 +20,8 @@
 //! - [`store`]: the durable state behind a trait, and the group-commit writer thread.
 //! - [`peer`]: peer URLs, HMAC authentication, and the actors of the peer plane.
 //! - [`http`]: routes, body limits, the error table.
-//! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop.
+//! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
+//!   [`tls`]: HTTPS for both planes and peer links.
 
 #![cfg_attr(
     not(test),
@@ -35,3 +36,4 @@ pub mod node;
 pub mod peer;
 pub mod protocol;
 pub mod store;
+pub mod tls;

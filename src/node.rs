@@ -136,8 +136,11 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
     })
     .workers(settings.http_workers)
     .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-    .disable_signals()
-    .listen(listeners.client)?
+    .disable_signals();
+    let client_server = match &settings.tls {
+        Some(tls) => client_server.listen_rustls_0_23(listeners.client, (**tls).clone())?,
+        None => client_server.listen(listeners.client)?,
+    }
     .run();
     let mut servers = vec![client_server];
     if let Some(peer_listener) = listeners.peer {
@@ -152,18 +155,27 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         })
         .workers(settings.http_workers.div_ceil(2))
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        .disable_signals()
-        .listen(peer_listener)?
+        .disable_signals();
+        let peer_server = match &settings.tls {
+            Some(tls) => peer_server.listen_rustls_0_23(peer_listener, (**tls).clone())?,
+            None => peer_server.listen(peer_listener)?,
+        }
         .run();
         servers.push(peer_server);
         tracing::info!(%peer_addr, "peer plane listening");
     }
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         %client_addr,
         separate_peer_lane,
+        tls = settings.tls.is_some(),
         node = %settings.self_peer_url,
         peers = settings.peers.len(),
-        "dmrelay listening on http://{client_addr}"
+        "dmrelay listening on {scheme}://{client_addr}"
     );
 
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();

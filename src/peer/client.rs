@@ -59,15 +59,17 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(peer: &PeerSettings, self_url: &str, timeout: Duration) -> Self {
+    pub fn new(
+        peer: &PeerSettings,
+        self_url: &str,
+        timeout: Duration,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Self {
         let path_prefix = url::Url::parse(&peer.url)
             .map(|u| u.path().trim_end_matches('/').to_string())
             .unwrap_or_default();
         Self {
-            http: awc::Client::builder()
-                .timeout(timeout)
-                .disable_redirects()
-                .finish(),
+            http: crate::tls::http_client(tls, timeout),
             peer_url: peer.url.clone(),
             path_prefix,
             self_url: self_url.to_string(),

@@ -67,6 +67,7 @@ pub struct PeerPusher {
     peer: PeerSettings,
     self_url: String,
     timeout: Duration,
+    tls: Arc<rustls::ClientConfig>,
     client: Option<PeerClient>,
     queue: VecDeque<OutItem>,
     in_flight: bool,
@@ -78,10 +79,12 @@ pub struct PeerPusher {
 }
 
 impl PeerPusher {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         peer: PeerSettings,
         self_url: String,
         timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
         max_failures: u32,
         cooldown: Duration,
         rate_per_s: f64,
@@ -100,6 +103,7 @@ impl PeerPusher {
             peer,
             self_url,
             timeout,
+            tls,
             client: None,
             queue: VecDeque::new(),
             in_flight: false,
@@ -298,7 +302,12 @@ impl Actor for PeerPusher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(PUSHER_MAILBOX_CAPACITY);
-        self.client = Some(PeerClient::new(&self.peer, &self.self_url, self.timeout));
+        self.client = Some(PeerClient::new(
+            &self.peer,
+            &self.self_url,
+            self.timeout,
+            Arc::clone(&self.tls),
+        ));
     }
 }
 

@@ -203,6 +203,7 @@ pub struct PeerSync {
     peer: PeerSettings,
     self_url: String,
     timeout: Duration,
+    tls: Arc<rustls::ClientConfig>,
     interval: Duration,
     store: StoreHandle,
     mailboxes: MailboxRouter,
@@ -221,6 +222,7 @@ impl PeerSync {
         peer: PeerSettings,
         self_url: String,
         timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
         interval: Duration,
         store: StoreHandle,
         mailboxes: MailboxRouter,
@@ -232,6 +234,7 @@ impl PeerSync {
             peer,
             self_url,
             timeout,
+            tls,
             interval,
             store,
             mailboxes,
@@ -284,7 +287,12 @@ impl Actor for PeerSync {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.puller = Some(Puller {
             peer_url: Arc::from(self.peer.url.as_str()),
-            client: PeerClient::new(&self.peer, &self.self_url, self.timeout),
+            client: PeerClient::new(
+                &self.peer,
+                &self.self_url,
+                self.timeout,
+                Arc::clone(&self.tls),
+            ),
             store: self.store.clone(),
             mailboxes: self.mailboxes.clone(),
             limits: self.limits,

@@ -52,21 +52,35 @@ impl NodeConfig {
 pub struct Reserved {
     listener: TcpListener,
     peer_listener: Option<TcpListener>,
+    tls: bool,
     pub url: String,
     pub peer_url: String,
 }
 
+/// A file of `tests/fixtures` (a test-only CA, and a node certificate for 127.0.0.1 it signed).
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 impl Reserved {
     pub fn new(separate_peer_lane: bool) -> Self {
+        Self::with_tls(separate_peer_lane, false)
+    }
+
+    /// With `tls`, the node will serve HTTPS with the fixture certificate and trust the
+    /// fixture CA for its peers.
+    pub fn with_tls(separate_peer_lane: bool, tls: bool) -> Self {
+        let scheme = if tls { "https" } else { "http" };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let peer_listener = separate_peer_lane.then(|| TcpListener::bind("127.0.0.1:0").unwrap());
         let peer_url = peer_listener.as_ref().map_or(url.clone(), |l| {
-            format!("http://{}", l.local_addr().unwrap())
+            format!("{scheme}://{}", l.local_addr().unwrap())
         });
         Self {
             listener,
             peer_listener,
+            tls,
             url,
             peer_url,
         }
@@ -86,6 +100,11 @@ impl Reserved {
             ("MESH_DM_HTTP_WORKERS".to_string(), "2".to_string()),
             ("RUST_LOG".to_string(), "warn,dmrelay=info".to_string()),
         ];
+        if self.tls {
+            env.push(("MESH_DM_TLS_CERT".to_string(), fixture("test-node.pem")));
+            env.push(("MESH_DM_TLS_KEY".to_string(), fixture("test-node.key")));
+            env.push(("MESH_RELAY_CA_FILE".to_string(), fixture("test-ca.pem")));
+        }
         env.extend(config.env);
         let mut node = Node {
             child: None,
@@ -258,10 +277,11 @@ impl Drop for Node {
 }
 
 /// An HTTP client with short timeouts.
+/// An HTTP(S) client with short timeouts that trusts the fixture CA.
 pub fn http() -> awc::Client {
-    awc::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .finish()
+    let tls = dmrelay::tls::client_config(Some(std::path::Path::new(&fixture("test-ca.pem"))))
+        .expect("fixture CA loads");
+    dmrelay::tls::http_client(std::sync::Arc::new(tls), Duration::from_secs(15))
 }
 
 pub async fn post_raw(base: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
