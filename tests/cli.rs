@@ -512,3 +512,28 @@ fn cli_helpers_refuse_bad_input_with_an_error() {
         );
     }
 }
+
+#[actix_rt::test]
+async fn serve_refuses_a_data_dir_another_node_is_using_with_one_line() {
+    let node = Node::start(NodeConfig::default());
+    node.ready().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(BIN)
+        .arg("serve")
+        .env("MESH_DM_DATA_DIR", &node.data_dir)
+        .env("MESH_DM_LISTEN", "127.0.0.1:0")
+        .env_remove("LISTEN_FDS")
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("dmrelay:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("in use by another process"), "{stderr}");
+    // The running node is unharmed.
+    node.ready().await;
+}

@@ -9,6 +9,8 @@
 //! The load generator runs on the same machine as the nodes (it takes one core's share); the
 //! figures are for comparing runs and endpoints on one machine, not absolute capacity.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use clap::Parser;
 use dmrelay::peer::auth::{derive_peer_key, sign_request};
 use dmrelay::protocol::{Envelope, MailboxKey, MsgId, generate_signing_key, now_unix};

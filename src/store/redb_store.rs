@@ -126,7 +126,14 @@ impl RedbStore {
                 data_dir.display()
             ))
         })?;
-        let db = Database::create(data_dir.join(DATABASE_FILE)).map_err(StoreError::backend)?;
+        let path = data_dir.join(DATABASE_FILE);
+        let db = Database::create(&path).map_err(|err| match err {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                "{} is in use by another process (another node on the same MESH_DM_DATA_DIR?)",
+                path.display()
+            )),
+            other => StoreError::Backend(format!("cannot open {}: {other}", path.display())),
+        })?;
         Self::init(db, true)
     }
 
