@@ -108,20 +108,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); one JSON object per line when
+/// `MESH_DM_LOG_FORMAT=json` (for log pipelines), human-readable lines otherwise.
+fn init_logging() -> Result<(), String> {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match std::env::var("MESH_DM_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().init(),
+        Ok("text") | Err(_) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        Ok(other) => {
+            return Err(format!(
+                "invalid configuration: MESH_DM_LOG_FORMAT: {other:?} is neither \"text\" nor \"json\""
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn serve(config: Option<&Path>) -> Result<(), String> {
     let settings = Settings::load(config).map_err(|e| e.to_string())?;
-    init_logging();
+    init_logging()?;
     let listeners = match inherited_listeners()? {
         Some(listeners) => listeners,
         None => Listeners::bind(&settings).map_err(|e| e.to_string())?,

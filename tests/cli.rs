@@ -246,6 +246,10 @@ fn serve_stops_at_start_with_one_line_naming_an_invalid_setting() {
         ("MESH_DM_SYNC_INTERVAL_S", "0"),
         ("MESH_SELF_PEER_URL", "ftp://relay.example"),
         ("MESH_RELAY_PEERS", "not a url"),
+        ("MESH_DM_LOG_FORMAT", "xml"),
+        ("MESH_DM_TLS_CERT", "/nonexistent/node.pem"),
+        ("MESH_RELAY_CA_FILE", "/nonexistent/ca.pem"),
+        ("MESH_DM_MAILBOX_IDLE_S", "never"),
     ];
     for (name, value) in cases {
         let line = serve_fails(&[(name, value)], &[]);
@@ -536,4 +540,36 @@ async fn serve_refuses_a_data_dir_another_node_is_using_with_one_line() {
     assert!(lines[0].contains("in use by another process"), "{stderr}");
     // The running node is unharmed.
     node.ready().await;
+}
+
+#[test]
+fn serve_logs_one_json_object_per_line_when_asked() {
+    use std::io::BufRead as _;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("MESH_DM_DATA_DIR", cwd.path().join("data"))
+        .env("MESH_DM_LISTEN", "127.0.0.1:0")
+        .env("MESH_DM_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("LISTEN_FDS")
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let record: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(record["level"], "INFO");
+    assert_eq!(record["fields"]["message"], "store opened");
+    assert!(
+        record["fields"]["epoch"]
+            .as_str()
+            .is_some_and(|e| e.len() == 32)
+    );
 }
