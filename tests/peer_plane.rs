@@ -83,8 +83,9 @@ async fn every_bad_peer_authentication_is_403_peer_auth() {
     .await;
     assert_eq!(status, 200, "{body}");
 
-    let stale = now - 301;
-    let future = now + 301;
+    // Well outside the window: the node reads its clock a moment later, maybe a second later.
+    let stale = now - 310;
+    let future = now + 310;
     let wrong_key = derive_peer_key(b"another secret", TEST_PEER);
     let body_path = "/api/mesh/dm/replicate-ack";
     let signed_body = br#"{"acks":[]}"#.to_vec();
@@ -380,7 +381,7 @@ async fn replicated_acks_are_verified_but_may_be_old() {
     let now = now_unix();
     let old_but_fine = bob.ack_object_at(&["m1"], now - 1800);
     let too_old = bob.ack_object_at(&["m2"], now - 3601);
-    let from_the_future = bob.ack_object_at(&["m2"], now + 301);
+    let from_the_future = bob.ack_object_at(&["m2"], now + 310);
     let mut forged = serde_json::to_value(bob.ack_object_at(&["m2"], now)).unwrap();
     forged["msg_ids"] = json!(["m2", "m3"]);
     let acks = json!({"acks": [old_but_fine, too_old, from_the_future, forged, {"v": 2}]});

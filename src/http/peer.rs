@@ -356,3 +356,54 @@ pub async fn changes(
         .content_type("application/json")
         .body(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::auth::{derive_peer_key, sign_request};
+    use actix_web::test::TestRequest;
+
+    const PEER: &str = "http://127.0.0.1:9";
+    const NOW: u64 = 1_800_000_000;
+
+    fn keys() -> PeerKeys {
+        PeerKeys::from([(PEER.to_string(), derive_peer_key(b"secret", PEER))])
+    }
+
+    fn request_at(ts: u64, url: &str) -> HttpRequest {
+        let key = derive_peer_key(b"secret", PEER);
+        let path = "/api/mesh/dm/changes?since=0";
+        TestRequest::get()
+            .uri(path)
+            .insert_header((HEADER_PEER_URL, url))
+            .insert_header((HEADER_PEER_TIMESTAMP, ts.to_string()))
+            .insert_header((HEADER_PEER_HMAC, sign_request(&key, "GET", path, ts, b"")))
+            .to_http_request()
+    }
+
+    #[test]
+    fn the_timestamp_window_is_300_seconds_each_way() {
+        for ts in [NOW - 300, NOW, NOW + 300] {
+            assert!(
+                authenticate(&request_at(ts, PEER), b"", &keys(), NOW).is_ok(),
+                "{ts}"
+            );
+        }
+        for ts in [NOW - 301, NOW + 301, 0, u64::MAX] {
+            assert!(
+                authenticate(&request_at(ts, PEER), b"", &keys(), NOW).is_err(),
+                "{ts}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_caller_url_is_normalized_before_the_lookup() {
+        let messy = "HTTP://127.0.0.1:9/";
+        assert_eq!(
+            authenticate(&request_at(NOW, messy), b"", &keys(), NOW).as_deref(),
+            Ok(PEER)
+        );
+        assert!(authenticate(&request_at(NOW, "http://127.0.0.1:10"), b"", &keys(), NOW).is_err());
+    }
+}

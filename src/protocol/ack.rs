@@ -154,3 +154,51 @@ impl AckObject {
         ack
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn ack_at(ts: u64) -> AckObject {
+        let owner = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+        AckObject::sign(&owner, ts, vec![MsgId::parse("m", "m1").unwrap()])
+    }
+
+    #[test]
+    fn client_acks_must_be_fresh_within_skew() {
+        for ts in [NOW - 300, NOW + 300] {
+            assert!(ack_at(ts).verify_fresh(NOW).is_ok());
+        }
+        for ts in [NOW - 301, NOW + 301] {
+            assert!(matches!(
+                ack_at(ts).verify_fresh(NOW),
+                Err(ProtocolError::Stale(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn replicated_acks_may_be_old_up_to_max_ttl_but_not_from_the_future() {
+        let max_ttl = 3600;
+        for ts in [NOW - 3600, NOW - 301, NOW + 300] {
+            assert!(ack_at(ts).verify_replica(NOW, max_ttl).is_ok(), "{ts}");
+        }
+        for ts in [NOW - 3601, NOW + 301] {
+            assert!(
+                matches!(
+                    ack_at(ts).verify_replica(NOW, max_ttl),
+                    Err(ProtocolError::Stale(_))
+                ),
+                "{ts}"
+            );
+        }
+        let mut forged = ack_at(NOW);
+        forged.ts += 1;
+        assert!(matches!(
+            forged.verify_replica(NOW, max_ttl),
+            Err(ProtocolError::BadSignature(_))
+        ));
+    }
+}
