@@ -249,7 +249,9 @@ async fn inbound_replicas_obey_the_cap_and_every_rule_of_section_4() {
     let (alice, bob, mallory) = (Identity::new(), Identity::new(), Identity::new());
     let env = |id: &str| serde_json::to_value(alice.envelope_to(&bob, id)).unwrap();
     // A hostile relay pushes three of Alice's envelopes: only the cap gets in.
-    let (status, body) = push_envelopes(&node, vec![env("m1"), env("m2"), env("m3")]).await;
+    // Kept: a copy signed a second later would be another envelope with the same id.
+    let m1 = env("m1");
+    let (status, body) = push_envelopes(&node, vec![m1.clone(), env("m2"), env("m3")]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         statuses(&body),
@@ -284,7 +286,7 @@ async fn inbound_replicas_obey_the_cap_and_every_rule_of_section_4() {
             expired,
             json!({"msg_id": "junk"}),
             json!(7),
-            env("m1"),
+            m1.clone(),
             conflict,
         ],
     )
