@@ -47,6 +47,34 @@ impl PeerCallError {
     }
 }
 
+/// Everything needed to reach one peer; `Send`, so actors take it and build their
+/// (`!Send`) [`PeerClient`] on their own arbiter.
+#[derive(Clone, Debug)]
+pub struct PeerLink {
+    pub peer: PeerSettings,
+    /// This node's normalized URL (its identity in `X-Peer-Url` and the key derivation).
+    pub self_url: String,
+    pub timeout: Duration,
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl PeerLink {
+    /// The peer's normalized URL.
+    pub fn url(&self) -> &str {
+        &self.peer.url
+    }
+
+    /// A client for this link; call it on the arbiter that will use it.
+    pub fn client(&self) -> PeerClient {
+        PeerClient::new(
+            &self.peer,
+            &self.self_url,
+            self.timeout,
+            std::sync::Arc::clone(&self.tls),
+        )
+    }
+}
+
 #[derive(Clone)]
 pub struct PeerClient {
     http: awc::Client,

@@ -17,15 +17,26 @@ pub mod pusher;
 pub mod sync;
 pub mod url;
 
-use crate::config::Settings;
+use crate::config::{PeerSettings, Settings};
 use crate::mailbox::{ChangeSink, MailboxRouter};
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, EnvelopeLimits};
 use crate::store::StoreHandle;
 use actix::prelude::*;
+use client::PeerLink;
 use pusher::{Enqueue, OutItem, PeerPusher};
 use std::sync::Arc;
 use sync::PeerSync;
+
+/// How to reach `peer` from this node.
+fn link(settings: &Settings, peer: &PeerSettings) -> PeerLink {
+    PeerLink {
+        peer: peer.clone(),
+        self_url: settings.self_peer_url.clone(),
+        timeout: settings.push_timeout,
+        tls: Arc::clone(&settings.peer_tls),
+    }
+}
 
 /// Hands every durable client change to each peer's pusher, never waiting: a pusher whose
 /// mailbox is full loses the item (counted) and the peer's pull repairs it.
@@ -42,10 +53,7 @@ impl PushFanout {
             .iter()
             .map(|peer| {
                 let pusher = PeerPusher::new(
-                    peer.clone(),
-                    settings.self_peer_url.clone(),
-                    settings.push_timeout,
-                    Arc::clone(&settings.peer_tls),
+                    link(settings, peer),
                     settings.max_failures,
                     settings.failure_cooldown,
                     settings.push_rate_per_s,
@@ -92,10 +100,7 @@ pub fn start_sync(
         .iter()
         .map(|peer| {
             PeerSync::new(
-                peer.clone(),
-                settings.self_peer_url.clone(),
-                settings.push_timeout,
-                Arc::clone(&settings.peer_tls),
+                link(settings, peer),
                 settings.sync_interval,
                 store.clone(),
                 mailboxes.clone(),

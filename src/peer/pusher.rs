@@ -7,9 +7,8 @@
 //! an exponential, jittered backoff, and enough failures in a row open the circuit breaker for
 //! the cooldown. `rejected` results are final. Nothing here touches another peer's queue.
 
-use super::client::{PeerCallError, PeerClient};
+use super::client::{PeerCallError, PeerClient, PeerLink};
 use super::policy::{BACKOFF_BASE, BACKOFF_MAX, CircuitBreaker, TokenBucket, backoff_delay};
-use crate::config::PeerSettings;
 use crate::http::body::MAX_PEER_BATCH_BYTES;
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope};
@@ -64,10 +63,7 @@ struct ItemResult {
 }
 
 pub struct PeerPusher {
-    peer: PeerSettings,
-    self_url: String,
-    timeout: Duration,
-    tls: Arc<rustls::ClientConfig>,
+    link: PeerLink,
     client: Option<PeerClient>,
     queue: VecDeque<OutItem>,
     in_flight: bool,
@@ -79,12 +75,8 @@ pub struct PeerPusher {
 }
 
 impl PeerPusher {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        peer: PeerSettings,
-        self_url: String,
-        timeout: Duration,
-        tls: Arc<rustls::ClientConfig>,
+        link: PeerLink,
         max_failures: u32,
         cooldown: Duration,
         rate_per_s: f64,
@@ -93,17 +85,14 @@ impl PeerPusher {
         let burst = rate_per_s.max(MAX_ITEMS_PER_BATCH as f64);
         metrics
             .peer_queue_depth
-            .with_label_values(&[&peer.url])
+            .with_label_values(&[link.url()])
             .set(0);
         metrics
             .peer_circuit_open
-            .with_label_values(&[&peer.url])
+            .with_label_values(&[link.url()])
             .set(0);
         Self {
-            peer,
-            self_url,
-            timeout,
-            tls,
+            link,
             client: None,
             queue: VecDeque::new(),
             in_flight: false,
@@ -116,7 +105,7 @@ impl PeerPusher {
     }
 
     fn label(&self) -> [&str; 1] {
-        [self.peer.url.as_str()]
+        [self.link.peer.url.as_str()]
     }
 
     fn update_gauges(&self) {
@@ -180,7 +169,7 @@ impl PeerPusher {
         let (count, body) = match self.batch_body(granted, envelopes) {
             Ok(batch) => batch,
             Err(err) => {
-                tracing::error!(peer = %self.peer.url, %err, "cannot encode push batch; dropping it");
+                tracing::error!(peer = %self.link.peer.url, %err, "cannot encode push batch; dropping it");
                 self.queue.pop_front();
                 self.wake_after(Duration::ZERO, ctx);
                 return;
@@ -254,7 +243,7 @@ impl PeerPusher {
                             .push_rejected_total
                             .with_label_values(&label)
                             .inc();
-                        tracing::debug!(peer = %self.peer.url, error = ?result.error, "peer rejected an item");
+                        tracing::debug!(peer = %self.link.peer.url, error = ?result.error, "peer rejected an item");
                     } else {
                         self.metrics.push_ok_total.with_label_values(&label).inc();
                     }
@@ -270,9 +259,9 @@ impl PeerPusher {
                     .inc();
                 let now = Instant::now();
                 if self.breaker.on_failure(now) {
-                    tracing::warn!(peer = %self.peer.url, %err, "peer unreachable; circuit breaker open");
+                    tracing::warn!(peer = %self.link.peer.url, %err, "peer unreachable; circuit breaker open");
                 } else {
-                    tracing::debug!(peer = %self.peer.url, %err, "push failed; will retry");
+                    tracing::debug!(peer = %self.link.peer.url, %err, "push failed; will retry");
                 }
                 let unit = f64::from(getrandom::u32().unwrap_or(0)) / f64::from(u32::MAX);
                 let delay = backoff_delay(
@@ -285,7 +274,7 @@ impl PeerPusher {
             }
             Err(err) => {
                 // The peer refuses the request itself: retrying the same bytes cannot help.
-                tracing::error!(peer = %self.peer.url, %err, count, "peer refused a push batch; items dropped (its feed pull will repair)");
+                tracing::error!(peer = %self.link.peer.url, %err, count, "peer refused a push batch; items dropped (its feed pull will repair)");
                 self.metrics
                     .push_rejected_total
                     .with_label_values(&label)
@@ -302,12 +291,7 @@ impl Actor for PeerPusher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(PUSHER_MAILBOX_CAPACITY);
-        self.client = Some(PeerClient::new(
-            &self.peer,
-            &self.self_url,
-            self.timeout,
-            Arc::clone(&self.tls),
-        ));
+        self.client = Some(self.link.client());
     }
 }
 

@@ -7,8 +7,7 @@
 //! shard leaves it where it was, and the page is simply applied again (every operation is
 //! idempotent). A feed from another epoch restarts from 0.
 
-use super::client::{PeerCallError, PeerClient};
-use crate::config::PeerSettings;
+use super::client::{PeerCallError, PeerClient, PeerLink};
 use crate::mailbox::shard::ShardError;
 use crate::mailbox::{MailboxRouter, Origin};
 use crate::metrics::Metrics;
@@ -200,10 +199,7 @@ impl Puller {
 }
 
 pub struct PeerSync {
-    peer: PeerSettings,
-    self_url: String,
-    timeout: Duration,
-    tls: Arc<rustls::ClientConfig>,
+    link: PeerLink,
     interval: Duration,
     store: StoreHandle,
     mailboxes: MailboxRouter,
@@ -219,22 +215,16 @@ pub struct PeerSync {
 impl PeerSync {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        peer: PeerSettings,
-        self_url: String,
-        timeout: Duration,
-        tls: Arc<rustls::ClientConfig>,
+        link: PeerLink,
         interval: Duration,
         store: StoreHandle,
         mailboxes: MailboxRouter,
         limits: EnvelopeLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let cursor = Cursor::load(&store, &peer.url);
+        let cursor = Cursor::load(&store, link.url());
         Self {
-            peer,
-            self_url,
-            timeout,
-            tls,
+            link,
             interval,
             store,
             mailboxes,
@@ -251,7 +241,7 @@ impl PeerSync {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         self.metrics
             .peer_sync_lag_seconds
-            .with_label_values(&[&self.peer.url])
+            .with_label_values(&[&self.link.peer.url])
             .set(self.last_success.elapsed().as_secs() as i64);
         if self.in_flight {
             return;
@@ -273,7 +263,7 @@ impl PeerSync {
                     sync.failures += 1;
                     // Log the first failure and then every 20th, not every interval.
                     if sync.failures == 1 || sync.failures % 20 == 0 {
-                        tracing::warn!(peer = %sync.peer.url, %err, failures = sync.failures, "feed pull failed");
+                        tracing::warn!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull failed");
                     }
                 }
             }
@@ -286,13 +276,8 @@ impl Actor for PeerSync {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.puller = Some(Puller {
-            peer_url: Arc::from(self.peer.url.as_str()),
-            client: PeerClient::new(
-                &self.peer,
-                &self.self_url,
-                self.timeout,
-                Arc::clone(&self.tls),
-            ),
+            peer_url: Arc::from(self.link.peer.url.as_str()),
+            client: self.link.client(),
             store: self.store.clone(),
             mailboxes: self.mailboxes.clone(),
             limits: self.limits,
