@@ -5,9 +5,9 @@
 
 use super::AppState;
 use super::body::{MAX_CLIENT_BODY_BYTES, read_limited};
-use super::error::ApiError;
+use super::error::{ApiError, deposit_outcome};
 use crate::mailbox::Origin;
-use crate::mailbox::rules::{Decision, NonceRefusal};
+use crate::mailbox::rules::NonceRefusal;
 use crate::protocol::{AckObject, Envelope, PollRequest, now_unix};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
@@ -42,33 +42,6 @@ struct HealthReply<'a> {
     version: &'static str,
 }
 
-/// Turns a §4 decision on a client deposit into the reply of §6.1.
-pub(crate) fn deposit_reply(
-    envelope: &Envelope,
-    decision: Decision,
-) -> Result<HttpResponse, ApiError> {
-    let status = match decision {
-        Decision::Accept => "accepted",
-        Decision::Duplicate => "duplicate",
-        Decision::Acked => "acked",
-        Decision::Conflict => {
-            return Err(ApiError::Conflict(format!(
-                "Another message with msg_id {} is already pending in this mailbox; choose a new msg_id.",
-                envelope.msg_id
-            )));
-        }
-        Decision::MailboxFull { limit } => return Err(ApiError::MailboxFull { limit }),
-        Decision::CapViolation { pending, limit } => {
-            return Err(ApiError::CapViolation { pending, limit });
-        }
-    };
-    Ok(HttpResponse::Ok().json(DepositReply {
-        ok: true,
-        msg_id: envelope.msg_id.as_str(),
-        status,
-    }))
-}
-
 /// `POST /api/mesh/dm/send`
 pub async fn send(
     req: HttpRequest,
@@ -93,7 +66,12 @@ pub async fn send(
         .mailboxes
         .deposit(Arc::clone(&envelope), Origin::Client)
         .await?;
-    deposit_reply(&envelope, decision)
+    let status = deposit_outcome(decision, &envelope.msg_id)?;
+    Ok(HttpResponse::Ok().json(DepositReply {
+        ok: true,
+        msg_id: envelope.msg_id.as_str(),
+        status,
+    }))
 }
 
 /// `POST /api/mesh/dm/poll`

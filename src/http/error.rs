@@ -80,6 +80,25 @@ impl ApiError {
     }
 }
 
+/// SPEC §4's outcome for an envelope: the `status` of a taken one, or the refusal as an error.
+/// The client plane (§6.1) and the peer plane (§7.1) both answer with it.
+pub fn deposit_outcome(
+    decision: crate::mailbox::rules::Decision,
+    msg_id: &crate::protocol::MsgId,
+) -> Result<&'static str, ApiError> {
+    use crate::mailbox::rules::Decision;
+    match decision {
+        Decision::Accept => Ok("accepted"),
+        Decision::Duplicate => Ok("duplicate"),
+        Decision::Acked => Ok("acked"),
+        Decision::Conflict => Err(ApiError::Conflict(format!(
+            "Another message with msg_id {msg_id} is already pending in this mailbox; choose a new msg_id."
+        ))),
+        Decision::MailboxFull { limit } => Err(ApiError::MailboxFull { limit }),
+        Decision::CapViolation { pending, limit } => Err(ApiError::CapViolation { pending, limit }),
+    }
+}
+
 impl From<ProtocolError> for ApiError {
     fn from(err: ProtocolError) -> Self {
         match err {

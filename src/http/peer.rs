@@ -8,9 +8,8 @@
 
 use super::AppState;
 use super::body::{MAX_CLIENT_BODY_BYTES, MAX_PEER_BATCH_BYTES, read_limited};
-use super::error::ApiError;
+use super::error::{ApiError, deposit_outcome};
 use crate::mailbox::Origin;
-use crate::mailbox::rules::Decision;
 use crate::mailbox::shard::ShardError;
 use crate::peer::auth::{HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL, verify_request};
 use crate::peer::pusher::MAX_ITEMS_PER_BATCH;
@@ -206,7 +205,7 @@ pub async fn replicate_envelope(
                 let answer = state
                     .mailboxes
                     .deposit(Arc::clone(&envelope), origin.clone());
-                pending.push((msg_id, Ok(answer)));
+                pending.push((msg_id, Ok((envelope, answer))));
             }
             Err(err) => pending.push((msg_id, Err(parse_error(err)))),
         }
@@ -215,33 +214,17 @@ pub async fn replicate_envelope(
     for (msg_id, item) in pending {
         let result = match item {
             Err(err) => ItemResult::rejected(msg_id, err),
-            Ok(answer) => match answer.await.map_err(service_error)? {
-                Decision::Accept => ItemResult {
-                    msg_id,
-                    status: "accepted",
-                    ..ItemResult::default()
-                },
-                Decision::Duplicate => ItemResult {
-                    msg_id,
-                    status: "duplicate",
-                    ..ItemResult::default()
-                },
-                Decision::Acked => ItemResult {
-                    msg_id,
-                    status: "acked",
-                    ..ItemResult::default()
-                },
-                Decision::Conflict => ItemResult::rejected(
-                    msg_id,
-                    ApiError::Conflict("Another envelope with this msg_id is pending here.".into()),
-                ),
-                Decision::MailboxFull { limit } => {
-                    ItemResult::rejected(msg_id, ApiError::MailboxFull { limit })
+            Ok((envelope, answer)) => {
+                let decision = answer.await.map_err(service_error)?;
+                match deposit_outcome(decision, &envelope.msg_id) {
+                    Ok(status) => ItemResult {
+                        msg_id,
+                        status,
+                        ..ItemResult::default()
+                    },
+                    Err(refusal) => ItemResult::rejected(msg_id, refusal),
                 }
-                Decision::CapViolation { pending, limit } => {
-                    ItemResult::rejected(msg_id, ApiError::CapViolation { pending, limit })
-                }
-            },
+            }
         };
         results.push(result);
     }
