@@ -3,7 +3,7 @@
 
 mod common;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use common::*;
 use dmrelay::peer::auth::{derive_peer_key, sign_request};
 use dmrelay::protocol::now_unix;
@@ -479,23 +479,14 @@ struct FakePeer {
 
 impl FakePeer {
     async fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let feed = Arc::new(Mutex::new(("epoch-1".to_string(), Vec::<Value>::new())));
         let data = web::Data::from(Arc::clone(&feed));
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
+        let url = spawn_http_server(move |cfg| {
+            cfg.app_data(data.clone())
                 .route("/api/mesh/dm/changes", web::get().to(serve_feed))
                 .route("/api/mesh/dm/replicate-envelope", web::post().to(take_push))
-                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_rt::spawn(server);
+                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push));
+        });
         Self { url, feed }
     }
 

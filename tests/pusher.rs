@@ -3,7 +3,7 @@
 
 mod common;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{HttpResponse, web};
 use common::*;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -64,22 +64,13 @@ async fn take_push(body: web::Bytes, script: web::Data<Mutex<Script>>) -> HttpRe
 
 impl ScriptedPeer {
     async fn start(script: Script) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let script = Arc::new(Mutex::new(script));
         let data = web::Data::from(Arc::clone(&script));
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
+        let url = spawn_http_server(move |cfg| {
+            cfg.app_data(data.clone())
                 .route("/api/mesh/dm/replicate-envelope", web::post().to(take_push))
-                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_rt::spawn(server);
+                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push));
+        });
         Self { url, script }
     }
 

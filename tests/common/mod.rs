@@ -695,3 +695,21 @@ impl Node {
         wait_healthy(&self.peer_url, Duration::from_secs(10)).await;
     }
 }
+
+/// Starts a real HTTP server on 127.0.0.1:0 in this test's runtime (a fake peer); returns its
+/// base URL. `configure` registers its routes and data.
+pub fn spawn_http_server(
+    configure: impl Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server =
+        actix_web::HttpServer::new(move || actix_web::App::new().configure(configure.clone()))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+            .unwrap()
+            .run();
+    actix_rt::spawn(server);
+    url
+}
