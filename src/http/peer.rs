@@ -197,9 +197,7 @@ pub async fn replicate_envelope(
             .get("msg_id")
             .and_then(|v| v.as_str())
             .map(|s| s.chars().take(128).collect::<String>());
-        let checked = Envelope::from_value(item, &state.envelope_limits)
-            .and_then(|e| e.verify(now, &state.envelope_limits).map(|()| e));
-        match checked {
+        match Envelope::replica(item, &state.envelope_limits, now) {
             Ok(envelope) => {
                 let envelope = Arc::new(envelope);
                 let answer = state
@@ -249,10 +247,7 @@ pub async fn replicate_ack(
     let origin = Origin::Peer(Arc::clone(&peer.peer));
     let mut pending = Vec::with_capacity(acks.len());
     for item in std::mem::take(acks) {
-        let checked = AckObject::from_value(item).and_then(|a| {
-            a.verify_replica(now, state.envelope_limits.max_ttl_s)
-                .map(|()| a)
-        });
+        let checked = AckObject::replica(item, now, state.envelope_limits.max_ttl_s);
         pending.push(match checked {
             Ok(ack) => Ok(state.mailboxes.acknowledge(Arc::new(ack), origin.clone())),
             Err(err) => Err(parse_error(err)),

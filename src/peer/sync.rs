@@ -154,9 +154,7 @@ impl Puller {
         let mut invalid = 0usize;
         for mut change in changes {
             if let Some(value) = change.get_mut("envelope").map(serde_json::Value::take) {
-                let parsed = Envelope::from_value(value, &self.limits)
-                    .and_then(|e| e.verify(now, &self.limits).map(|()| e));
-                match parsed {
+                match Envelope::replica(value, &self.limits, now) {
                     Ok(envelope) => {
                         let answer = self.mailboxes.deposit(Arc::new(envelope), origin.clone());
                         answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);
@@ -167,9 +165,7 @@ impl Puller {
                     }
                 }
             } else if let Some(value) = change.get_mut("ack").map(serde_json::Value::take) {
-                let parsed = AckObject::from_value(value)
-                    .and_then(|a| a.verify_replica(now, self.limits.max_ttl_s).map(|()| a));
-                match parsed {
+                match AckObject::replica(value, now, self.limits.max_ttl_s) {
                     Ok(ack) => {
                         let answer = self.mailboxes.acknowledge(Arc::new(ack), origin.clone());
                         answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);

@@ -75,6 +75,18 @@ impl AckObject {
         Self::from_raw(raw)
     }
 
+    /// An ack object from a peer (one item of a batch or of a feed): parsed, then checked with
+    /// [`Self::verify_replica`].
+    pub fn replica(
+        value: serde_json::Value,
+        now: u64,
+        max_ttl_s: u64,
+    ) -> Result<Self, ProtocolError> {
+        let ack = Self::from_value(value)?;
+        ack.verify_replica(now, max_ttl_s)?;
+        Ok(ack)
+    }
+
     fn from_raw(raw: RawAck) -> Result<Self, ProtocolError> {
         if raw.v != ACK_VERSION {
             return Err(ProtocolError::BadRequest(format!(

@@ -108,6 +108,18 @@ impl Envelope {
         Self::from_raw(raw, limits.max_msg_bytes)
     }
 
+    /// A replica from a peer (one item of a push batch or of a feed): parsed and verified
+    /// exactly like a client's deposit.
+    pub fn replica(
+        value: serde_json::Value,
+        limits: &EnvelopeLimits,
+        now: u64,
+    ) -> Result<Self, ProtocolError> {
+        let envelope = Self::from_value(value, limits)?;
+        envelope.verify(now, limits)?;
+        Ok(envelope)
+    }
+
     pub(crate) fn from_raw(raw: RawEnvelope, max_msg_bytes: usize) -> Result<Self, ProtocolError> {
         if raw.v != ENVELOPE_VERSION {
             return Err(ProtocolError::BadRequest(format!(
