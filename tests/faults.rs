@@ -595,7 +595,7 @@ async fn a_frozen_peer_does_not_slow_deposits_and_catches_up_when_resumed() {
     })
     .await;
     eprintln!(
-        "peer frozen {:.2} s with up to {depth_frozen} items queued for it; all {} envelopes on it {:.2} s after SIGCONT, queue at 0 after {:.2} s",
+        "peer frozen {:.2} s with {depth_frozen} items queued for it when resumed; all {} envelopes on it {:.2} s after SIGCONT, queue at 0 after {:.2} s",
         frozen_for.as_secs_f64(),
         all.len(),
         caught_up.as_secs_f64(),
