@@ -21,7 +21,7 @@
 //! - [`peer`]: peer URLs, HMAC authentication, and the actors of the peer plane.
 //! - [`http`]: routes, body limits, the error table.
 //! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
-//!   [`tls`]: HTTPS for both planes and peer links.
+//!   [`tls`]: HTTPS for both planes and peer links; [`fd_limit`]: room for many open connections.
 
 #![cfg_attr(
     not(test),
@@ -29,6 +29,7 @@
 )]
 
 pub mod config;
+pub mod fd_limit;
 pub mod http;
 pub mod mailbox;
 pub mod metrics;
