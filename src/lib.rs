@@ -21,7 +21,9 @@
 //! - [`peer`]: peer URLs, HMAC authentication, and the actors of the peer plane.
 //! - [`http`]: routes, body limits, the error table.
 //! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
-//!   [`tls`]: HTTPS for both planes and peer links.
+//!   [`tls`]: HTTPS for both planes and peer links; [`startup`]: start-up checks and the start-up
+//!   log line; [`status`]: the node's view of its peers for `GET /status`; [`ops`]: the
+//!   operator commands `init` and `status`.
 
 #![cfg_attr(
     not(test),
@@ -33,7 +35,10 @@ pub mod http;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod peer;
 pub mod protocol;
+pub mod startup;
+pub mod status;
 pub mod store;
 pub mod tls;

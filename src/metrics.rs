@@ -52,6 +52,8 @@ pub struct Metrics {
     pub store_errors_total: IntCounter,
     /// Requests refused with 503 because a bounded queue was full.
     pub overload_total: IntCounter,
+    /// Uptime and per-peer state for `GET /status` (not Prometheus: events with times).
+    pub status: crate::status::NodeStatus,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -199,6 +201,7 @@ impl Metrics {
                 "dm_overload_total",
                 "Requests refused with 503 because a bounded queue was full.",
             ),
+            status: crate::status::NodeStatus::default(),
             registry: r,
         }
     }
