@@ -56,6 +56,8 @@ pub struct Metrics {
     pub waiting_polls: IntGauge,
     /// Long polls answered at once (empty) because the node already held its most waiting polls.
     pub waiting_polls_overflow_total: IntCounter,
+    /// Uptime and per-peer state for `GET /status` (not Prometheus: events with times).
+    pub status: crate::status::NodeStatus,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -213,6 +215,7 @@ impl Metrics {
                 "dm_waiting_polls_overflow_total",
                 "Long polls answered at once because the node held its most waiting polls.",
             ),
+            status: crate::status::NodeStatus::default(),
             registry: r,
         }
     }

@@ -78,7 +78,10 @@ fn sh_blocks(readme: &str) -> Result<Vec<Block>, String> {
                     at + 1
                 ));
             }
-            pending_skip = Some((i, skip_reason(line).map_err(|e| format!("README.md:{}: {e}", i + 1))?));
+            pending_skip = Some((
+                i,
+                skip_reason(line).map_err(|e| format!("README.md:{}: {e}", i + 1))?,
+            ));
             i += 1;
             continue;
         }
@@ -165,9 +168,15 @@ fn block_parser_finds_blocks_skips_and_refuses_unknown_fences() {
     assert_eq!(blocks[0].code, "echo one\n");
     assert_eq!(blocks[0].skip_reason, None);
     assert_eq!(blocks[1].skip_reason.as_deref(), Some("recursion"));
-    assert!(sh_blocks("```bash\nls\n```\n").is_err(), "bash fence escapes");
+    assert!(
+        sh_blocks("```bash\nls\n```\n").is_err(),
+        "bash fence escapes"
+    );
     assert!(sh_blocks("```\nls\n```\n").is_err(), "bare fence escapes");
-    assert!(sh_blocks("<!-- readme-test: skip -->\n```sh\nls\n```\n").is_err(), "no reason");
+    assert!(
+        sh_blocks("<!-- readme-test: skip -->\n```sh\nls\n```\n").is_err(),
+        "no reason"
+    );
     assert!(
         sh_blocks("<!-- readme-test: skip — x -->\ntext\n```sh\nls\n```\n").is_err(),
         "marker not right above"
@@ -352,7 +361,9 @@ fn readme_sh_blocks_run_as_written() {
         .and_then(|cargo| cargo.parent().map(Path::to_path_buf));
     let mut path = vec![install_root.path().join("bin")];
     path.extend(cargo_dir);
-    path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     let mut command = Command::new("bash");
     command.arg(&script_path).current_dir(&project);
     for (key, _) in std::env::vars_os() {

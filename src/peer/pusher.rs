@@ -91,6 +91,7 @@ impl PeerPusher {
             .peer_circuit_open
             .with_label_values(&[link.url()])
             .set(0);
+        metrics.status.update_peer(link.url(), |_| {});
         Self {
             link,
             client: None,
@@ -118,6 +119,22 @@ impl PeerPusher {
             .peer_circuit_open
             .with_label_values(&label)
             .set(i64::from(self.breaker.is_open(Instant::now())));
+        let (depth, open, failures) = (
+            self.queue.len(),
+            self.breaker.is_open(Instant::now()),
+            self.breaker.failures(),
+        );
+        self.metrics.status.update_peer(self.link.url(), |peer| {
+            peer.queue_depth = depth;
+            peer.breaker = if open { "open" } else { "closed" };
+            peer.consecutive_failures = failures;
+        });
+    }
+
+    fn record_push(&self, outcome: String) {
+        self.metrics.status.update_peer(self.link.url(), |peer| {
+            peer.last_push = Some(crate::status::Event::now(outcome));
+        });
     }
 
     fn wake_after(&mut self, delay: Duration, ctx: &mut Context<Self>) {
@@ -237,6 +254,15 @@ impl PeerPusher {
         });
         match parsed {
             Ok(reply) => {
+                let rejected = reply
+                    .results
+                    .iter()
+                    .filter(|r| r.status == "rejected")
+                    .count();
+                self.record_push(format!(
+                    "ok: {} taken, {rejected} rejected",
+                    count - rejected.min(count)
+                ));
                 for result in &reply.results {
                     if result.status == "rejected" {
                         self.metrics
@@ -257,8 +283,17 @@ impl PeerPusher {
                     .push_error_total
                     .with_label_values(&label)
                     .inc();
+                self.record_push(format!("failed, will retry: {err}"));
                 let now = Instant::now();
-                if self.breaker.on_failure(now) {
+                let opened = self.breaker.on_failure(now);
+                if err.is_peer_auth() {
+                    // Not "unreachable": the peer answers, but does not know us (a wildcard or
+                    // wrong self URL, or another secret). Said on the first 403 in a row and
+                    // whenever the breaker opens.
+                    if opened || self.breaker.failures() <= 1 {
+                        tracing::warn!(peer = %self.link.peer.url, %err, "push refused: {}", self.link.peer_auth_hint());
+                    }
+                } else if opened {
                     tracing::warn!(peer = %self.link.peer.url, %err, "peer unreachable; circuit breaker open");
                 } else {
                     tracing::debug!(peer = %self.link.peer.url, %err, "push failed; will retry");
@@ -274,6 +309,7 @@ impl PeerPusher {
             }
             Err(err) => {
                 // The peer refuses the request itself: retrying the same bytes cannot help.
+                self.record_push(format!("refused, {count} items dropped: {err}"));
                 tracing::error!(peer = %self.link.peer.url, %err, count, "peer refused a push batch; items dropped (its feed pull will repair)");
                 self.metrics
                     .push_rejected_total

@@ -254,12 +254,23 @@ impl PeerSync {
                 Ok(()) => {
                     sync.failures = 0;
                     sync.last_success = Instant::now();
+                    sync.metrics.status.update_peer(sync.link.url(), |peer| {
+                        peer.last_complete_pull = Some(crate::status::Event::now("ok"));
+                        peer.last_pull_error = None;
+                    });
                 }
                 Err(err) => {
                     sync.failures += 1;
+                    sync.metrics.status.update_peer(sync.link.url(), |peer| {
+                        peer.last_pull_error = Some(crate::status::Event::now(err.to_string()));
+                    });
                     // Log the first failure and then every 20th, not every interval.
                     if sync.failures == 1 || sync.failures % 20 == 0 {
-                        tracing::warn!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull failed");
+                        if matches!(&err, SyncError::Call(call) if call.is_peer_auth()) {
+                            tracing::warn!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull refused: {}", sync.link.peer_auth_hint());
+                        } else {
+                            tracing::warn!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull failed");
+                        }
                     }
                 }
             }
