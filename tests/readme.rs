@@ -47,6 +47,9 @@ const CARGO_BLOCK_DEADLINE: Duration = Duration::from_secs(40 * 60);
 /// Every other block starts and stops a few nodes at most.
 const BLOCK_DEADLINE: Duration = Duration::from_secs(180);
 
+/// The fixed ports of the README's nodes.
+const README_PORTS: &[u16] = &[8787, 8781, 8782, 8783];
+
 const SKIP_MARKER: &str = "<!-- readme-test: skip";
 const BLOCK_MARKER: &str = "@@readme-block ";
 const END_MARKER: &str = "@@readme-end@@";
@@ -233,6 +236,18 @@ fn script(blocks: &[&Block]) -> String {
     script
 }
 
+/// An exclusive lock held until dropped, shared by every checkout on this machine (another
+/// worktree's run of this test would use the same ports).
+fn machine_wide_turn() -> std::fs::File {
+    use std::os::fd::AsRawFd as _;
+    let lock =
+        std::fs::File::create(std::env::temp_dir().join("dmrelay-readme-test.lock")).unwrap();
+    // SAFETY: flock(2) on a file descriptor this function owns.
+    let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock: {}", std::io::Error::last_os_error());
+    lock
+}
+
 fn kill_group(child: &Child, signal: i32) {
     // SAFETY: kill(2) on the process group this test created for the script.
     unsafe {
@@ -328,6 +343,14 @@ fn readme_sh_blocks_run_as_written() {
         readme.contains(&format!("Rust {rust_version}")),
         "README.md must state the minimum Rust version as \"Rust {rust_version}\""
     );
+
+    // One run at a time per machine: the README's ports are fixed.
+    let _turn = machine_wide_turn();
+    for port in README_PORTS {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", *port)) {
+            panic!("port {port} is in use ({e}); the README's commands use ports {README_PORTS:?}");
+        }
+    }
 
     // The fresh-clone stand-in, with ../shared beside it.
     let shared = std::fs::canonicalize(manifest_dir.join("../shared"))
