@@ -22,6 +22,7 @@
 //! - [`http`]: routes, body limits, the error table.
 //! - [`client`]: the client library (keys, Appendix A payload, signed requests, HTTP) behind
 //!   `dmrelay send` and `dmrelay inbox`.
+//! - [`demo`]: `dmrelay demo`, a three-node mesh and a story told in the terminal.
 //! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
 //!   [`tls`]: HTTPS for both planes and peer links.
 
@@ -32,6 +33,7 @@
 
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod mailbox;
 pub mod metrics;
