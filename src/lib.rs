@@ -24,7 +24,7 @@
 //!   `dmrelay send` and `dmrelay inbox`.
 //! - [`demo`]: `dmrelay demo`, a three-node mesh and a story told in the terminal.
 //! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
-//!   [`tls`]: HTTPS for both planes and peer links.
+//!   [`tls`]: HTTPS for both planes and peer links; [`fd_limit`]: room for many open connections.
 
 #![cfg_attr(
     not(test),
@@ -34,6 +34,7 @@
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod fd_limit;
 pub mod http;
 pub mod mailbox;
 pub mod metrics;
