@@ -604,20 +604,7 @@ async fn story(mesh: &Mesh, out: &Style) -> Result<(), String> {
         out.number(&ms(since.elapsed())),
         inbox.messages.len(),
     ));
-    let mut ids: Vec<MsgId> = Vec::new();
-    for received in &inbox.messages {
-        out.line(&format!("  {}", describe(&people, received, out)));
-        if !matches!(received.content, Content::Read(_)) {
-            return Err("Bob could not read every message".into());
-        }
-        ids.extend(received.msg_id.clone());
-    }
-    if ids.len() as u64 != pending_after {
-        return Err(format!(
-            "Bob expected {pending_after} messages, node 3 gave {}",
-            ids.len()
-        ));
-    }
+    let ids = show_inbox(&people, &inbox.messages, pending_after, out)?;
     let report = client3.ack(&people.bob, &ids).await.map_err(client_error)?;
     let acked_at = Instant::now();
     out.line(&format!(
@@ -626,8 +613,8 @@ async fn story(mesh: &Mesh, out: &Style) -> Result<(), String> {
         report.removed
     ));
 
-    // 5. The ack travels; Alice's quota is free again.
-    out.heading("5. Bob's ack travels the mesh");
+    // 5. The ack travels: the quotas are free again, and Bob stays online.
+    out.heading("5. Bob's ack travels the mesh; Bob stays online on node 3");
     let (on1, on2) = futures_util::future::join(
         wait_metric(node1, "dm_ack_total", acked_at, |n| n >= 1),
         wait_metric(node2, "dm_ack_total", acked_at, |n| n >= 1),
@@ -638,33 +625,92 @@ async fn story(mesh: &Mesh, out: &Style) -> Result<(), String> {
         out.number(&ms(on1?)),
         out.number(&ms(on2?)),
     ));
-    let text = "Great, see you on Friday!";
-    match client1
-        .deposit(&letter(&people.alice, &bob, text, 8)?)
-        .await
-    {
-        Ok(DepositStatus::Accepted) => out.line(&format!(
-            "{} \"{text}\": Alice's quota is free again",
-            out.good("accepted on node 1:")
-        )),
-        Ok(status) => return Err(format!("node 1 answered {}", status.as_str())),
-        Err(err) => return Err(format!("Alice's new message was refused: {err}")),
-    }
-    // Node 2 kept Mallory's refused extras aside (SPEC §7.4): the ack made room for them.
+    // Node 2 kept Mallory's refused extras aside (SPEC §7.4): the ack made room for them, and
+    // they reach node 3 through node 2's change feed.
     let extras = (mallory_texts.len() - accepted) as u64;
-    let settled = Instant::now();
-    for node in &mesh.nodes {
-        wait_metric(node, "dm_pending_envelopes", settled, |n| n == 1 + extras).await?;
+    let since = Instant::now();
+    let on3 = wait_metric(node3, "dm_pending_envelopes", since, |n| n >= extras).await?;
+    out.line(&format!(
+        "node 2 now lets in Mallory's {extras} held-back extras (SPEC §7.4): Bob read her first {CAP},"
+    ));
+    out.line(&format!(
+        "  so she is within the cap again (the cap throttles, it never loses mail); on node 3 after {}:",
+        out.number(&ms(on3)),
+    ));
+    let inbox = client3
+        .inbox(&people.bob, 8, 0)
+        .await
+        .map_err(client_error)?;
+    let ids = show_inbox(&people, &inbox.messages, extras, out)?;
+    let report = client3.ack(&people.bob, &ids).await.map_err(client_error)?;
+    out.line(&format!(
+        "Bob read and acknowledged them too (removed {}), then waits for new mail (wait_s {BOB_WAIT_S})",
+        report.removed
+    ));
+    // Alice writes once Bob's poll is parked on node 3: the replica pushed from node 1 wakes it.
+    let text = "Great, see you on Friday!";
+    let bob_waits = async {
+        let inbox = client3.inbox(&people.bob, 8, BOB_WAIT_S).await;
+        (inbox, Instant::now())
+    };
+    let alice_writes = async {
+        wait_metric(node3, "dm_waiting_polls", Instant::now(), |n| n >= 1).await?;
+        let sent = Instant::now();
+        let status = client1
+            .deposit(&letter(&people.alice, &bob, text, 8)?)
+            .await
+            .map_err(|err| format!("Alice's new message was refused: {err}"))?;
+        Ok::<_, String>((status, sent))
+    };
+    let ((inbox, woken), deposit) = futures_util::future::join(bob_waits, alice_writes).await;
+    let (status, sent) = deposit?;
+    if status != DepositStatus::Accepted {
+        return Err(format!("node 1 answered {} to Alice", status.as_str()));
     }
     out.line(&format!(
-        "  and node 2 lets in Mallory's {extras} held-back extras (SPEC §7.4): Bob read her first {CAP},"
+        "{} \"{text}\": Alice's quota is free again",
+        out.good("accepted on node 1:")
     ));
-    out.line("  so she is within the cap again; the cap throttles a sender, it never loses mail.");
+    let inbox = inbox.map_err(client_error)?;
+    out.line(&format!(
+        "Bob's waiting poll on node 3 answered {} after Alice's deposit on node 1:",
+        out.number(&ms(woken.saturating_duration_since(sent))),
+    ));
+    show_inbox(&people, &inbox.messages, 1, out)?;
+    // Nodes 1 and 2 drop Mallory's extras once Bob's second ack reaches them.
+    let since = Instant::now();
+    for node in &mesh.nodes {
+        wait_metric(node, "dm_pending_envelopes", since, |n| n == 1).await?;
+    }
 
     // 6. What each node counted.
     out.heading("6. What each node counted (/metrics)");
     out.table(mesh).await?;
     Ok(())
+}
+
+/// Prints what Bob read; fails unless he read exactly `expected` messages, every one of them.
+fn show_inbox(
+    people: &People,
+    messages: &[Received],
+    expected: u64,
+    out: &Style,
+) -> Result<Vec<MsgId>, String> {
+    let mut ids = Vec::new();
+    for received in messages {
+        out.line(&format!("  {}", describe(people, received, out)));
+        if !matches!(received.content, Content::Read(_)) {
+            return Err("Bob could not read every message".into());
+        }
+        ids.extend(received.msg_id.clone());
+    }
+    if ids.len() as u64 != expected {
+        return Err(format!(
+            "Bob expected {expected} messages, node 3 gave {}",
+            ids.len()
+        ));
+    }
+    Ok(ids)
 }
 
 fn base64_len(ciphertext: &str) -> usize {
@@ -787,6 +833,12 @@ impl Style {
                 refused,
                 required(&m, "dm_ack_total")?,
             ));
+        }
+        for legend in [
+            "pending: held now; accepted: from clients, from peers (pushed or pulled);",
+            "refused: over the per-sender cap (deposits and replicas); acks: ack objects applied",
+        ] {
+            self.line(&self.dim(legend));
         }
         Ok(())
     }
