@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `--follow` polls at most once a second while the node answers empty polls at once.
+const MIN_EMPTY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 const EXIT_REFUSED: u8 = 1;
 const EXIT_LOCAL: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
@@ -269,6 +272,7 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
     let mut seen: std::collections::HashSet<Option<MsgId>> = Default::default();
     let mut retry_delay = Duration::from_secs(1);
     loop {
+        let asked_at = std::time::Instant::now();
         let inbox = match client.inbox(key, args.limit, wait_s).await {
             Ok(inbox) => {
                 retry_delay = Duration::from_secs(1);
@@ -294,6 +298,11 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
             .filter(|m| args.ack || !seen.contains(&m.msg_id))
             .collect();
         print_messages(&fresh, args.json)?;
+        if inbox.pending == 0 && asked_at.elapsed() < MIN_EMPTY_POLL_INTERVAL {
+            // An empty answer before `wait_s` was up: the node does not hold polls (an older
+            // node, or one holding too many, SPEC §6.2). Pace the polls instead of spinning.
+            actix_rt::time::sleep(MIN_EMPTY_POLL_INTERVAL).await;
+        }
         if args.ack {
             acknowledge(client, key, &fresh).await?;
         } else {

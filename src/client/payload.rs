@@ -139,7 +139,7 @@ pub fn pad(plaintext: &[u8]) -> Vec<u8> {
 
 /// Strips the trailing zeros and the `0x80` before them; anything else is malformed.
 pub fn unpad(padded: &[u8]) -> Result<&[u8], OpenError> {
-    if padded.is_empty() || padded.len() % PAD_BLOCK != 0 {
+    if padded.is_empty() || !padded.len().is_multiple_of(PAD_BLOCK) {
         return Err(OpenError::BadPadding);
     }
     let marker = padded
