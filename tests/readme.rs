@@ -130,13 +130,13 @@ fn sh_blocks(readme: &str) -> Result<Vec<Block>, String> {
             }
             continue;
         }
-        if !line.trim().is_empty() {
-            if let Some((at, _)) = pending_skip {
-                return Err(format!(
-                    "README.md:{}: a skip marker must be right above its sh block",
-                    at + 1
-                ));
-            }
+        if !line.trim().is_empty()
+            && let Some((at, _)) = pending_skip
+        {
+            return Err(format!(
+                "README.md:{}: a skip marker must be right above its sh block",
+                at + 1
+            ));
         }
         i += 1;
     }
