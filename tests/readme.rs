@@ -7,8 +7,8 @@
 //!    cannot run is marked right above it with `<!-- readme-test: skip — <reason> -->`, and the
 //!    number of such blocks is pinned by [`SKIPPED_BLOCKS`].
 //! 2. A fresh-clone stand-in is made under the test's target tmp dir: `project/` holds copies of
-//!    Cargo.toml, Cargo.lock, README.md, src/, config/ and contrib/ (modification times kept, so
-//!    cargo reuses its build), and `shared` beside it links to the real `../shared`.
+//!    Cargo.toml, Cargo.lock, README.md, src/, config/ and contrib/ (only changed files are
+//!    rewritten, so cargo reuses its build), and `shared` beside it links to the real `../shared`.
 //! 3. The blocks become one `set -euo pipefail` bash script with a marker line before each block
 //!    and a trap that kills any background job left. It runs in its own process group, with the
 //!    outer cargo's `CARGO_*` variables cleared (but `CARGO_HOME`), `CARGO_TARGET_DIR` set to a
@@ -26,7 +26,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Blocks marked `readme-test: skip`. Only `cargo test` itself (it would run this test again) is
 /// known to need it; raising this number is a deliberate act, with the reason in the README.
@@ -187,24 +187,47 @@ fn block_parser_finds_blocks_skips_and_refuses_unknown_fences() {
     assert!(sh_blocks("```sh\nls\n").is_err(), "unclosed");
 }
 
-/// Copies a file or a tree, keeping modification times (cargo compares them with its build).
-fn copy_keeping_mtime(from: &Path, to: &Path) -> std::io::Result<()> {
-    let meta = std::fs::metadata(from)?;
-    if meta.is_dir() {
-        std::fs::create_dir_all(to)?;
-        for entry in std::fs::read_dir(from)? {
-            let entry = entry?;
-            copy_keeping_mtime(&entry.path(), &to.join(entry.file_name()))?;
+/// Makes `to` a copy of `from`, rewriting only files whose content differs: an unchanged file
+/// keeps its modification time, so cargo reuses its build, and a changed one gets a new time,
+/// so cargo rebuilds (copying the original times would hide a change made after the last build).
+fn sync_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(from)?.is_dir() {
+        if !std::fs::symlink_metadata(to).is_ok_and(|m| m.is_dir()) {
+            remove_any(to)?;
+            std::fs::create_dir_all(to)?;
+        }
+        let wanted: BTreeSet<_> = std::fs::read_dir(from)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        for entry in std::fs::read_dir(to)? {
+            let name = entry?.file_name();
+            if !wanted.contains(&name) {
+                remove_any(&to.join(&name))?;
+            }
+        }
+        for name in &wanted {
+            sync_tree(&from.join(name), &to.join(name))?;
         }
     } else {
-        std::fs::copy(from, to)?;
-        let modified: SystemTime = meta.modified()?;
-        std::fs::File::options()
-            .write(true)
-            .open(to)?
-            .set_modified(modified)?;
+        let content = std::fs::read(from)?;
+        let same = std::fs::symlink_metadata(to).is_ok_and(|m| m.is_file())
+            && std::fs::read(to)? == content;
+        if !same {
+            remove_any(to)?;
+            std::fs::copy(from, to)?;
+        }
     }
     Ok(())
+}
+
+/// Removes a file or a tree, if there is one.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn entries(dir: &Path) -> BTreeSet<String> {
@@ -219,7 +242,7 @@ fn script(blocks: &[&Block]) -> String {
     let mut script = String::from(
         "set -euo pipefail\n\
          exec 2>&1\n\
-         trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n",
+         trap 'set +e; kill $(jobs -p) 2>/dev/null; wait' EXIT\n",
     );
     for block in blocks {
         script.push_str(&format!("echo '{BLOCK_MARKER}{}@@'\n", block.number));
@@ -357,17 +380,22 @@ fn readme_sh_blocks_run_as_written() {
         .expect("../shared (SPEC.md, vectors.json) is checked out next to the project");
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("readme");
     let project = scratch.join("project");
-    if project.exists() {
-        std::fs::remove_dir_all(&project).unwrap();
-    }
     std::fs::create_dir_all(&project).unwrap();
     let shared_link = scratch.join("shared");
-    let _ = std::fs::remove_file(&shared_link);
+    remove_any(&shared_link).unwrap();
     std::os::unix::fs::symlink(&shared, &shared_link).unwrap();
+    // What an earlier, failed run left behind goes; the project's files are brought up to date.
+    for entry in entries(&project) {
+        if !PROJECT_ENTRIES.contains(&entry.as_str()) {
+            remove_any(&project.join(entry)).unwrap();
+        }
+    }
     for entry in PROJECT_ENTRIES {
         let from = manifest_dir.join(entry);
         if from.exists() {
-            copy_keeping_mtime(&from, &project.join(entry)).unwrap();
+            sync_tree(&from, &project.join(entry)).unwrap();
+        } else {
+            remove_any(&project.join(entry)).unwrap();
         }
     }
     let before = entries(&project);
