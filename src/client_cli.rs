@@ -102,15 +102,16 @@ impl From<ClientError> for Failure {
         let code = match &err {
             ClientError::Refused(_) => EXIT_REFUSED,
             ClientError::Transport { .. } | ClientError::BadReply { .. } => EXIT_UNREACHABLE,
-            ClientError::Key(_) | ClientError::Invalid(_) | ClientError::Randomness(_) => {
-                EXIT_LOCAL
-            }
+            ClientError::Key(_)
+            | ClientError::Invalid(_)
+            | ClientError::Randomness(_)
+            | ClientError::Undecryptable(_)
+            | ClientError::Rejected(_) => EXIT_LOCAL,
         };
         let message = match &err {
-            ClientError::Refused(spec) => format!(
-                "the node refused the request: {} ({})",
-                spec.detail, spec.code
-            ),
+            ClientError::Refused(spec) => {
+                format!("the node refused: {} ({})", spec.detail, spec.code)
+            }
             other => other.to_string(),
         };
         Self { code, message }
@@ -163,9 +164,9 @@ fn send_inner(args: SendArgs) -> Result<(), Failure> {
     let id = envelope.msg_id.as_str();
     let node = client.node_url();
     match status {
-        DepositStatus::Accepted => println!(
-            "Message {id} accepted by {node}: stored, encrypted, for {to} and being replicated to its peers."
-        ),
+        DepositStatus::Accepted => {
+            println!("Message {id} accepted by {node}, encrypted for mailbox {to}.")
+        }
         DepositStatus::Duplicate => {
             println!("Message {id}: {node} already held this exact message (duplicate).")
         }

@@ -647,3 +647,40 @@ async fn boxes_interoperate_with_libsodium_both_ways() {
     let refused = python(&["open", &bob.seed_hex, &bob.public, ciphertext]);
     assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
 }
+
+#[actix_rt::test]
+async fn send_and_inbox_work_over_https_with_a_private_ca() {
+    let node = common::Reserved::with_tls(false, true).start(NodeConfig::default());
+    node.ready().await;
+    assert!(node.url.starts_with("https://"), "{}", node.url);
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (
+        keygen(dir.path(), "alice.key"),
+        keygen(dir.path(), "bob.key"),
+    );
+    let ca = common::fixture("test-ca.pem");
+    let sent = run(
+        dir.path(),
+        &[
+            "send",
+            "--node",
+            &node.url,
+            "--key",
+            &alice.path,
+            "--to",
+            &bob.public,
+            "--text",
+            "over tls",
+            "--ca-file",
+            &ca,
+        ],
+    )
+    .await;
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let read = inbox(dir.path(), &node, &bob, &["--json", "--ca-file", &ca]).await;
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert_eq!(json_lines(&read)[0]["text"], "over tls");
+    // Without the CA the certificate is not trusted: a transport error, not a silent retry.
+    let untrusted = inbox(dir.path(), &node, &bob, &[]).await;
+    assert_eq!(untrusted.status.code(), Some(3), "{}", stderr(&untrusted));
+}
