@@ -237,8 +237,9 @@ async fn read_once(args: &InboxArgs, key: &SigningKey, client: &Client) -> Resul
             }
             break;
         }
-        let acked = acknowledge(client, key, &inbox.messages).await?;
-        if !inbox.has_more || acked == 0 {
+        let removed = acknowledge(client, key, &inbox.messages).await?;
+        // Stop when nothing was removed too: the next page would be this one again.
+        if !inbox.has_more || removed == 0 {
             break;
         }
     }
@@ -305,7 +306,18 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
             actix_rt::time::sleep(MIN_EMPTY_POLL_INTERVAL).await;
         }
         if args.ack {
-            acknowledge(client, key, &fresh).await?;
+            match acknowledge(client, key, &fresh).await {
+                Ok(_) => {}
+                // Not acknowledged: they stay pending and are shown again on a later poll.
+                Err(Failure { code, message }) if code == EXIT_UNREACHABLE => {
+                    eprintln!(
+                        "dmrelay: {message} Retrying in {} s.",
+                        retry_delay.as_secs()
+                    );
+                    actix_rt::time::sleep(retry_delay).await;
+                }
+                Err(failure) => return Err(failure),
+            }
         } else {
             let nothing_new = fresh.is_empty();
             seen.extend(fresh.into_iter().map(|m| m.msg_id));
@@ -325,12 +337,13 @@ fn retryable(err: &ClientError) -> bool {
     }
 }
 
-/// Acknowledges every shown message that has a well-formed id; returns how many were sent.
+/// Acknowledges every shown message that has a well-formed id; returns how many the node
+/// removed.
 async fn acknowledge(
     client: &Client,
     key: &SigningKey,
     messages: &[Received],
-) -> Result<usize, Failure> {
+) -> Result<u64, Failure> {
     let ids: Vec<MsgId> = messages.iter().filter_map(|m| m.msg_id.clone()).collect();
     if ids.is_empty() {
         return Ok(0);
@@ -342,7 +355,7 @@ async fn acknowledge(
         report.removed,
         client.node_url()
     );
-    Ok(ids.len())
+    Ok(report.removed)
 }
 
 fn print_messages(messages: &[Received], json: bool) -> Result<(), Failure> {
