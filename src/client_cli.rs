@@ -269,8 +269,7 @@ async fn follow(args: &InboxArgs, key: &SigningKey, client: &Client) -> Result<(
 
 async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Result<(), Failure> {
     let wait_s = args.wait.unwrap_or(dmrelay::client::http::MAX_WAIT_S);
-    // Without --ack, messages stay pending and the node answers every poll at once: show each
-    // once, and poll again only after `wait_s` when nothing new came.
+    // Each message is shown once, even while it stays pending (without --ack).
     let mut seen: std::collections::HashSet<Option<MsgId>> = Default::default();
     let mut retry_delay = Duration::from_secs(1);
     loop {
@@ -294,21 +293,18 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
             }
             Err(err) => return Err(err.into()),
         };
-        let fresh: Vec<Received> = inbox
+        let (fresh, seen_before): (Vec<Received>, Vec<Received>) = inbox
             .messages
             .into_iter()
-            .filter(|m| args.ack || !seen.contains(&m.msg_id))
-            .collect();
+            .partition(|m| !seen.contains(&m.msg_id));
         print_messages(&fresh, args.json)?;
-        if inbox.pending == 0 && asked_at.elapsed() < MIN_EMPTY_POLL_INTERVAL {
-            // An empty answer before `wait_s` was up: the node does not hold polls (an older
-            // node, or one holding too many, SPEC §6.2). Pace the polls instead of spinning.
-            actix_rt::time::sleep(MIN_EMPTY_POLL_INTERVAL).await;
-        }
+        let nothing_new = fresh.is_empty();
         if args.ack {
-            match acknowledge(client, key, &fresh).await {
+            // Every message of the page, shown now or before (an ack that failed earlier).
+            let page: Vec<Received> = fresh.iter().chain(&seen_before).cloned().collect();
+            match acknowledge(client, key, &page).await {
                 Ok(_) => {}
-                // Not acknowledged: they stay pending and are shown again on a later poll.
+                // Not acknowledged: they stay pending and are acknowledged on a later poll.
                 Err(Failure { code, message }) if code == EXIT_UNREACHABLE => {
                     eprintln!(
                         "dmrelay: {message} Retrying in {} s.",
@@ -318,12 +314,16 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
                 }
                 Err(failure) => return Err(failure),
             }
-        } else {
-            let nothing_new = fresh.is_empty();
-            seen.extend(fresh.into_iter().map(|m| m.msg_id));
-            if nothing_new && inbox.pending > 0 {
-                actix_rt::time::sleep(Duration::from_secs(wait_s.max(1))).await;
-            }
+        }
+        seen.extend(fresh.into_iter().map(|m| m.msg_id));
+        if inbox.pending == 0 && asked_at.elapsed() < MIN_EMPTY_POLL_INTERVAL {
+            // An empty answer before `wait_s` was up: the node does not hold polls (an older
+            // node, or one holding too many, SPEC §6.2). Pace the polls instead of spinning.
+            actix_rt::time::sleep(MIN_EMPTY_POLL_INTERVAL).await;
+        } else if nothing_new && inbox.pending > 0 {
+            // Only messages already shown (not acknowledged, or that the node keeps sending):
+            // the node answers at once while they are pending, so wait before asking again.
+            actix_rt::time::sleep(Duration::from_secs(wait_s.max(1))).await;
         }
     }
 }
