@@ -350,3 +350,29 @@ async fn a_client_that_goes_away_does_not_leave_its_poll_waiting() {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn an_idle_mailbox_with_a_waiting_poll_stays_loaded_until_the_poll_is_answered() {
+    let node = Node::start(NodeConfig::default().env("MESH_DM_MAILBOX_IDLE_S", "0.3"));
+    node.ready().await;
+    let (alice, bob, carol) = (Identity::new(), Identity::new(), Identity::new());
+    let poll = spawn_long_poll(&node, &bob, 25);
+    wait_for_waiting_polls(&node, 1.0).await;
+    // Carol's mailbox, used once, shows that idle mailboxes are being evicted meanwhile.
+    assert_eq!(node.poll(&carol, 8).await.0, 200);
+    wait_for(Duration::from_secs(15), || async {
+        exposed_metric(&node, "dm_mailboxes_loaded").await == 1.0
+    })
+    .await;
+    assert_eq!(exposed_metric(&node, "dm_waiting_polls").await, 1.0);
+
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    let (status, reply, _) = poll.await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(message_ids(&reply), ["m1"]);
+    // Once answered, Bob's mailbox may leave memory like any other.
+    wait_for(Duration::from_secs(15), || async {
+        exposed_metric(&node, "dm_mailboxes_loaded").await == 0.0
+    })
+    .await;
+}
