@@ -140,16 +140,17 @@ pub fn check_log_filter(value: Option<&str>) -> Result<String, String> {
         let bare: Vec<&str> = directives(value)
             .filter(|d| !d.contains('=') && !is_level(d))
             .collect();
-        let hint = match bare.first() {
+        let advice = match bare.first() {
             Some(word) => format!(
-                " ({word:?} is read as a target name, not a level: the levels are {})",
+                "{word:?} is read as a target name, not a level (the levels are {}); use a level, e.g. RUST_LOG=debug, or RUST_LOG=off for silence",
                 LEVELS.join(", ")
             ),
-            None => " (no directive gives a default level)".to_string(),
+            None => format!(
+                "no directive gives a default level; add one, e.g. RUST_LOG=info,{value}, or use RUST_LOG=off for silence"
+            ),
         };
         return Err(format!(
-            "invalid configuration: RUST_LOG: {value:?} would turn off every dmrelay log{hint}; use e.g. RUST_LOG=debug or RUST_LOG=info,{}, or RUST_LOG=off for silence",
-            bare.first().map_or("actix_web=debug", |w| *w)
+            "invalid configuration: RUST_LOG: {value:?} would turn off every dmrelay log: {advice}"
         ));
     }
     Ok(value.to_string())
