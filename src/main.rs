@@ -171,7 +171,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("dmrelay: {message}");
+            // Not eprintln!: it panics when stderr is a closed pipe, turning exit 2 into 101.
+            let _ = writeln!(std::io::stderr(), "dmrelay: {message}");
             ExitCode::from(2)
         }
     }

@@ -20,7 +20,9 @@ impl Settings {
             return;
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        self.self_peer_url = format!("{scheme}://{}", peer.unwrap_or(client));
+        let url = format!("{scheme}://{}", peer.unwrap_or(client));
+        // Normalized as peers write it (SPEC §5.1: no default port), since it keys the HMAC.
+        self.self_peer_url = crate::peer::url::normalize_peer_url(&url).unwrap_or(url);
         let own = self.self_peer_url.clone();
         self.peers.retain(|p| p.url != own);
     }
@@ -134,20 +136,21 @@ pub fn check_log_filter(value: Option<&str>) -> Result<String, String> {
             LEVELS.join(", ")
         ));
     }
-    if dmrelay_level(value) == "off" && !mentions_off(value) {
+    if silences_dmrelay(value) && !mentions_off(value) {
         let bare: Vec<&str> = directives(value)
             .filter(|d| !d.contains('=') && !is_level(d))
             .collect();
-        let hint = match bare.first() {
+        let advice = match bare.first() {
             Some(word) => format!(
-                " ({word:?} is read as a target name, not a level: the levels are {})",
+                "{word:?} is read as a target name, not a level (the levels are {}); use a level, e.g. RUST_LOG=debug, or RUST_LOG=off for silence",
                 LEVELS.join(", ")
             ),
-            None => " (no directive gives a default level)".to_string(),
+            None => format!(
+                "no directive gives a default level; add one, e.g. RUST_LOG=info,{value}, or use RUST_LOG=off for silence"
+            ),
         };
         return Err(format!(
-            "invalid configuration: RUST_LOG: {value:?} would turn off every dmrelay log{hint}; use e.g. RUST_LOG=debug or RUST_LOG=info,{}, or RUST_LOG=off for silence",
-            bare.first().map_or("actix_web=debug", |w| *w)
+            "invalid configuration: RUST_LOG: {value:?} would turn off every dmrelay log: {advice}"
         ));
     }
     Ok(value.to_string())
@@ -169,35 +172,32 @@ fn mentions_off(value: &str) -> bool {
     })
 }
 
-/// The level `value` gives events of target `dmrelay::…`, as `EnvFilter` picks it: the
-/// directive with the longest target that is a prefix of the module path, else the bare level,
-/// else off. Directives with span or field filters (`[...]`) are dynamic and are skipped.
-fn dmrelay_level(value: &str) -> String {
-    const TARGET: &str = "dmrelay::node";
-    let mut best: Option<(usize, String)> = None;
-    let mut default: Option<String> = None;
-    for directive in directives(value).filter(|d| !d.contains('[')) {
-        match directive.split_once('=') {
-            Some((target, level)) => {
-                if TARGET.starts_with(target)
-                    && best.as_ref().is_none_or(|(len, _)| target.len() > *len)
+/// True when no directive enables any dmrelay target: no default level other than off, and no
+/// `target=level` whose target overlaps `dmrelay` (a prefix of it, or under it) with a level
+/// other than off. A bare word that is not a level is a target at `trace`.
+fn silences_dmrelay(value: &str) -> bool {
+    let is_off = |level: &str| level.eq_ignore_ascii_case("off") || level == "0";
+    let mut default_on = false;
+    for directive in directives(value) {
+        let (target, level) = match directive.split_once('=') {
+            Some((target, level)) => (Some(target), level),
+            None if is_level(directive) => (None, directive),
+            None => (Some(directive), "trace"),
+        };
+        match target {
+            None => default_on |= !is_off(level),
+            Some(target) => {
+                // `target[span{field}]`: the target part decides which events it can enable.
+                let target = target.split('[').next().unwrap_or(target);
+                if !is_off(level)
+                    && (target.starts_with("dmrelay") || "dmrelay".starts_with(target))
                 {
-                    best = Some((target.len(), level.to_ascii_lowercase()));
-                }
-            }
-            None if is_level(directive) => default = Some(directive.to_ascii_lowercase()),
-            None => {
-                if TARGET.starts_with(directive)
-                    && best.as_ref().is_none_or(|(len, _)| directive.len() > *len)
-                {
-                    best = Some((directive.len(), "trace".to_string()));
+                    return false;
                 }
             }
         }
     }
-    best.map(|(_, level)| level)
-        .or(default)
-        .unwrap_or_else(|| "off".to_string())
+    !default_on
 }
 
 #[cfg(test)]
@@ -230,6 +230,9 @@ mod tests {
             "dmrelay",
             "dmrelay=debug",
             "dmrelay::peer=debug,info",
+            "dmrelay::peer=debug",
+            "dm=debug",
+            "2",
             "off",
             "dmrelay=off",
             "info,actix_web=debug",
@@ -238,6 +241,44 @@ mod tests {
         }
         assert_eq!(check_log_filter(None), Ok("info".to_string()));
         assert_eq!(check_log_filter(Some("  ")), Ok("info".to_string()));
+    }
+
+    #[test]
+    fn an_unconfigured_self_url_is_made_from_the_bound_address() {
+        let env = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let base = [
+            ("MESH_DM_LISTEN", "127.0.0.1:0"),
+            ("MESH_RELAY_PEERS", "http://127.0.0.1:4242,http://b.example"),
+            ("MESH_PEER_PUSH_SECRET", "s"),
+        ];
+        let mut settings = Settings::load_from(None, &env(&base)).unwrap();
+        assert_eq!(settings.self_peer_url, "http://127.0.0.1:0");
+        settings.adopt_bound_addresses("127.0.0.1:4242".parse().unwrap(), None);
+        assert_eq!(settings.self_peer_url, "http://127.0.0.1:4242");
+        let peers: Vec<&str> = settings.peers.iter().map(|p| p.url.as_str()).collect();
+        assert_eq!(peers, ["http://b.example"], "this node is not its own peer");
+        // A separate peer plane names the node; a default port is dropped (SPEC §5.1).
+        settings.adopt_bound_addresses(
+            "127.0.0.1:4242".parse().unwrap(),
+            Some("10.0.0.1:80".parse().unwrap()),
+        );
+        assert_eq!(settings.self_peer_url, "http://10.0.0.1");
+        // A configured self URL is kept.
+        let configured = [
+            base[0],
+            base[1],
+            base[2],
+            ("MESH_SELF_PEER_URL", "http://a.example"),
+        ];
+        let mut settings = Settings::load_from(None, &env(&configured)).unwrap();
+        settings.adopt_bound_addresses("127.0.0.1:4242".parse().unwrap(), None);
+        assert_eq!(settings.self_peer_url, "http://a.example");
+        assert_eq!(settings.peers.len(), 2);
     }
 
     #[test]

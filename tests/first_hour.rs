@@ -126,6 +126,29 @@ impl Drop for Serve {
     }
 }
 
+/// Runs `command` to its end, killing it (and failing) if it still runs after `timeout`: a node
+/// that starts serving when it should have refused would otherwise hang the test.
+fn output_within(mut command: Command, timeout: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "{command:?} still running after {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
 async fn get_json(url: &str) -> (u16, Value) {
     let mut response = common::http().get(url).send().await.unwrap();
     let status = response.status().as_u16();
@@ -281,12 +304,12 @@ fn a_rust_log_that_would_silence_the_node_is_refused_with_one_line() {
         ("info,dmrelay=loud", "is not a log filter"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let output = dmrelay(dir.path())
+        let mut command = dmrelay(dir.path());
+        command
             .arg("serve")
             .env("MESH_DM_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", value)
-            .output()
-            .unwrap();
+            .env("RUST_LOG", value);
+        let output = output_within(command, Duration::from_secs(20));
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert_eq!(output.status.code(), Some(2), "{value}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{value}: {stderr}");
