@@ -20,6 +20,8 @@
 //! - [`store`]: the durable state behind a trait, and the group-commit writer thread.
 //! - [`peer`]: peer URLs, HMAC authentication, and the actors of the peer plane.
 //! - [`http`]: routes, body limits, the error table.
+//! - [`client`]: the client library (keys, Appendix A payload, signed requests, HTTP) behind
+//!   `dmrelay send` and `dmrelay inbox`.
 //! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
 //!   [`tls`]: HTTPS for both planes and peer links.
 
@@ -28,6 +30,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod mailbox;

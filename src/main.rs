@@ -1,19 +1,21 @@
-//! The `dmrelay` command: `serve` runs a node; `keygen` makes a key; `envelope`, `poll-request`
-//! and `ack-request` print signed JSON to send with curl (for trying a node by hand).
+//! The `dmrelay` command: `serve` runs a node; `keygen` makes a key; `send` and `inbox` are the
+//! client (in `client_cli`); `envelope`, `poll-request` and `ack-request` print signed JSON to
+//! send with curl (for trying a node by hand).
 
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod client_cli;
+
 use clap::{Parser, Subcommand};
+use dmrelay::client::keys::{generate_secret_key_file, load_secret_key};
 use dmrelay::config::Settings;
 use dmrelay::node::{self, Listeners};
 use dmrelay::protocol::{
-    AckObject, Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix,
-    random_hex, signing_key_from_hex,
+    AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix, random_hex,
 };
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -36,15 +38,19 @@ enum Command {
         #[arg(long, env = "MESH_DM_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Write a new Ed25519 key file (hex seed, mode 0600) and print its public key.
+    /// Write a new secret key file (mode 0600) and print its public key (your mailbox).
     Keygen {
-        /// Where to write the key.
+        /// Where to write the secret key.
         #[arg(long, default_value = "dmrelay.key")]
         out: PathBuf,
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
     },
+    /// Encrypt a message for a mailbox, sign it and deposit it on a node.
+    Send(client_cli::SendArgs),
+    /// Read your mailbox: verify and decrypt every message, optionally acknowledge or follow.
+    Inbox(client_cli::InboxArgs),
     /// Print a signed envelope (JSON for POST /api/mesh/dm/send). The text is NOT encrypted:
     /// this is for trying a relay; real clients encrypt before signing.
     Envelope {
@@ -89,6 +95,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Keygen { out, force } => keygen(&out, force),
+        Command::Send(args) => return client_cli::send(args),
+        Command::Inbox(args) => return client_cli::inbox(args),
         Command::Envelope {
             key,
             to,
@@ -178,43 +186,14 @@ fn inherited_listeners() -> Result<Option<Listeners>, String> {
 }
 
 fn keygen(out: &Path, force: bool) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let key = generate_signing_key().map_err(|e| format!("no randomness: {e}"))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).mode(0o600);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let mut file = options.open(out).map_err(|e| {
-        format!(
-            "cannot write {}: {e}{}",
-            out.display(),
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                " (use --force to replace it)"
-            } else {
-                ""
-            }
-        )
-    })?;
-    writeln!(file, "{}", hex::encode(key.to_bytes()))
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let key = generate_secret_key_file(out, force).map_err(|e| e.to_string())?;
     println!("{}", hex::encode(key.verifying_key().to_bytes()));
     eprintln!("secret key written to {} (mode 0600)", out.display());
     Ok(())
 }
 
 fn load_key(path: &Path) -> Result<ed25519_dalek::SigningKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
-    signing_key_from_hex(&text).ok_or_else(|| {
-        format!(
-            "{} is not a dmrelay key file (64 hex characters)",
-            path.display()
-        )
-    })
+    load_secret_key(path).map_err(|e| e.to_string())
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
