@@ -99,6 +99,9 @@ pub struct Settings {
     pub peer_tls: Arc<rustls::ClientConfig>,
     /// HTTP worker threads, one per core by default (`MESH_DM_HTTP_WORKERS`).
     pub http_workers: usize,
+    /// Most long polls waiting at once on this node (`MESH_DM_MAX_WAITING_POLLS`, default
+    /// 16384); past that a long poll is answered at once. Each holds one connection (one fd).
+    pub max_waiting_polls: usize,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -129,6 +132,7 @@ struct FileSettings {
     peer_ca_file: Option<PathBuf>,
     shards: Option<u64>,
     http_workers: Option<u64>,
+    max_waiting_polls: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +216,11 @@ const SCALARS: &[(&str, &str, &str)] = &[
     ("peer_ca_file", "MESH_RELAY_CA_FILE", "peer_ca_file"),
     ("shards", "MESH_DM_SHARDS", "shards"),
     ("http_workers", "MESH_DM_HTTP_WORKERS", "http_workers"),
+    (
+        "max_waiting_polls",
+        "MESH_DM_MAX_WAITING_POLLS",
+        "max_waiting_polls",
+    ),
 ];
 
 fn read_secret_file(setting: &str, path: &Path) -> Result<String, ConfigError> {
@@ -311,6 +320,7 @@ impl Settings {
                 "peer_ca_file" => f.peer_ca_file.as_ref().map(|p| p.display().to_string()),
                 "shards" => f.shards.map(|v| v.to_string()),
                 "http_workers" => f.http_workers.map(|v| v.to_string()),
+                "max_waiting_polls" => f.max_waiting_polls.map(|v| v.to_string()),
                 _ => None,
             }
         };
@@ -448,6 +458,11 @@ impl Settings {
         let shards: u64 = raw.parse("shards", cores, integer)?;
         let http_workers: u64 = raw.parse("http_workers", cores, integer)?;
         let push_rate_per_s: f64 = raw.parse("push_rate", 5000.0, "a number")?;
+        let max_waiting_polls: u64 = raw.parse(
+            "max_waiting_polls",
+            crate::mailbox::waiting::DEFAULT_MAX_WAITING_POLLS as u64,
+            integer,
+        )?;
         Ok(Self {
             listen,
             peer_listen,
@@ -479,6 +494,8 @@ impl Settings {
             mailbox_idle: positive_duration(&raw, "mailbox_idle_s", 300.0)?,
             shards: in_range(&raw, "shards", shards, 1, 256)? as usize,
             http_workers: in_range(&raw, "http_workers", http_workers, 1, 256)? as usize,
+            max_waiting_polls: in_range(&raw, "max_waiting_polls", max_waiting_polls, 0, 1_000_000)?
+                as usize,
             tls,
             peer_tls,
         })
@@ -582,6 +599,7 @@ mod tests {
             .collect();
         let file: FileSettings = toml::from_str(&uncommented).unwrap();
         assert!(file.listen.is_some() && file.http_workers.is_some() && file.peers.len() == 1);
+        assert!(file.max_waiting_polls.is_some());
         assert!(file.tls_cert.is_some() && file.tls_key.is_some() && file.peer_ca_file.is_some());
     }
 
@@ -613,6 +631,11 @@ mod tests {
                 "MESH_PEER_PUSH_SECRET",
             ),
             ("mailbox_limit = 0", &[], "node.toml: mailbox_limit"),
+            (
+                "",
+                &[("MESH_DM_MAX_WAITING_POLLS", "lots")],
+                "MESH_DM_MAX_WAITING_POLLS",
+            ),
         ];
         for (file, env_pairs, setting) in cases {
             let err = from_toml(file, env_pairs).unwrap_err();

@@ -23,7 +23,7 @@
 //! - [`client`]: the client library (keys, Appendix A payload, signed requests, HTTP) behind
 //!   `dmrelay send` and `dmrelay inbox`.
 //! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
-//!   [`tls`]: HTTPS for both planes and peer links.
+//!   [`tls`]: HTTPS for both planes and peer links; [`fd_limit`]: room for many open connections.
 
 #![cfg_attr(
     not(test),
@@ -32,6 +32,7 @@
 
 pub mod client;
 pub mod config;
+pub mod fd_limit;
 pub mod http;
 pub mod mailbox;
 pub mod metrics;

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub store_errors_total: IntCounter,
     /// Requests refused with 503 because a bounded queue was full.
     pub overload_total: IntCounter,
+    /// Long polls parked with their mailbox, waiting for mail (SPEC §6.2 `wait_s`).
+    pub waiting_polls: IntGauge,
+    /// Long polls answered at once (empty) because the node already held its most waiting polls.
+    pub waiting_polls_overflow_total: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -199,6 +203,16 @@ impl Metrics {
                 "dm_overload_total",
                 "Requests refused with 503 because a bounded queue was full.",
             ),
+            waiting_polls: gauge(
+                &r,
+                "dm_waiting_polls",
+                "Long polls parked with their mailbox, waiting for mail.",
+            ),
+            waiting_polls_overflow_total: counter(
+                &r,
+                "dm_waiting_polls_overflow_total",
+                "Long polls answered at once because the node held its most waiting polls.",
+            ),
             registry: r,
         }
     }
@@ -257,6 +271,8 @@ mod tests {
             "dm_pending_envelopes 0",
             "dm_peer_queue_depth{peer=\"http://b\"} 0",
             "dm_peer_circuit_open{peer=\"http://b\"} 0",
+            "dm_waiting_polls 0",
+            "dm_waiting_polls_overflow_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

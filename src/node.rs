@@ -1,8 +1,9 @@
 //! Starting and stopping a node: store, writer, shards, peer actors, HTTP servers, signals.
 //!
 //! Order matters: the store is opened and its state recovered into the shards before the first
-//! request is accepted; on SIGTERM/SIGINT the servers stop accepting, finish in-flight requests,
-//! and only then does the writer commit what is queued and stop.
+//! request is accepted; on SIGTERM/SIGINT waiting long polls are answered at once, the servers
+//! stop accepting and finish in-flight requests, and only then does the writer commit what is
+//! queued and stop.
 
 use crate::config::{PersistMode, Settings};
 use crate::http::{self, AppState};
@@ -61,6 +62,7 @@ pub enum StartError {
 
 /// Runs a node until SIGTERM/SIGINT. Must be called inside an actix `System`.
 pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartError> {
+    crate::fd_limit::ensure_room_for(settings.max_waiting_polls);
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn Store> = match settings.persist {
         PersistMode::Fsync => Arc::new(RedbStore::open(&settings.data_dir)?),
@@ -91,6 +93,7 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         Arc::clone(&metrics),
         sink,
         parked_mailboxes,
+        settings.max_waiting_polls,
     )
     .await?;
     let envelope_limits = EnvelopeLimits {
@@ -119,6 +122,9 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         store: store_handle.clone(),
     });
 
+    // Each waiting long poll holds a connection: actix's per-worker cap (25k by default) must not
+    // bind before MESH_DM_MAX_WAITING_POLLS does, whichever worker the connections land on.
+    let max_connections_per_worker = settings.max_waiting_polls.saturating_add(1024).max(25_000);
     let client_addr = listeners.client.local_addr()?;
     let separate_peer_lane = listeners.peer.is_some();
     let client_state = state.clone();
@@ -135,6 +141,10 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         app.configure(http::fallback)
     })
     .workers(settings.http_workers)
+    .max_connections(max_connections_per_worker)
+    // A client that closes its connection while its long poll waits: end the request, so that
+    // the waiting poll is dropped at the shard's next sweep instead of when `wait_s` runs out.
+    .h1_allow_half_closed(false)
     .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
     .disable_signals();
     let client_server = match &settings.tls {
@@ -179,9 +189,13 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
     );
 
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
+    let mailboxes = state.mailboxes.clone();
     actix_rt::spawn(async move {
         wait_for_shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!("shutting down: releasing waiting polls, finishing in-flight requests");
+        // First, so that the servers' graceful stop does not wait out long polls (SPEC §6.2:
+        // a waiting poll is released with its normal reply when the node shuts down).
+        mailboxes.release_waiting_polls().await;
         for handle in &handles {
             handle.stop(true).await;
         }

@@ -10,8 +10,13 @@
 //! the store on a blocking-pool thread (never on the shard's arbiter); requests that arrive
 //! meanwhile wait in that mailbox's slot, in order. A mailbox idle for `MESH_DM_MAILBOX_IDLE_S`
 //! with no write in flight and no parked replica leaves memory: its state is all in the store.
+//!
+//! A long poll that finds nothing deliverable waits in its mailbox's [`WaitingPolls`] (see
+//! [`super::waiting`]) and is answered from the commit callback that makes an envelope of that
+//! mailbox durable, from its timer, or at shutdown ([`ReleaseWaitingPolls`]).
 
 use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView};
+use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
 use super::{ChangeSink, Origin};
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, MailboxKey, PollRequest, now_unix};
@@ -58,7 +63,8 @@ pub struct Deposit {
     pub reply: oneshot::Sender<Result<Decision, ShardError>>,
 }
 
-/// Read a mailbox (SPEC §6.2); the request's signature and freshness are already checked.
+/// Read a mailbox (SPEC §6.2); the request's signature and freshness are already checked. With
+/// `wait_s` and nothing deliverable, the answer waits for mail (see [`super::waiting`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Poll {
@@ -82,6 +88,12 @@ pub struct Acknowledge {
     pub reply: oneshot::Sender<Result<AckReport, ShardError>>,
 }
 
+/// Answer every waiting long poll now with its normal reply, and from now on answer new ones at
+/// once (the node is shutting down, SPEC §6.2).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseWaitingPolls;
+
 /// Load these mailboxes now (at start-up: those holding parked replicas, so that room freed by
 /// expiry reaches them).
 #[derive(Message)]
@@ -94,6 +106,10 @@ struct Loaded {
     last_used: Instant,
     /// Store writes not yet answered; the mailbox stays in memory until they are.
     in_flight: u32,
+    /// Long polls waiting for mail. A mailbox with waiting polls stays in memory (they live
+    /// here, and eviction must not drop them); that cannot keep it loaded for long, since each
+    /// leaves within `MAX_POLL_WAIT_S` or at the next sweep once its client is gone.
+    waiting: WaitingPolls,
 }
 
 /// Work waiting for a mailbox to load: `Ok` once it is in memory, or why it cannot be.
@@ -148,9 +164,16 @@ pub struct MailboxShard {
     store: StoreHandle,
     metrics: Arc<Metrics>,
     sink: Arc<dyn ChangeSink>,
+    /// The node-wide bound on waiting long polls.
+    wait_budget: Arc<WaitBudget>,
+    /// Id of the next parked poll (its timer finds it by id).
+    next_wait_id: u64,
+    /// Set at shutdown: long polls are answered at once instead of parked.
+    releasing: bool,
 }
 
 impl MailboxShard {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         limits: MailboxLimits,
         max_ttl_s: u64,
@@ -158,6 +181,7 @@ impl MailboxShard {
         store: StoreHandle,
         metrics: Arc<Metrics>,
         sink: Arc<dyn ChangeSink>,
+        wait_budget: Arc<WaitBudget>,
     ) -> Self {
         Self {
             mailboxes: HashMap::new(),
@@ -170,6 +194,9 @@ impl MailboxShard {
             store,
             metrics,
             sink,
+            wait_budget,
+            next_wait_id: 0,
+            releasing: false,
         }
     }
 
@@ -238,6 +265,7 @@ impl MailboxShard {
                     state: state_from(snapshot, now_unix()),
                     last_used: Instant::now(),
                     in_flight: 0,
+                    waiting: WaitingPolls::default(),
                 };
                 self.mailboxes
                     .insert(mailbox, Slot::Loaded(Box::new(loaded)));
@@ -282,14 +310,109 @@ impl MailboxShard {
         ctx: &mut Context<Self>,
         done: impl FnOnce(&mut Self, Result<Vec<Option<u64>>, WriterError>) + 'static,
     ) {
+        self.write_then(mailbox, ops, ctx, move |shard, _, result| {
+            done(shard, result)
+        });
+    }
+
+    /// [`Self::write`] whose `done` also gets the shard's context (to wake or park long polls).
+    fn write_then(
+        &mut self,
+        mailbox: MailboxKey,
+        ops: Vec<StoreOp>,
+        ctx: &mut Context<Self>,
+        done: impl FnOnce(&mut Self, &mut Context<Self>, Result<Vec<Option<u64>>, WriterError>)
+        + 'static,
+    ) {
         if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(&mailbox) {
             entry.in_flight += 1;
         }
         let commit = self.store.commit(ops);
-        ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
+        ctx.spawn(commit.into_actor(self).map(move |result, shard, ctx| {
             shard.write_done(&mailbox);
-            done(shard, result);
+            done(shard, ctx, result);
         }));
+    }
+
+    /// A poll found nothing deliverable and its nonce is on disk: park it until mail arrives or
+    /// `wait_s` runs out; answer at once when mail came meanwhile, the node is shutting down,
+    /// or the node already holds its most waiting polls (an empty 200, never an error).
+    fn wait_for_mail(
+        &mut self,
+        mailbox: MailboxKey,
+        limit: usize,
+        wait_s: u64,
+        reply: PollReply,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = now_unix();
+        let releasing = self.releasing;
+        let Some(entry) = self.loaded(&mailbox) else {
+            let _ = reply.send(Err(not_loaded()));
+            return;
+        };
+        let view = entry.state.poll(limit, now);
+        if view.pending > 0 || releasing || reply.is_closed() {
+            let _ = reply.send(Ok(Ok(view)));
+            return;
+        }
+        let Some(place) = self.wait_budget.try_take() else {
+            let _ = reply.send(Ok(Ok(view)));
+            return;
+        };
+        let id = self.next_wait_id;
+        self.next_wait_id += 1;
+        let timer = ctx.run_later(Duration::from_secs(wait_s), move |shard, _| {
+            shard.wait_over(&mailbox, id);
+        });
+        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(&mailbox) {
+            entry.waiting.push(WaitingPoll {
+                id,
+                limit,
+                reply,
+                timer: Some(timer),
+                place,
+            });
+        }
+    }
+
+    /// The wait of poll `id` ran out: answer it with the (normally empty) view.
+    fn wait_over(&mut self, mailbox: &MailboxKey, id: u64) {
+        let now = now_unix();
+        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox)
+            && let Some(poll) = entry.waiting.take(id)
+        {
+            entry.state.expire(now);
+            poll.answer(&entry.state, now);
+        }
+    }
+
+    /// Something of `mailbox` became durable and deliverable: answer every poll waiting on it.
+    fn wake_waiting(&mut self, mailbox: &MailboxKey, ctx: &mut Context<Self>) {
+        let now = now_unix();
+        let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox) else {
+            return;
+        };
+        for poll in entry.waiting.take_all() {
+            if let Some(timer) = poll.answer(&entry.state, now) {
+                ctx.cancel_future(timer);
+            }
+        }
+    }
+
+    /// Shutdown: answer every waiting poll now and park no new one.
+    fn release_waiting_polls(&mut self, ctx: &mut Context<Self>) {
+        self.releasing = true;
+        let now = now_unix();
+        for slot in self.mailboxes.values_mut() {
+            if let Slot::Loaded(entry) = slot {
+                for poll in entry.waiting.take_all() {
+                    if let Some(timer) = poll.answer(&entry.state, now) {
+                        ctx.cancel_future(timer);
+                    }
+                }
+            }
+        }
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {
@@ -302,11 +425,15 @@ impl MailboxShard {
                 return true;
             };
             entry.state.expire(now);
+            for timer in entry.waiting.drop_abandoned() {
+                ctx.cancel_future(timer);
+            }
             if entry.state.parked_len() > 0 {
                 with_parked.push(*mailbox);
                 return true;
             }
             let keep = entry.in_flight > 0
+                || !entry.waiting.is_empty()
                 || (!entry.state.is_empty() && entry.last_used.elapsed() < idle);
             if !keep {
                 evicted += 1;
@@ -367,10 +494,11 @@ impl MailboxShard {
             return;
         }
         let accepted = unparked.accepted;
-        self.write(mailbox, ops, ctx, move |shard, result| {
+        self.write_then(mailbox, ops, ctx, move |shard, ctx, result| {
             let Some(Slot::Loaded(entry)) = shard.mailboxes.get_mut(&mailbox) else {
                 return;
             };
+            let woken = result.is_ok() && !accepted.is_empty();
             for envelope in accepted {
                 if result.is_ok() {
                     entry.state.mark_committed(&envelope.msg_id);
@@ -378,6 +506,9 @@ impl MailboxShard {
                 } else if entry.state.remove_uncommitted(&envelope) {
                     entry.state.park(envelope, &limits);
                 }
+            }
+            if woken {
+                shard.wake_waiting(&mailbox, ctx);
             }
         });
     }
@@ -457,7 +588,7 @@ impl MailboxShard {
         // Reserve the slot now, so that the next deposit already sees it.
         entry.state.insert(Arc::clone(&envelope), false);
         let op = StoreOp::PutEnvelope(Arc::clone(&envelope));
-        self.write(mailbox, vec![op], ctx, move |shard, result| {
+        self.write_then(mailbox, vec![op], ctx, move |shard, ctx, result| {
             let Some(Slot::Loaded(entry)) = shard.mailboxes.get_mut(&mailbox) else {
                 let _ = reply.send(Err(not_loaded()));
                 return;
@@ -469,6 +600,8 @@ impl MailboxShard {
                     if origin == Origin::Client {
                         shard.sink.envelope_stored(&envelope);
                     }
+                    // Durable now: polls waiting on this mailbox may deliver it.
+                    shard.wake_waiting(&mailbox, ctx);
                     Ok(Decision::Accept)
                 }
                 Err(err) => {
@@ -502,6 +635,7 @@ impl MailboxShard {
             }
         };
         let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let wait_s = request.wait_s;
         let view = entry.state.poll(limit, now);
         // The nonce is spent in memory at once; the reply waits until it is spent on disk too,
         // so that a restart cannot make a captured poll replayable.
@@ -510,9 +644,20 @@ impl MailboxShard {
             nonce: request.nonce.into_boxed_str(),
             until,
         };
-        self.write(mailbox, vec![op], ctx, move |_, result| {
-            let _ = reply.send(result.map(|_| Ok(view)).map_err(ShardError::from));
-        });
+        self.write_then(
+            mailbox,
+            vec![op],
+            ctx,
+            move |shard, ctx, result| match result {
+                // Parked only once the nonce is on disk: the nonce is spent when the poll arrives.
+                Ok(_) if view.pending == 0 && wait_s > 0 => {
+                    shard.wait_for_mail(mailbox, limit, wait_s, reply, ctx);
+                }
+                result => {
+                    let _ = reply.send(result.map(|_| Ok(view)).map_err(ShardError::from));
+                }
+            },
+        );
     }
 
     fn acknowledge(&mut self, msg: Acknowledge, ctx: &mut Context<Self>) {
@@ -624,6 +769,14 @@ impl Handler<Acknowledge> for MailboxShard {
                 let _ = msg.reply.send(Err(err));
             }
         });
+    }
+}
+
+impl Handler<ReleaseWaitingPolls> for MailboxShard {
+    type Result = ();
+
+    fn handle(&mut self, _: ReleaseWaitingPolls, ctx: &mut Self::Context) {
+        self.release_waiting_polls(ctx);
     }
 }
 
