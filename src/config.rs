@@ -99,6 +99,12 @@ pub struct Settings {
     pub peer_tls: Arc<rustls::ClientConfig>,
     /// HTTP worker threads, one per core by default (`MESH_DM_HTTP_WORKERS`).
     pub http_workers: usize,
+    /// Page cache of the embedded store in bytes (`MESH_DM_STORE_CACHE_MB`, default 64 MiB).
+    pub store_cache_bytes: usize,
+    /// Bytes of stored envelopes and acks past which new deposits and replicas are refused
+    /// (`MESH_DM_STORAGE_BUDGET_MB`); `None`: chosen at start from the free disk space (see
+    /// [`crate::store::budget`]).
+    pub storage_budget_bytes: Option<u64>,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -129,6 +135,8 @@ struct FileSettings {
     peer_ca_file: Option<PathBuf>,
     shards: Option<u64>,
     http_workers: Option<u64>,
+    store_cache_mb: Option<u64>,
+    storage_budget_mb: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +220,12 @@ const SCALARS: &[(&str, &str, &str)] = &[
     ("peer_ca_file", "MESH_RELAY_CA_FILE", "peer_ca_file"),
     ("shards", "MESH_DM_SHARDS", "shards"),
     ("http_workers", "MESH_DM_HTTP_WORKERS", "http_workers"),
+    ("store_cache_mb", "MESH_DM_STORE_CACHE_MB", "store_cache_mb"),
+    (
+        "storage_budget_mb",
+        "MESH_DM_STORAGE_BUDGET_MB",
+        "storage_budget_mb",
+    ),
 ];
 
 fn read_secret_file(setting: &str, path: &Path) -> Result<String, ConfigError> {
@@ -311,6 +325,8 @@ impl Settings {
                 "peer_ca_file" => f.peer_ca_file.as_ref().map(|p| p.display().to_string()),
                 "shards" => f.shards.map(|v| v.to_string()),
                 "http_workers" => f.http_workers.map(|v| v.to_string()),
+                "store_cache_mb" => f.store_cache_mb.map(|v| v.to_string()),
+                "storage_budget_mb" => f.storage_budget_mb.map(|v| v.to_string()),
                 _ => None,
             }
         };
@@ -448,6 +464,20 @@ impl Settings {
         let shards: u64 = raw.parse("shards", cores, integer)?;
         let http_workers: u64 = raw.parse("http_workers", cores, integer)?;
         let push_rate_per_s: f64 = raw.parse("push_rate", 5000.0, "a number")?;
+        let store_cache_mb: u64 = raw.parse("store_cache_mb", 64, integer)?;
+        let storage_budget_bytes = match raw.get("storage_budget_mb") {
+            None => None,
+            Some((source, _)) => {
+                let mb: f64 = raw.parse("storage_budget_mb", 0.0, "a number of MiB")?;
+                if !(0.01..=1.0e9).contains(&mb) {
+                    return Err(bad(
+                        source,
+                        format!("must be a number of MiB between 0.01 and 1e9, got {mb}"),
+                    ));
+                }
+                Some((mb * 1024.0 * 1024.0) as u64)
+            }
+        };
         Ok(Self {
             listen,
             peer_listen,
@@ -479,6 +509,11 @@ impl Settings {
             mailbox_idle: positive_duration(&raw, "mailbox_idle_s", 300.0)?,
             shards: in_range(&raw, "shards", shards, 1, 256)? as usize,
             http_workers: in_range(&raw, "http_workers", http_workers, 1, 256)? as usize,
+            store_cache_bytes: in_range(&raw, "store_cache_mb", store_cache_mb, 1, 1 << 20)?
+                as usize
+                * 1024
+                * 1024,
+            storage_budget_bytes,
             tls,
             peer_tls,
         })

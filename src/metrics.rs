@@ -52,6 +52,16 @@ pub struct Metrics {
     pub store_errors_total: IntCounter,
     /// Requests refused with 503 because a bounded queue was full.
     pub overload_total: IntCounter,
+    /// 1 while the store refuses writes after a storage error (until it is reopened).
+    pub store_degraded: IntGauge,
+    /// Times the store was reopened and took writes again after a storage error.
+    pub store_recoveries_total: IntCounter,
+    /// Bytes of stored envelopes, acks and parked replicas (measured against the budget).
+    pub store_bytes: IntGauge,
+    /// The node-wide storage budget in bytes.
+    pub storage_budget_bytes: IntGauge,
+    /// Writes (deposits, replicas, parked replicas) refused because the budget was used up.
+    pub budget_refusals_total: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -198,6 +208,31 @@ impl Metrics {
                 &r,
                 "dm_overload_total",
                 "Requests refused with 503 because a bounded queue was full.",
+            ),
+            store_degraded: gauge(
+                &r,
+                "dm_store_degraded",
+                "1 while the store refuses writes after a storage error, until it is reopened.",
+            ),
+            store_recoveries_total: counter(
+                &r,
+                "dm_store_recoveries_total",
+                "Times the store was reopened and took writes again after a storage error.",
+            ),
+            store_bytes: gauge(
+                &r,
+                "dm_store_bytes",
+                "Bytes of stored envelopes, acks and parked replicas (what the budget limits).",
+            ),
+            storage_budget_bytes: gauge(
+                &r,
+                "dm_storage_budget_bytes",
+                "The node-wide storage budget in bytes.",
+            ),
+            budget_refusals_total: counter(
+                &r,
+                "dm_storage_budget_refusals_total",
+                "Writes of envelopes refused because the storage budget was used up.",
             ),
             registry: r,
         }

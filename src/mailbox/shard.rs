@@ -10,6 +10,11 @@
 //! the store on a blocking-pool thread (never on the shard's arbiter); requests that arrive
 //! meanwhile wait in that mailbox's slot, in order. A mailbox idle for `MESH_DM_MAILBOX_IDLE_S`
 //! with no write in flight and no parked replica leaves memory: its state is all in the store.
+//!
+//! A write that failed in the store (an outage, see `store::status`) may leave the state in
+//! memory ahead of the disk (an ack applied, a nonce spent): such a mailbox is marked stale and
+//! leaves memory as soon as none of its writes is in flight, so the next request reads it back
+//! from the store — memory never holds as done what the disk does not.
 
 use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView};
 use super::{ChangeSink, Origin};
@@ -34,15 +39,39 @@ pub enum ShardError {
     Overloaded,
     #[error("the mailbox service is unavailable: {0}")]
     Unavailable(String),
+    /// The store refuses writes until it is reopened (see `store::status`).
+    #[error("the store is unavailable: {reason}")]
+    StoreDown { reason: String, retry_after_s: u64 },
+    /// The node's storage budget is used up (see `store::budget`).
+    #[error("the storage budget is used up ({used} of {budget} bytes)")]
+    OverBudget { used: u64, budget: u64 },
 }
 
 impl From<WriterError> for ShardError {
     fn from(err: WriterError) -> Self {
         match err {
             WriterError::Overloaded => ShardError::Overloaded,
+            WriterError::Degraded {
+                reason,
+                retry_after_s,
+            } => ShardError::StoreDown {
+                reason,
+                retry_after_s,
+            },
+            WriterError::OverBudget { used, budget } => ShardError::OverBudget { used, budget },
             other => ShardError::Unavailable(other.to_string()),
         }
     }
+}
+
+/// Whether a failed write may have left a mailbox's memory ahead of its disk state. A write
+/// refused before it reached the store (full queue, budget) changed nothing on disk, and every
+/// caller undoes its own memory change then.
+fn leaves_memory_stale(err: &WriterError) -> bool {
+    !matches!(
+        err,
+        WriterError::Overloaded | WriterError::OverBudget { .. }
+    )
 }
 
 fn not_loaded() -> ShardError {
@@ -94,6 +123,9 @@ struct Loaded {
     last_used: Instant,
     /// Store writes not yet answered; the mailbox stays in memory until they are.
     in_flight: u32,
+    /// A write failed: memory may be ahead of the store, so the mailbox is read again from the
+    /// store once no write is in flight.
+    stale: bool,
 }
 
 /// Work waiting for a mailbox to load: `Ok` once it is in memory, or why it cannot be.
@@ -238,6 +270,7 @@ impl MailboxShard {
                     state: state_from(snapshot, now_unix()),
                     last_used: Instant::now(),
                     in_flight: 0,
+                    stale: false,
                 };
                 self.mailboxes
                     .insert(mailbox, Slot::Loaded(Box::new(loaded)));
@@ -266,10 +299,24 @@ impl MailboxShard {
         }
     }
 
-    /// A store write for `mailbox` finished.
-    fn write_done(&mut self, mailbox: &MailboxKey) {
+    /// A store write for `mailbox` finished (`failed`: and may have left memory stale).
+    fn write_done(&mut self, mailbox: &MailboxKey, failed: bool) {
         if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox) {
             entry.in_flight = entry.in_flight.saturating_sub(1);
+            entry.stale |= failed;
+        }
+    }
+
+    /// Drops a stale mailbox from memory once none of its writes is in flight; the next request
+    /// loads what the store holds.
+    fn drop_if_stale(&mut self, mailbox: &MailboxKey) {
+        if let Some(Slot::Loaded(entry)) = self.mailboxes.get(mailbox)
+            && entry.stale
+            && entry.in_flight == 0
+        {
+            self.mailboxes.remove(mailbox);
+            self.metrics.mailboxes_loaded.dec();
+            tracing::info!(%mailbox, "mailbox dropped from memory after a failed write; it will be read again from the store");
         }
     }
 
@@ -287,8 +334,10 @@ impl MailboxShard {
         }
         let commit = self.store.commit(ops);
         ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
-            shard.write_done(&mailbox);
+            let failed = matches!(&result, Err(err) if leaves_memory_stale(err));
+            shard.write_done(&mailbox, failed);
             done(shard, result);
+            shard.drop_if_stale(&mailbox);
         }));
     }
 
@@ -332,8 +381,9 @@ impl MailboxShard {
         let mailbox = envelope.mailbox;
         self.write(mailbox, vec![StoreOp::Park(envelope)], ctx, |_, result| {
             if let Err(err) = result {
-                // Still parked in memory; only a restart before room frees would lose it, and
-                // the origin's feed still offers it to a resync.
+                // Refused by the budget: still parked in memory; only a restart before room
+                // frees would lose it. A storage outage makes the mailbox stale, and the reload
+                // forgets it too; the origin's feed still offers it to a resync.
                 tracing::warn!(%err, "parked replica not stored");
             }
         });
@@ -562,8 +612,8 @@ impl MailboxShard {
                     }
                     Ok(report)
                 }
-                // The ack stays applied in memory (it is idempotent and the client will retry);
-                // the retry stores it.
+                // The ack was applied in memory only: the mailbox is now stale and is read again
+                // from the store (`drop_if_stale`); the client's retry applies it again.
                 Err(err) => Err(ShardError::from(err)),
             };
             let _ = reply.send(outcome);
