@@ -4,7 +4,7 @@
 //!
 //! The bound is chosen so that the old behaviour fails it: with redb's 1 GiB default cache
 //! (`MESH_DM_STORE_CACHE_MB=1024` here) every page written stays cached, and the RSS grows by
-//! about the bytes stored (~30 MiB per burst below).
+//! about the bytes stored (~17 MiB per burst below).
 
 mod common;
 
@@ -80,7 +80,7 @@ async fn rss_returns_near_idle_after_bursts_once_mailboxes_are_evicted() {
     let idle = rss_mib(pid);
     let mut after = Vec::new();
     for round in 1..=3 {
-        burst(&node, round, 2500).await;
+        burst(&node, round, 1500).await;
         wait_until_evicted(&node).await;
         after.push(rss_mib(pid));
     }
@@ -88,7 +88,7 @@ async fn rss_returns_near_idle_after_bursts_once_mailboxes_are_evicted() {
     eprintln!(
         "cache {cache_mb} MiB: idle {idle:.0} MiB, after each burst {after:.0?} MiB, {stored_mib:.0} MiB stored"
     );
-    assert!(stored_mib > 60.0, "the bursts stored {stored_mib:.0} MiB");
+    assert!(stored_mib > 40.0, "the bursts stored {stored_mib:.0} MiB");
     // Fixed cost + the cache + allocator slack; the 1 GiB cache grows by about what is stored.
     let bound = idle + 40.0;
     for (round, rss) in after.iter().enumerate() {
