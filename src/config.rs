@@ -552,6 +552,23 @@ mod tests {
     }
 
     #[test]
+    fn the_store_cache_and_the_storage_budget_are_in_mib() {
+        let s = from_toml("", &[]).unwrap();
+        assert_eq!(s.store_cache_bytes, 64 << 20);
+        assert_eq!(
+            s.storage_budget_bytes, None,
+            "chosen at start from the free disk"
+        );
+        let s = from_toml(
+            "store_cache_mb = 8\nstorage_budget_mb = 0.5",
+            &[("MESH_DM_STORE_CACHE_MB", "16")],
+        )
+        .unwrap();
+        assert_eq!(s.store_cache_bytes, 16 << 20);
+        assert_eq!(s.storage_budget_bytes, Some(512 * 1024));
+    }
+
+    #[test]
     fn environment_wins_over_the_file() {
         let s = from_toml(
             "pending_per_sender_limit = 5\nmailbox_limit = 10",
@@ -648,6 +665,21 @@ mod tests {
                 "MESH_PEER_PUSH_SECRET",
             ),
             ("mailbox_limit = 0", &[], "node.toml: mailbox_limit"),
+            (
+                "",
+                &[("MESH_DM_STORE_CACHE_MB", "0")],
+                "MESH_DM_STORE_CACHE_MB",
+            ),
+            (
+                "",
+                &[("MESH_DM_STORAGE_BUDGET_MB", "NaN")],
+                "MESH_DM_STORAGE_BUDGET_MB",
+            ),
+            (
+                "storage_budget_mb = -1.0",
+                &[],
+                "node.toml: storage_budget_mb",
+            ),
         ];
         for (file, env_pairs, setting) in cases {
             let err = from_toml(file, env_pairs).unwrap_err();

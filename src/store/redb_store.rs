@@ -1057,6 +1057,51 @@ mod tests {
     }
 
     #[test]
+    fn stored_bytes_follow_every_record_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with_cache(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.stored_bytes(), 0);
+        let (a, b) = (envelope("a", NOW + 100), envelope("b", NOW + 100));
+        let record = |e: &Envelope| 9 + serde_json::to_vec(e).unwrap().len() as u64;
+        store
+            .commit(&[StoreOp::PutEnvelope(Arc::clone(&a))])
+            .unwrap();
+        assert_eq!(store.stored_bytes(), record(&a));
+        // The same id again replaces its record; a parked replica counts its JSON.
+        store
+            .commit(&[
+                StoreOp::PutEnvelope(Arc::clone(&a)),
+                StoreOp::Park(Arc::clone(&b)),
+            ])
+            .unwrap();
+        let parked = record(&b) - 9;
+        assert_eq!(store.stored_bytes(), record(&a) + parked);
+        let a_id = MsgId::parse("m", "a").unwrap();
+        let ack = ack_of(&["a"]);
+        let ack_record = 9 + serde_json::to_vec(&*ack).unwrap().len() as u64;
+        store
+            .commit(&[StoreOp::ApplyAck {
+                ack,
+                removed: vec![a_id.clone()],
+                tombstones: vec![(a_id, NOW + 100)],
+                live_until: NOW + 100,
+            }])
+            .unwrap();
+        assert_eq!(store.stored_bytes(), parked + ack_record);
+
+        let epoch = store.epoch().to_string();
+        store.reopen().unwrap();
+        assert_eq!(store.epoch(), epoch);
+        assert_eq!(store.stored_bytes(), parked + ack_record, "durable");
+        assert_eq!(store.recover(NOW).unwrap().parked.len(), 1, "data kept");
+        store.collect_garbage(NOW + 100).unwrap();
+        assert_eq!(store.stored_bytes(), 0, "expiry frees it all");
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.stored_bytes(), 0);
+    }
+
+    #[test]
     fn prefix_end_is_the_next_key_after_the_prefix() {
         assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
         assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
