@@ -304,7 +304,14 @@ impl MailboxShard {
             }
             Err(err) => {
                 tracing::error!(%mailbox, %err, "mailbox could not be loaded");
-                Err(not_loaded())
+                // In a store outage, say so (with the time of the next reopen attempt).
+                Err(match self.store.status().outage() {
+                    Some(outage) => ShardError::StoreDown {
+                        retry_after_s: outage.retry_after_s(),
+                        reason: outage.reason,
+                    },
+                    None => not_loaded(),
+                })
             }
         };
         for work in waiting {
