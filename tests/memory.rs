@@ -85,8 +85,10 @@ async fn rss_returns_near_idle_after_bursts_once_mailboxes_are_evicted() {
         after.push(rss_mib(pid));
     }
     let stored_mib = metric(&node, "dm_store_bytes").await / (1024.0 * 1024.0);
+    let file_mib = std::fs::metadata(node.data_dir.join("dmrelay.redb"))
+        .map_or(0.0, |m| m.len() as f64 / (1024.0 * 1024.0));
     eprintln!(
-        "cache {cache_mb} MiB: idle {idle:.0} MiB, after each burst {after:.0?} MiB, {stored_mib:.0} MiB stored"
+        "cache {cache_mb} MiB: idle {idle:.0} MiB, after each burst {after:.0?} MiB, {stored_mib:.0} MiB stored in a {file_mib:.0} MiB file"
     );
     assert!(stored_mib > 40.0, "the bursts stored {stored_mib:.0} MiB");
     // Fixed cost + the cache + allocator slack; the 1 GiB cache grows by about what is stored.
