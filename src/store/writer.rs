@@ -255,9 +255,10 @@ impl Writer {
 
     /// The reason shown in `/health`: a full disk says so, whatever redb's words for it.
     fn describe(&self, err: &StoreError) -> String {
+        let no_space = err.to_string().contains("No space left on device");
         match self.store.data_dir() {
             Some(dir) => match free_bytes(dir) {
-                Some(free) if free < RECOVERY_MIN_FREE_BYTES => format!(
+                Some(free) if no_space || free < RECOVERY_MIN_FREE_BYTES => format!(
                     "the disk holding {} is full ({} KiB free): {err}",
                     dir.display(),
                     free / 1024
