@@ -56,6 +56,16 @@ pub struct Metrics {
     pub waiting_polls: IntGauge,
     /// Long polls answered at once (empty) because the node already held its most waiting polls.
     pub waiting_polls_overflow_total: IntCounter,
+    /// 1 while the store refuses writes after a storage error (until it is reopened).
+    pub store_degraded: IntGauge,
+    /// Times the store was reopened and took writes again after a storage error.
+    pub store_recoveries_total: IntCounter,
+    /// Bytes of stored envelopes, acks and parked replicas (measured against the budget).
+    pub store_bytes: IntGauge,
+    /// The node-wide storage budget in bytes.
+    pub storage_budget_bytes: IntGauge,
+    /// Writes (deposits, replicas, parked replicas) refused because the budget was used up.
+    pub budget_refusals_total: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -212,6 +222,31 @@ impl Metrics {
                 &r,
                 "dm_waiting_polls_overflow_total",
                 "Long polls answered at once because the node held its most waiting polls.",
+            ),
+            store_degraded: gauge(
+                &r,
+                "dm_store_degraded",
+                "1 while the store refuses writes after a storage error, until it is reopened.",
+            ),
+            store_recoveries_total: counter(
+                &r,
+                "dm_store_recoveries_total",
+                "Times the store was reopened and took writes again after a storage error.",
+            ),
+            store_bytes: gauge(
+                &r,
+                "dm_store_bytes",
+                "Bytes of stored envelopes, acks and parked replicas (what the budget limits).",
+            ),
+            storage_budget_bytes: gauge(
+                &r,
+                "dm_storage_budget_bytes",
+                "The node-wide storage budget in bytes.",
+            ),
+            budget_refusals_total: counter(
+                &r,
+                "dm_storage_budget_refusals_total",
+                "Writes of envelopes refused because the storage budget was used up.",
             ),
             registry: r,
         }

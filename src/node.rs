@@ -64,10 +64,18 @@ pub enum StartError {
 pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartError> {
     crate::fd_limit::ensure_room_for(settings.max_waiting_polls);
     let metrics = Arc::new(Metrics::new());
+    let cache = settings.store_cache_bytes;
     let store: Arc<dyn Store> = match settings.persist {
-        PersistMode::Fsync => Arc::new(RedbStore::open(&settings.data_dir)?),
-        PersistMode::Memory => Arc::new(RedbStore::in_memory()?),
+        PersistMode::Fsync => Arc::new(RedbStore::open_with_cache(&settings.data_dir, cache)?),
+        PersistMode::Memory => Arc::new(RedbStore::in_memory_with_cache(cache)?),
     };
+    let budget = settings.storage_budget_bytes.unwrap_or_else(|| {
+        // What the store holds already does not count against the disk's free share twice.
+        let free = store
+            .data_dir()
+            .map(|dir| crate::store::budget::free_bytes(dir).unwrap_or(0) + store.stored_bytes());
+        crate::store::budget::default_budget(free)
+    });
     let parked_mailboxes = store.parked_mailboxes()?;
     tracing::info!(
         epoch = store.epoch(),
@@ -75,9 +83,13 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         mailboxes_with_parked_replicas = parked_mailboxes.len(),
         persist = ?settings.persist,
         data_dir = %settings.data_dir.display(),
+        stored_bytes = store.stored_bytes(),
+        storage_budget_bytes = budget,
+        cache_bytes = cache,
         "store opened"
     );
-    let (store_handle, writer) = StoreHandle::start(Arc::clone(&store), Arc::clone(&metrics))?;
+    let (store_handle, writer) =
+        StoreHandle::start(Arc::clone(&store), Arc::clone(&metrics), budget)?;
     let sink: Arc<dyn ChangeSink> = Arc::new(PushFanout::start(&settings, Arc::clone(&metrics)));
     let limits = MailboxLimits {
         pending_per_sender: settings.pending_per_sender_limit,
