@@ -99,6 +99,12 @@ pub struct Settings {
     pub peer_tls: Arc<rustls::ClientConfig>,
     /// HTTP worker threads, one per core by default (`MESH_DM_HTTP_WORKERS`).
     pub http_workers: usize,
+    /// Client-plane requests per second allowed from one IP address
+    /// (`MESH_DM_CLIENT_RATE_PER_S`, default 200; 0 turns the limit off).
+    pub client_rate_per_s: f64,
+    /// Requests one IP address may send at once above that rate (`MESH_DM_CLIENT_RATE_BURST`,
+    /// default 400).
+    pub client_rate_burst: u32,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -129,6 +135,8 @@ struct FileSettings {
     peer_ca_file: Option<PathBuf>,
     shards: Option<u64>,
     http_workers: Option<u64>,
+    client_rate_per_s: Option<f64>,
+    client_rate_burst: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +220,16 @@ const SCALARS: &[(&str, &str, &str)] = &[
     ("peer_ca_file", "MESH_RELAY_CA_FILE", "peer_ca_file"),
     ("shards", "MESH_DM_SHARDS", "shards"),
     ("http_workers", "MESH_DM_HTTP_WORKERS", "http_workers"),
+    (
+        "client_rate_per_s",
+        "MESH_DM_CLIENT_RATE_PER_S",
+        "client_rate_per_s",
+    ),
+    (
+        "client_rate_burst",
+        "MESH_DM_CLIENT_RATE_BURST",
+        "client_rate_burst",
+    ),
 ];
 
 fn read_secret_file(setting: &str, path: &Path) -> Result<String, ConfigError> {
@@ -311,6 +329,8 @@ impl Settings {
                 "peer_ca_file" => f.peer_ca_file.as_ref().map(|p| p.display().to_string()),
                 "shards" => f.shards.map(|v| v.to_string()),
                 "http_workers" => f.http_workers.map(|v| v.to_string()),
+                "client_rate_per_s" => f.client_rate_per_s.map(|v| v.to_string()),
+                "client_rate_burst" => f.client_rate_burst.map(|v| v.to_string()),
                 _ => None,
             }
         };
@@ -448,6 +468,8 @@ impl Settings {
         let shards: u64 = raw.parse("shards", cores, integer)?;
         let http_workers: u64 = raw.parse("http_workers", cores, integer)?;
         let push_rate_per_s: f64 = raw.parse("push_rate", 5000.0, "a number")?;
+        let client_rate_per_s: f64 = raw.parse("client_rate_per_s", 200.0, "a number")?;
+        let client_rate_burst: u64 = raw.parse("client_rate_burst", 400, integer)?;
         Ok(Self {
             listen,
             peer_listen,
@@ -479,6 +501,15 @@ impl Settings {
             mailbox_idle: positive_duration(&raw, "mailbox_idle_s", 300.0)?,
             shards: in_range(&raw, "shards", shards, 1, 256)? as usize,
             http_workers: in_range(&raw, "http_workers", http_workers, 1, 256)? as usize,
+            client_rate_per_s: in_range(
+                &raw,
+                "client_rate_per_s",
+                client_rate_per_s,
+                0.0,
+                1_000_000.0,
+            )?,
+            client_rate_burst: in_range(&raw, "client_rate_burst", client_rate_burst, 1, 1_000_000)?
+                as u32,
             tls,
             peer_tls,
         })
@@ -613,6 +644,16 @@ mod tests {
                 "MESH_PEER_PUSH_SECRET",
             ),
             ("mailbox_limit = 0", &[], "node.toml: mailbox_limit"),
+            (
+                "",
+                &[("MESH_DM_CLIENT_RATE_PER_S", "-5")],
+                "MESH_DM_CLIENT_RATE_PER_S",
+            ),
+            (
+                "",
+                &[("MESH_DM_CLIENT_RATE_BURST", "0")],
+                "MESH_DM_CLIENT_RATE_BURST",
+            ),
         ];
         for (file, env_pairs, setting) in cases {
             let err = from_toml(file, env_pairs).unwrap_err();

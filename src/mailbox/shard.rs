@@ -314,6 +314,7 @@ impl MailboxShard {
             keep
         });
         self.metrics.mailboxes_loaded.sub(evicted);
+        self.metrics.mailbox_sweeps_total.inc();
         // Expiry may have freed room for parked replicas.
         for mailbox in with_parked {
             self.retry_parked(mailbox, ctx);
