@@ -307,7 +307,7 @@ impl PeerPusher {
                 .with_label_values(&label)
                 .inc();
             // Loud but not every retry: the first refusal, and then every 20th.
-            if failures == 1 || failures % 20 == 0 {
+            if failures == 1 || failures.is_multiple_of(20) {
                 tracing::error!(peer = %self.link.peer.url, %err, failures, "peer refuses our signature (403): MESH_PEER_PUSH_SECRET or the peer's secret for us differs, or is being rotated; retrying");
             }
         } else if opened {
