@@ -19,8 +19,10 @@ use actix_web::body::BoxBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage as _, ResponseError as _, web};
-use governor::clock::{Clock as _, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -29,24 +31,49 @@ use std::time::Duration;
 /// How often buckets of addresses that stopped sending are dropped.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The client plane's per-address limiter; `None` inside when the limit is off.
-pub struct ClientRateLimit {
-    limiter: Option<(DefaultKeyedRateLimiter<IpAddr>, DefaultClock)>,
+type KeyedLimiter<C> =
+    RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The client plane's per-address limiter; `None` inside when the limit is off. The clock is a
+/// parameter so that tests can move time by hand.
+pub struct ClientRateLimit<C: Clock = DefaultClock> {
+    limiter: Option<(KeyedLimiter<C>, C)>,
 }
 
 impl ClientRateLimit {
     /// `rate_per_s` requests per second per address with `burst` at once; a rate of 0 (or one
     /// too small to express) turns the limit off.
     pub fn new(rate_per_s: f64, burst: u32) -> Self {
+        Self::with_clock(rate_per_s, burst, DefaultClock::default())
+    }
+
+    /// Drops, every few seconds, the buckets that have refilled (on the current actix runtime).
+    pub fn start_housekeeping(self: &Arc<Self>) {
+        if self.limiter.is_none() {
+            return;
+        }
+        let this = Arc::clone(self);
+        actix_rt::spawn(async move {
+            let mut interval = actix_rt::time::interval(HOUSEKEEPING_INTERVAL);
+            loop {
+                interval.tick().await;
+                this.forget_idle_addresses();
+            }
+        });
+    }
+}
+
+impl<C: Clock + Clone> ClientRateLimit<C> {
+    /// [`ClientRateLimit::new`] on `clock`.
+    pub fn with_clock(rate_per_s: f64, burst: u32, clock: C) -> Self {
         let quota = (rate_per_s > 0.0)
             .then(|| Duration::try_from_secs_f64(1.0 / rate_per_s).ok())
             .flatten()
             .and_then(Quota::with_period)
             .map(|quota| quota.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN)));
         let limiter = quota.map(|quota| {
-            let clock = DefaultClock::default();
             (
-                DefaultKeyedRateLimiter::dashmap_with_clock(quota, clock.clone()),
+                KeyedLimiter::dashmap_with_clock(quota, clock.clone()),
                 clock,
             )
         });
@@ -70,22 +97,13 @@ impl ClientRateLimit {
             .map_or(0, |(limiter, _)| limiter.len())
     }
 
-    /// Drops, every few seconds, the buckets that have refilled (on the current actix runtime).
-    pub fn start_housekeeping(self: &Arc<Self>) {
-        if self.limiter.is_none() {
-            return;
+    /// Drops the buckets that have refilled: their addresses stopped sending, and a fresh
+    /// bucket is the same as a full one.
+    pub fn forget_idle_addresses(&self) {
+        if let Some((limiter, _)) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
-        let this = Arc::clone(self);
-        actix_rt::spawn(async move {
-            let mut interval = actix_rt::time::interval(HOUSEKEEPING_INTERVAL);
-            loop {
-                interval.tick().await;
-                if let Some((limiter, _)) = &this.limiter {
-                    limiter.retain_recent();
-                    limiter.shrink_to_fit();
-                }
-            }
-        });
     }
 }
 
@@ -162,9 +180,38 @@ mod tests {
         assert_eq!(limit.tracked_addresses(), 2);
 
         let off = ClientRateLimit::new(0.0, 1);
+        off.forget_idle_addresses();
         for _ in 0..10_000 {
             assert!(off.check(a).is_ok());
         }
         assert_eq!(off.tracked_addresses(), 0);
+    }
+
+    #[test]
+    fn buckets_of_addresses_that_stopped_sending_are_forgotten() {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let limit = ClientRateLimit::with_clock(10.0, 20, clock.clone());
+        for i in 0..1000u32 {
+            let address = IpAddr::from(i.to_be_bytes());
+            assert!(limit.check(address).is_ok());
+        }
+        let busy: IpAddr = [192, 0, 2, 1].into();
+        for _ in 0..20 {
+            assert!(limit.check(busy).is_ok());
+        }
+        assert_eq!(limit.tracked_addresses(), 1001);
+        // 250 ms later the addresses that sent one request have full buckets again; `busy`
+        // has two or three requests back, not its whole burst.
+        clock.advance(Duration::from_millis(250));
+        limit.forget_idle_addresses();
+        assert_eq!(limit.tracked_addresses(), 1);
+        let allowed = (0..20).take_while(|_| limit.check(busy).is_ok()).count();
+        assert!(
+            (1..=3).contains(&allowed),
+            "busy's bucket was kept: {allowed}"
+        );
+        clock.advance(Duration::from_secs(5));
+        limit.forget_idle_addresses();
+        assert_eq!(limit.tracked_addresses(), 0);
     }
 }
