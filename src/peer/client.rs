@@ -191,3 +191,41 @@ impl PeerClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, retry_after: Option<u64>) -> PeerCallError {
+        PeerCallError::Status {
+            status,
+            body: String::new(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn every_outcome_says_what_to_do() {
+        let retry = |after: Option<u64>| CallVerdict::Retry {
+            retry_after: after.map(Duration::from_secs),
+        };
+        let cases = [
+            (PeerCallError::Transport("refused".into()), retry(None)),
+            (status(500, None), retry(None)),
+            (status(503, Some(7)), retry(Some(7))),
+            (status(429, Some(2)), retry(Some(2))),
+            (status(429, None), retry(None)),
+            (status(403, Some(9)), CallVerdict::AuthRefused),
+            (status(400, None), CallVerdict::Advance),
+            (status(404, None), CallVerdict::Advance),
+            (status(413, Some(1)), CallVerdict::Advance),
+            (
+                PeerCallError::BadReply("3 results for 2 items".into()),
+                CallVerdict::Advance,
+            ),
+        ];
+        for (error, verdict) in cases {
+            assert_eq!(error.verdict(), verdict, "{error}");
+        }
+    }
+}

@@ -3,9 +3,12 @@
 //!
 //! Items wait in a bounded queue (overflow is dropped and counted: the peer's pull of our feed
 //! repairs it). The head of the queue goes out as one batch of same-kind items, limited by the
-//! token bucket; a failure (transport, 5xx, 429) leaves the batch at the head and retries it after
-//! an exponential, jittered backoff, and enough failures in a row open the circuit breaker for
-//! the cooldown. `rejected` results are final. Nothing here touches another peer's queue.
+//! token bucket. Each reply is classified by [`CallVerdict`]: a failure (transport, 5xx, 429,
+//! and 403, which is also counted and logged as an auth problem) leaves the batch at the head and
+//! retries it after [`retry_delay`] (exponential, jittered, growing to its maximum, never before
+//! the peer's `Retry-After`); enough failures in a row open the circuit breaker for the cooldown.
+//! `rejected` results, any other 4xx and replies that are not the protocol's are final (counted as
+//! rejected; the peer's pull of our feed repairs them). Nothing here touches another peer's queue.
 
 use super::client::{PeerCallError, PeerClient, PeerLink};
 use super::policy::{
