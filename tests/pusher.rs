@@ -1,5 +1,6 @@
 //! SPEC §7.4 "Push" against a scripted peer (a real HTTP server): order, batches, retries of
-//! transport errors / 5xx / 429 with backoff and breaker, `rejected` being final, rate limit.
+//! transport errors / 5xx / 429 with backoff and breaker, `Retry-After` honoured (push and
+//! pull), 403 as an auth problem, `rejected` and other 4xx being final, rate limit.
 
 mod common;
 
@@ -321,4 +322,39 @@ async fn a_403_is_retried_as_an_auth_problem_and_other_4xx_are_final() {
     })
     .await;
     assert_eq!(peer.requests(), requests + 2);
+}
+
+async fn refuse_feed(times: web::Data<Mutex<Vec<Instant>>>) -> HttpResponse {
+    times.lock().unwrap().push(Instant::now());
+    HttpResponse::TooManyRequests()
+        .insert_header(("Retry-After", "2"))
+        .json(json!({"ok": false, "error": "rate_limited", "detail": "scripted"}))
+}
+
+/// SPEC §7.4 "Pull" with a peer answering its feed with `429` and `Retry-After: 2`: the next pull
+/// waits for it, although the pull interval is 0.2 s.
+#[actix_rt::test]
+async fn a_feed_pull_refused_with_retry_after_waits_for_it() {
+    let times = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let data = web::Data::from(Arc::clone(&times));
+    let peer_url = spawn_http_server(move |cfg| {
+        cfg.app_data(data.clone())
+            .route("/api/mesh/dm/changes", web::get().to(refuse_feed));
+    });
+    let node = Node::start(
+        mesh_config()
+            .env("MESH_RELAY_PEERS", &peer_url)
+            .env("MESH_DM_SYNC_INTERVAL_S", "0.2"),
+    );
+    node.ready().await;
+    wait_for(Duration::from_secs(20), || async {
+        times.lock().unwrap().len() >= 2
+    })
+    .await;
+    let times = times.lock().unwrap().clone();
+    let waited = times[1].duration_since(times[0]);
+    assert!(
+        waited >= Duration::from_millis(1950),
+        "pulled again after {waited:?}, before the 2 s the peer asked for"
+    );
 }
