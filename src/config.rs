@@ -108,6 +108,12 @@ pub struct Settings {
     /// (`MESH_DM_STORAGE_BUDGET_MB`); `None`: chosen at start from the free disk space (see
     /// [`crate::store::budget`]).
     pub storage_budget_bytes: Option<u64>,
+    /// Client-plane requests per second allowed from one IP address
+    /// (`MESH_DM_CLIENT_RATE_PER_S`, default 200; 0 turns the limit off).
+    pub client_rate_per_s: f64,
+    /// Requests one IP address may send at once above that rate (`MESH_DM_CLIENT_RATE_BURST`,
+    /// default 400).
+    pub client_rate_burst: u32,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -141,6 +147,8 @@ struct FileSettings {
     max_waiting_polls: Option<u64>,
     store_cache_mb: Option<u64>,
     storage_budget_mb: Option<f64>,
+    client_rate_per_s: Option<f64>,
+    client_rate_burst: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +242,16 @@ const SCALARS: &[(&str, &str, &str)] = &[
         "storage_budget_mb",
         "MESH_DM_STORAGE_BUDGET_MB",
         "storage_budget_mb",
+    ),
+    (
+        "client_rate_per_s",
+        "MESH_DM_CLIENT_RATE_PER_S",
+        "client_rate_per_s",
+    ),
+    (
+        "client_rate_burst",
+        "MESH_DM_CLIENT_RATE_BURST",
+        "client_rate_burst",
     ),
 ];
 
@@ -337,6 +355,8 @@ impl Settings {
                 "max_waiting_polls" => f.max_waiting_polls.map(|v| v.to_string()),
                 "store_cache_mb" => f.store_cache_mb.map(|v| v.to_string()),
                 "storage_budget_mb" => f.storage_budget_mb.map(|v| v.to_string()),
+                "client_rate_per_s" => f.client_rate_per_s.map(|v| v.to_string()),
+                "client_rate_burst" => f.client_rate_burst.map(|v| v.to_string()),
                 _ => None,
             }
         };
@@ -493,6 +513,8 @@ impl Settings {
                 Some((mb * 1024.0 * 1024.0) as u64)
             }
         };
+        let client_rate_per_s: f64 = raw.parse("client_rate_per_s", 200.0, "a number")?;
+        let client_rate_burst: u64 = raw.parse("client_rate_burst", 400, integer)?;
         Ok(Self {
             listen,
             peer_listen,
@@ -531,6 +553,15 @@ impl Settings {
                 * 1024
                 * 1024,
             storage_budget_bytes,
+            client_rate_per_s: in_range(
+                &raw,
+                "client_rate_per_s",
+                client_rate_per_s,
+                0.0,
+                1_000_000.0,
+            )?,
+            client_rate_burst: in_range(&raw, "client_rate_burst", client_rate_burst, 1, 1_000_000)?
+                as u32,
             tls,
             peer_tls,
         })
@@ -702,6 +733,16 @@ mod tests {
                 "storage_budget_mb = -1.0",
                 &[],
                 "node.toml: storage_budget_mb",
+            ),
+            (
+                "",
+                &[("MESH_DM_CLIENT_RATE_PER_S", "-5")],
+                "MESH_DM_CLIENT_RATE_PER_S",
+            ),
+            (
+                "",
+                &[("MESH_DM_CLIENT_RATE_BURST", "0")],
+                "MESH_DM_CLIENT_RATE_BURST",
             ),
         ];
         for (file, env_pairs, setting) in cases {

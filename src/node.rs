@@ -6,6 +6,7 @@
 //! queued and stop.
 
 use crate::config::{PersistMode, Settings};
+use crate::http::rate_limit::ClientRateLimit;
 use crate::http::{self, AppState};
 use crate::mailbox::rules::MailboxLimits;
 use crate::mailbox::{ChangeSink, MailboxRouter};
@@ -14,6 +15,7 @@ use crate::peer::auth::derive_peer_key;
 use crate::peer::{PushFanout, start_sync};
 use crate::protocol::EnvelopeLimits;
 use crate::store::{RedbStore, Store, StoreHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -125,6 +127,11 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         .iter()
         .map(|p| (p.url.clone(), derive_peer_key(p.secret.as_bytes(), &p.url)))
         .collect();
+    let client_rate = Arc::new(ClientRateLimit::new(
+        settings.client_rate_per_s,
+        settings.client_rate_burst,
+    ));
+    client_rate.start_housekeeping();
     let state = web::Data::new(AppState {
         mailboxes,
         envelope_limits,
@@ -132,6 +139,7 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         self_peer_url: settings.self_peer_url.clone(),
         peer_keys,
         store: store_handle.clone(),
+        client_rate: Arc::clone(&client_rate),
     });
 
     // Each waiting long poll holds a connection: actix's per-worker cap (25k by default) must not
@@ -142,6 +150,7 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
     let client_state = state.clone();
     let client_server = HttpServer::new(move || {
         let app = App::new()
+            .wrap(from_fn(http::body::close_after_refused_body))
             .app_data(client_state.clone())
             .configure(http::client_routes)
             .configure(http::service_routes);
@@ -170,6 +179,7 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         let peer_state = state.clone();
         let peer_server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(http::body::close_after_refused_body))
                 .app_data(peer_state.clone())
                 .configure(http::peer_routes)
                 .configure(http::service_routes)

@@ -531,6 +531,7 @@ impl MailboxShard {
         if evicted > 0 {
             release_freed_memory();
         }
+        self.metrics.mailbox_sweeps_total.inc();
         // Expiry may have freed room for parked replicas.
         for mailbox in with_parked {
             self.retry_parked(mailbox, ctx);
