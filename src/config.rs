@@ -61,8 +61,13 @@ pub struct Settings {
     /// Separate peer-plane address (`MESH_DM_PEER_LISTEN`); when set, each plane is served only
     /// on its own address.
     pub peer_listen: Option<SocketAddr>,
-    /// This node's own normalized peer URL (`MESH_SELF_PEER_URL`, default `http://{listen}`).
+    /// This node's own normalized peer URL (`MESH_SELF_PEER_URL`, default `http://{listen}`,
+    /// made from the bound address once the node listens: see [`Settings::adopt_bound_addresses`]).
     pub self_peer_url: String,
+    /// Whether `self_peer_url` was configured (else it is derived from the listen address).
+    pub self_peer_url_configured: bool,
+    /// Where the settings came from, for the start-up log: the file, or "defaults + environment".
+    pub config_source: String,
     /// Peer relays (`MESH_RELAY_PEERS` and `[[peers]]` in the file).
     pub peers: Vec<PeerSettings>,
     /// Data directory of the embedded store (`MESH_DM_DATA_DIR`, default `./data`).
@@ -518,7 +523,13 @@ impl Settings {
         Ok(Self {
             listen,
             peer_listen,
+            self_peer_url_configured: raw.get("self_peer_url").is_some(),
             self_peer_url,
+            config_source: if file_name.is_empty() {
+                "defaults + environment".to_string()
+            } else {
+                format!("{file_name} + environment")
+            },
             peers,
             data_dir,
             persist,

@@ -23,7 +23,9 @@
 //! - [`client`]: the client library (keys, Appendix A payload, signed requests, HTTP) behind
 //!   `dmrelay send` and `dmrelay inbox`.
 //! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
-//!   [`tls`]: HTTPS for both planes and peer links; [`fd_limit`]: room for many open connections.
+//!   [`tls`]: HTTPS for both planes and peer links; [`fd_limit`]: room for many open connections;
+//!   [`startup`]: start-up checks and the start-up log line; [`status`]: the node's view of its
+//!   peers for `GET /status`; [`ops`]: the operator commands `init` and `status`.
 
 #![cfg_attr(
     not(test),
@@ -37,7 +39,10 @@ pub mod http;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod peer;
 pub mod protocol;
+pub mod startup;
+pub mod status;
 pub mod store;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! The `dmrelay` command: `serve` runs a node; `keygen` makes a key; `send` and `inbox` are the
 //! client (in `client_cli`); `envelope`, `poll-request` and `ack-request` print signed JSON to
-//! send with curl (for trying a node by hand).
+//! send with curl (for trying a node by hand); `init` and `status` are for operators
+//! (`dmrelay::ops`).
 
 #![cfg_attr(
     not(test),
@@ -79,6 +80,42 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         limit: u64,
     },
+    /// Write a commented node.toml with a new mesh secret (mode 0600) and a usable self URL.
+    Init {
+        /// Directory for node.toml (created if missing); the data dir goes beside it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The address the node listens on.
+        #[arg(long, default_value = dmrelay::config::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// The URL peers reach this node at [default: http://{listen}; required when listen is
+        /// a wildcard such as 0.0.0.0].
+        #[arg(long)]
+        self_url: Option<String>,
+        /// A peer's URL (repeat for several); each is written as a [[peers]] table.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Take the mesh secret from another node's node.toml (or a file holding only the
+        /// secret) instead of generating one: every node of a mesh shares it.
+        #[arg(long)]
+        secret_from: Option<PathBuf>,
+        /// Replace an existing node.toml.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a running node's view: version, pending, mailboxes, and per peer the breaker, push
+    /// queue, last push and last complete pull (from its GET /status).
+    Status {
+        /// The node's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8787")]
+        node: String,
+        /// Print the node's JSON as it is.
+        #[arg(long)]
+        json: bool,
+        /// Extra CA certificates (PEM) to trust for an https:// node.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
     /// Print a signed ack object (JSON for POST /api/mesh/dm/ack).
     AckRequest {
         /// The mailbox owner's key file.
@@ -106,25 +143,55 @@ fn main() -> ExitCode {
         } => print_envelope(&key, &to, &text, ttl, msg_id),
         Command::PollRequest { key, limit } => print_poll(&key, limit),
         Command::AckRequest { key, msg_ids } => print_ack(&key, &msg_ids),
+        Command::Init {
+            dir,
+            listen,
+            self_url,
+            peers,
+            secret_from,
+            force,
+        } => init(dmrelay::ops::init::InitOptions {
+            dir,
+            listen,
+            self_url,
+            peers,
+            secret_from,
+            force,
+        }),
+        Command::Status {
+            node,
+            json,
+            ca_file,
+        } => status(&node, json, ca_file.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("dmrelay: {message}");
+            // Not eprintln!: it panics when stderr is a closed pipe, turning exit 2 into 101.
+            let _ = writeln!(std::io::stderr(), "dmrelay: {message}");
             ExitCode::from(2)
         }
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); one JSON object per line when
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`; a filter that would silence dmrelay
+/// is refused, see `dmrelay::startup::check_log_filter`); one JSON object per line when
 /// `MESH_DM_LOG_FORMAT=json` (for log pipelines), human-readable lines otherwise.
 fn init_logging() -> Result<(), String> {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let directives = dmrelay::startup::check_log_filter(rust_log.as_deref())?;
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&directives)
+        .map_err(|e| format!("invalid configuration: RUST_LOG: {e}"))?;
+    // A log line that cannot be written (stderr a closed pipe, as after `| head -1`) is dropped.
+    // With internal-error logging on, tracing-subscriber would report it with `eprintln!`, which
+    // panics on that same closed pipe, in whichever task logged: on the SIGTERM path that task
+    // is the one that stops the servers, and the node kept serving.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match std::env::var("MESH_DM_LOG_FORMAT").as_deref() {
         Ok("json") => builder.json().init(),
         Ok("text") | Err(_) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -234,4 +301,38 @@ fn print_ack(key: &Path, msg_ids: &[String]) -> Result<(), String> {
         .map(|id| MsgId::parse("msg_ids", id).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     print_json(&AckObject::sign(&owner, now_unix(), ids))
+}
+
+fn init(options: dmrelay::ops::init::InitOptions) -> Result<(), String> {
+    let report = dmrelay::ops::init::init(&options)?;
+    println!("{}", report.path.display());
+    eprintln!(
+        "wrote {} (mode 0600): self URL {}, data in {}, {} mesh secret",
+        report.path.display(),
+        report
+            .self_url
+            .as_deref()
+            .unwrap_or("derived from the port bound at start"),
+        report.data_dir.display(),
+        if report.new_secret {
+            "a new"
+        } else {
+            "the copied"
+        }
+    );
+    eprintln!(
+        "start it with: dmrelay serve --config {}",
+        report.path.display()
+    );
+    Ok(())
+}
+
+fn status(node: &str, json: bool, ca_file: Option<&Path>) -> Result<(), String> {
+    let status = dmrelay::ops::report::fetch(node, ca_file)?;
+    if json {
+        print_json(&status)
+    } else {
+        print!("{}", dmrelay::ops::report::render(&status, now_unix()));
+        Ok(())
+    }
 }

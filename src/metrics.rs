@@ -72,6 +72,8 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     /// Expiry and eviction sweeps the mailbox shards have run (one per shard per second).
     pub mailbox_sweeps_total: IntCounter,
+    /// Uptime and per-peer state for `GET /status` (not Prometheus: events with times).
+    pub status: crate::status::NodeStatus,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -297,6 +299,7 @@ impl Metrics {
                 "dm_mailbox_sweeps_total",
                 "Expiry and eviction sweeps run by the mailbox shards.",
             ),
+            status: crate::status::NodeStatus::default(),
             registry: r,
         }
     }

@@ -63,8 +63,22 @@ pub enum StartError {
 }
 
 /// Runs a node until SIGTERM/SIGINT. Must be called inside an actix `System`.
-pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartError> {
+pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), StartError> {
+    // First of all, so that a SIGTERM arriving while the store opens is not fatal: it is held
+    // until the servers run, which then stop at once.
+    let shutdown_signal = shutdown_signal();
     crate::fd_limit::ensure_room_for(settings.max_waiting_polls);
+    let client_addr = listeners.client.local_addr()?;
+    let peer_addr = listeners
+        .peer
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    // Before anything uses the self URL: port 0 and inherited sockets give the real port.
+    settings.adopt_bound_addresses(client_addr, peer_addr);
+    if let Some(warning) = crate::startup::wildcard_self_url_warning(&settings.self_peer_url) {
+        tracing::warn!("{warning}");
+    }
     let metrics = Arc::new(Metrics::new());
     let cache = settings.store_cache_bytes;
     let store: Arc<dyn Store> = match settings.persist {
@@ -145,7 +159,6 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
     // Each waiting long poll holds a connection: actix's per-worker cap (25k by default) must not
     // bind before MESH_DM_MAX_WAITING_POLLS does, whichever worker the connections land on.
     let max_connections_per_worker = settings.max_waiting_polls.saturating_add(1024).max(25_000);
-    let client_addr = listeners.client.local_addr()?;
     let separate_peer_lane = listeners.peer.is_some();
     let client_state = state.clone();
     let client_server = HttpServer::new(move || {
@@ -175,7 +188,6 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
     .run();
     let mut servers = vec![client_server];
     if let Some(peer_listener) = listeners.peer {
-        let peer_addr = peer_listener.local_addr()?;
         let peer_state = state.clone();
         let peer_server = HttpServer::new(move || {
             App::new()
@@ -194,26 +206,14 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         }
         .run();
         servers.push(peer_server);
-        tracing::info!(%peer_addr, "peer plane listening");
     }
-    let scheme = if settings.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    tracing::info!(
-        %client_addr,
-        separate_peer_lane,
-        tls = settings.tls.is_some(),
-        node = %settings.self_peer_url,
-        peers = settings.peers.len(),
-        "dmrelay listening on {scheme}://{client_addr}"
-    );
+    // The one start-up line: config source, addresses, self URL, peers, store and mode.
+    crate::startup::startup_line(&settings, client_addr, peer_addr).log();
 
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
     let mailboxes = state.mailboxes.clone();
     actix_rt::spawn(async move {
-        wait_for_shutdown_signal().await;
+        shutdown_signal.await;
         tracing::info!("shutting down: releasing waiting polls, finishing in-flight requests");
         // First, so that the servers' graceful stop does not wait out long polls (SPEC §6.2:
         // a waiting poll is released with its normal reply when the node shuts down).
@@ -233,12 +233,23 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
     Ok(())
 }
 
-async fn wait_for_shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now; the future completes on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
+    );
+    wait_for_shutdown_signal(handlers)
+}
+
+async fn wait_for_shutdown_signal(
+    handlers: (
+        std::io::Result<tokio::signal::unix::Signal>,
+        std::io::Result<tokio::signal::unix::Signal>,
+    ),
+) {
+    match handlers {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {},

@@ -121,3 +121,15 @@ pub async fn close_after_refused_body(
         })
     }))
 }
+
+/// Refuses an empty body with a sentence before a JSON parser sees it (the parser would only
+/// say "EOF while parsing"). An empty body usually means the command piped into
+/// `curl -d @-` failed and printed nothing.
+pub fn require_body(body: &[u8], expected: &str) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(format!(
+            "The request body is empty: send the JSON {expected}. (Piping into curl -d @-? The command before the pipe probably failed.)"
+        )));
+    }
+    Ok(())
+}

@@ -4,7 +4,7 @@
 //! [`crate::protocol`]), ask the owning mailbox shard, map the outcome to status and JSON.
 
 use super::AppState;
-use super::body::{MAX_CLIENT_BODY_BYTES, read_limited};
+use super::body::{MAX_CLIENT_BODY_BYTES, read_limited, require_body};
 use super::error::{ApiError, deposit_outcome};
 use crate::mailbox::Origin;
 use crate::mailbox::rules::NonceRefusal;
@@ -50,6 +50,7 @@ pub async fn send(
 ) -> Result<HttpResponse, ApiError> {
     let result = async {
         let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
+        require_body(&body, "signed envelope (see `dmrelay envelope`)")?;
         let envelope = Envelope::parse(&body, &state.envelope_limits)?;
         envelope.verify(now_unix(), &state.envelope_limits)?;
         Ok::<_, ApiError>(Arc::new(envelope))
@@ -81,6 +82,7 @@ pub async fn poll(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
+    require_body(&body, "signed poll request (see `dmrelay poll-request`)")?;
     let request = PollRequest::parse(&body)?;
     request.verify(now_unix())?;
     let view = state.mailboxes.poll(request).await?.map_err(|refusal| match refusal {
@@ -109,6 +111,7 @@ pub async fn ack(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
+    require_body(&body, "signed ack object (see `dmrelay ack-request`)")?;
     let ack = AckObject::parse(&body)?;
     ack.verify_fresh(now_unix())?;
     let report = state

@@ -1,7 +1,7 @@
 //! HTTP: the routes of each plane, the error table, and the shared state handlers read.
 //!
 //! [`client_routes`] and [`peer_routes`] each register one plane; [`service_routes`] adds
-//! `/health` and `/metrics`. With one listen address a node serves all of them there; with
+//! `/health`, `/metrics` and `/status`. With one listen address a node serves all of them there; with
 //! `MESH_DM_PEER_LISTEN` the node runs two servers and each plane exists only on its own address
 //! (anything else is 404). Unknown paths and wrong methods get the JSON error body too.
 
@@ -10,6 +10,7 @@ pub mod client;
 pub mod error;
 pub mod peer;
 pub mod rate_limit;
+pub mod status;
 
 use crate::mailbox::MailboxRouter;
 use crate::metrics::Metrics;
@@ -75,10 +76,12 @@ pub fn peer_routes(cfg: &mut web::ServiceConfig) {
     ));
 }
 
-/// `/health` and `/metrics` (SPEC §6.4), served on every plane.
+/// `/health` and `/metrics` (SPEC §6.4), and `/status` (the node's view, for operators),
+/// served on every plane.
 pub fn service_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/health", web::get().to(client::health)))
-        .service(resource("/metrics", web::get().to(client::metrics)));
+        .service(resource("/metrics", web::get().to(client::metrics)))
+        .service(resource("/status", web::get().to(status::status)));
 }
 
 /// The JSON 404 for everything else.

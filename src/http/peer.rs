@@ -7,7 +7,7 @@
 //! mailbox shards and rules as the client plane.
 
 use super::AppState;
-use super::body::{MAX_CLIENT_BODY_BYTES, MAX_PEER_BATCH_BYTES, read_limited};
+use super::body::{MAX_CLIENT_BODY_BYTES, MAX_PEER_BATCH_BYTES, read_limited, require_body};
 use super::error::{ApiError, deposit_outcome};
 use crate::mailbox::Origin;
 use crate::mailbox::shard::ShardError;
@@ -156,7 +156,8 @@ fn parse_error(err: ProtocolError) -> ApiError {
     ApiError::from(err)
 }
 
-fn body_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+fn body_json(body: &[u8], expected: &str) -> Result<serde_json::Value, ApiError> {
+    require_body(body, expected)?;
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("The request body is not valid JSON: {e}.")))
 }
@@ -170,7 +171,10 @@ pub async fn replicate_envelope(
     peer: AuthenticatedPeer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut json = body_json(&peer.body)?;
+    let mut json = body_json(
+        &peer.body,
+        "{\"envelope\": {...}} or {\"envelopes\": [...]} of SPEC §7.1",
+    )?;
     let items: Vec<serde_json::Value> = if let Some(one) = json.get_mut("envelope") {
         if peer.body.len() > MAX_CLIENT_BODY_BYTES {
             return Err(ApiError::body_too_large(MAX_CLIENT_BODY_BYTES));
@@ -234,7 +238,7 @@ pub async fn replicate_ack(
     peer: AuthenticatedPeer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut json = body_json(&peer.body)?;
+    let mut json = body_json(&peer.body, "{\"acks\": [...]} of SPEC §7.2")?;
     let Some(serde_json::Value::Array(acks)) = json.get_mut("acks") else {
         return Err(ApiError::BadRequest("Expected {\"acks\": [...]}.".into()));
     };

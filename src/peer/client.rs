@@ -52,6 +52,11 @@ impl PeerCallError {
         }
     }
 
+    /// The peer answered 403 `peer_auth`: it does not list our self URL, or the secrets differ.
+    pub fn is_peer_auth(&self) -> bool {
+        matches!(self, Self::Status { status: 403, .. })
+    }
+
     /// Short label for logs.
     pub fn label(&self) -> &'static str {
         match self {
@@ -80,6 +85,14 @@ impl PeerLink {
     /// The peer's normalized URL.
     pub fn url(&self) -> &str {
         &self.peer.url
+    }
+
+    /// What to log when the peer answers 403 `peer_auth` (SPEC §5.2): its usual causes.
+    pub fn peer_auth_hint(&self) -> String {
+        format!(
+            "peer refused our HMAC (peer_auth): check that it lists our self URL {} and shares the secret",
+            self.self_url
+        )
     }
 
     /// A client for this link; call it on the arbiter that will use it.

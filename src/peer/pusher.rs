@@ -109,6 +109,7 @@ impl PeerPusher {
         ] {
             counter.with_label_values(&[link.url()]).inc_by(0);
         }
+        metrics.status.update_peer(link.url(), |_| {});
         Self {
             link,
             client: None,
@@ -137,6 +138,22 @@ impl PeerPusher {
             .peer_circuit_open
             .with_label_values(&label)
             .set(i64::from(self.breaker.is_open(Instant::now())));
+        let (depth, open, failures) = (
+            self.queue.len(),
+            self.breaker.is_open(Instant::now()),
+            self.breaker.failures(),
+        );
+        self.metrics.status.update_peer(self.link.url(), |peer| {
+            peer.queue_depth = depth;
+            peer.breaker = if open { "open" } else { "closed" };
+            peer.consecutive_failures = failures;
+        });
+    }
+
+    fn record_push(&self, outcome: String) {
+        self.metrics.status.update_peer(self.link.url(), |peer| {
+            peer.last_push = Some(crate::status::Event::now(outcome));
+        });
     }
 
     fn wake_after(&mut self, delay: Duration, ctx: &mut Context<Self>) {
@@ -256,6 +273,15 @@ impl PeerPusher {
         });
         match parsed {
             Ok(reply) => {
+                let rejected = reply
+                    .results
+                    .iter()
+                    .filter(|r| r.status == "rejected")
+                    .count();
+                self.record_push(format!(
+                    "ok: {} taken, {rejected} rejected",
+                    count - rejected.min(count)
+                ));
                 for result in &reply.results {
                     if result.status == "rejected" {
                         self.metrics
@@ -272,10 +298,17 @@ impl PeerPusher {
                 self.retry_at = None;
             }
             Err(err) => match err.verdict() {
-                CallVerdict::Retry { retry_after } => self.on_failure(&err, retry_after, false),
-                CallVerdict::AuthRefused => self.on_failure(&err, None, true),
+                CallVerdict::Retry { retry_after } => {
+                    self.record_push(format!("failed, will retry: {err}"));
+                    self.on_failure(&err, retry_after, false)
+                }
+                CallVerdict::AuthRefused => {
+                    self.record_push(format!("refused our signature, will retry: {err}"));
+                    self.on_failure(&err, None, true)
+                }
                 CallVerdict::Advance => {
                     // The peer refuses the request itself: retrying the same bytes cannot help.
+                    self.record_push(format!("refused, {count} items dropped: {err}"));
                     tracing::error!(peer = %self.link.peer.url, %err, count, "peer refused a push batch; items dropped (its feed pull will repair)");
                     self.metrics
                         .push_rejected_total
@@ -311,7 +344,7 @@ impl PeerPusher {
                 .inc();
             // Loud but not every retry: the first refusal, and then every 20th.
             if failures == 1 || failures.is_multiple_of(20) {
-                tracing::error!(peer = %self.link.peer.url, %err, failures, "peer refuses our signature (403): MESH_PEER_PUSH_SECRET or the peer's secret for us differs, or is being rotated; retrying");
+                tracing::error!(peer = %self.link.peer.url, %err, failures, "push refused: {}; retrying", self.link.peer_auth_hint());
             }
         } else if opened {
             tracing::warn!(peer = %self.link.peer.url, %err, failures, "peer unreachable; circuit breaker open");

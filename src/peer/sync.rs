@@ -263,9 +263,16 @@ impl PeerSync {
                     sync.failures = 0;
                     sync.not_before = None;
                     sync.last_success = Instant::now();
+                    sync.metrics.status.update_peer(sync.link.url(), |peer| {
+                        peer.last_complete_pull = Some(crate::status::Event::now("ok"));
+                        peer.last_pull_error = None;
+                    });
                 }
                 Err(err) => {
                     sync.failures += 1;
+                    sync.metrics.status.update_peer(sync.link.url(), |peer| {
+                        peer.last_pull_error = Some(crate::status::Event::now(err.to_string()));
+                    });
                     let verdict = match &err {
                         SyncError::Call(call) => Some(call.verdict()),
                         _ => None,
@@ -279,7 +286,7 @@ impl PeerSync {
                     // Log the first failure and then every 20th, not every interval.
                     if sync.failures == 1 || sync.failures % 20 == 0 {
                         if verdict == Some(CallVerdict::AuthRefused) {
-                            tracing::error!(peer = %sync.link.peer.url, %err, failures = sync.failures, "peer refuses our signature (403) on its feed: MESH_PEER_PUSH_SECRET or the peer's secret for us differs, or is being rotated");
+                            tracing::error!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull refused: {}", sync.link.peer_auth_hint());
                         } else {
                             tracing::warn!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull failed");
                         }
