@@ -17,6 +17,7 @@ use dmrelay::node::{self, Listeners};
 use dmrelay::protocol::{
     AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix, random_hex,
 };
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
