@@ -102,15 +102,16 @@ impl From<ClientError> for Failure {
         let code = match &err {
             ClientError::Refused(_) => EXIT_REFUSED,
             ClientError::Transport { .. } | ClientError::BadReply { .. } => EXIT_UNREACHABLE,
-            ClientError::Key(_) | ClientError::Invalid(_) | ClientError::Randomness(_) => {
-                EXIT_LOCAL
-            }
+            ClientError::Key(_)
+            | ClientError::Invalid(_)
+            | ClientError::Randomness(_)
+            | ClientError::Undecryptable(_)
+            | ClientError::Rejected(_) => EXIT_LOCAL,
         };
         let message = match &err {
-            ClientError::Refused(spec) => format!(
-                "the node refused the request: {} ({})",
-                spec.detail, spec.code
-            ),
+            ClientError::Refused(spec) => {
+                format!("the node refused: {} ({})", spec.detail, spec.code)
+            }
             other => other.to_string(),
         };
         Self { code, message }
@@ -163,9 +164,9 @@ fn send_inner(args: SendArgs) -> Result<(), Failure> {
     let id = envelope.msg_id.as_str();
     let node = client.node_url();
     match status {
-        DepositStatus::Accepted => println!(
-            "Message {id} accepted by {node}: stored, encrypted, for {to} and being replicated to its peers."
-        ),
+        DepositStatus::Accepted => {
+            println!("Message {id} accepted by {node}, encrypted for mailbox {to}.")
+        }
         DepositStatus::Duplicate => {
             println!("Message {id}: {node} already held this exact message (duplicate).")
         }
@@ -236,8 +237,9 @@ async fn read_once(args: &InboxArgs, key: &SigningKey, client: &Client) -> Resul
             }
             break;
         }
-        let acked = acknowledge(client, key, &inbox.messages).await?;
-        if !inbox.has_more || acked == 0 {
+        let removed = acknowledge(client, key, &inbox.messages).await?;
+        // Stop when nothing was removed too: the next page would be this one again.
+        if !inbox.has_more || removed == 0 {
             break;
         }
     }
@@ -267,8 +269,7 @@ async fn follow(args: &InboxArgs, key: &SigningKey, client: &Client) -> Result<(
 
 async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Result<(), Failure> {
     let wait_s = args.wait.unwrap_or(dmrelay::client::http::MAX_WAIT_S);
-    // Without --ack, messages stay pending and the node answers every poll at once: show each
-    // once, and poll again only after `wait_s` when nothing new came.
+    // Each message is shown once, even while it stays pending (without --ack).
     let mut seen: std::collections::HashSet<Option<MsgId>> = Default::default();
     let mut retry_delay = Duration::from_secs(1);
     loop {
@@ -292,25 +293,37 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
             }
             Err(err) => return Err(err.into()),
         };
-        let fresh: Vec<Received> = inbox
+        let (fresh, seen_before): (Vec<Received>, Vec<Received>) = inbox
             .messages
             .into_iter()
-            .filter(|m| args.ack || !seen.contains(&m.msg_id))
-            .collect();
+            .partition(|m| !seen.contains(&m.msg_id));
         print_messages(&fresh, args.json)?;
+        let nothing_new = fresh.is_empty();
+        if args.ack {
+            // Every message of the page, shown now or before (an ack that failed earlier).
+            let page: Vec<Received> = fresh.iter().chain(&seen_before).cloned().collect();
+            match acknowledge(client, key, &page).await {
+                Ok(_) => {}
+                // Not acknowledged: they stay pending and are acknowledged on a later poll.
+                Err(Failure { code, message }) if code == EXIT_UNREACHABLE => {
+                    eprintln!(
+                        "dmrelay: {message} Retrying in {} s.",
+                        retry_delay.as_secs()
+                    );
+                    actix_rt::time::sleep(retry_delay).await;
+                }
+                Err(failure) => return Err(failure),
+            }
+        }
+        seen.extend(fresh.into_iter().map(|m| m.msg_id));
         if inbox.pending == 0 && asked_at.elapsed() < MIN_EMPTY_POLL_INTERVAL {
             // An empty answer before `wait_s` was up: the node does not hold polls (an older
             // node, or one holding too many, SPEC §6.2). Pace the polls instead of spinning.
             actix_rt::time::sleep(MIN_EMPTY_POLL_INTERVAL).await;
-        }
-        if args.ack {
-            acknowledge(client, key, &fresh).await?;
-        } else {
-            let nothing_new = fresh.is_empty();
-            seen.extend(fresh.into_iter().map(|m| m.msg_id));
-            if nothing_new && inbox.pending > 0 {
-                actix_rt::time::sleep(Duration::from_secs(wait_s.max(1))).await;
-            }
+        } else if nothing_new && inbox.pending > 0 {
+            // Only messages already shown (not acknowledged, or that the node keeps sending):
+            // the node answers at once while they are pending, so wait before asking again.
+            actix_rt::time::sleep(Duration::from_secs(wait_s.max(1))).await;
         }
     }
 }
@@ -324,12 +337,13 @@ fn retryable(err: &ClientError) -> bool {
     }
 }
 
-/// Acknowledges every shown message that has a well-formed id; returns how many were sent.
+/// Acknowledges every shown message that has a well-formed id; returns how many the node
+/// removed.
 async fn acknowledge(
     client: &Client,
     key: &SigningKey,
     messages: &[Received],
-) -> Result<usize, Failure> {
+) -> Result<u64, Failure> {
     let ids: Vec<MsgId> = messages.iter().filter_map(|m| m.msg_id.clone()).collect();
     if ids.is_empty() {
         return Ok(0);
@@ -341,7 +355,7 @@ async fn acknowledge(
         report.removed,
         client.node_url()
     );
-    Ok(ids.len())
+    Ok(report.removed)
 }
 
 fn print_messages(messages: &[Received], json: bool) -> Result<(), Failure> {

@@ -483,6 +483,76 @@ async fn an_envelope_with_a_broken_signature_is_shown_not_dropped() {
     );
 }
 
+/// A running `dmrelay inbox --follow …` whose stdout and stderr lines arrive on channels (read
+/// on threads, so that the test never blocks on a pipe).
+struct Follower {
+    child: std::process::Child,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(dir: &Path, args: &[&str]) -> Follower {
+        let mut child = dmrelay(dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = |pipe: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = std::sync::mpsc::channel::<String>();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            rx
+        };
+        let stdout = lines(Box::new(child.stdout.take().unwrap()));
+        let stderr = lines(Box::new(child.stderr.take().unwrap()));
+        let follower = Follower {
+            child,
+            stdout,
+            stderr,
+        };
+        // The signal handlers are in place once it says it is waiting.
+        let first = Self::next(&follower.stderr, "`Waiting for messages` line");
+        assert!(first.contains("Waiting for messages"), "{first}");
+        follower
+    }
+
+    fn next(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no {what} within 30 s"))
+    }
+
+    fn next_json(&self) -> Value {
+        serde_json::from_str(&Self::next(&self.stdout, "message line")).unwrap()
+    }
+
+    /// Ctrl-C, then the exit code.
+    fn interrupt(mut self) -> Option<i32> {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "still running after Ctrl-C");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[actix_rt::test]
 async fn follow_prints_messages_as_they_arrive_and_ctrl_c_exits_zero() {
     let node = started_node().await;
@@ -491,42 +561,17 @@ async fn follow_prints_messages_as_they_arrive_and_ctrl_c_exits_zero() {
         keygen(dir.path(), "alice.key"),
         keygen(dir.path(), "bob.key"),
     );
-    let mut child = dmrelay(dir.path())
-        .args([
+    let follower = Follower::start(
+        dir.path(),
+        &[
             "inbox", "--node", &node.url, "--key", &bob.path, "--follow", "--ack", "--json",
             "--wait", "5",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Lines of stdout and stderr, read on threads so that the test never blocks on a pipe.
-    let (out_tx, out_rx) = std::sync::mpsc::channel::<String>();
-    let (err_tx, err_rx) = std::sync::mpsc::channel::<String>();
-    let stdout_pipe = child.stdout.take().unwrap();
-    let stderr_pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
-            let _ = out_tx.send(line);
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
-            let _ = err_tx.send(line);
-        }
-    });
-    let next_line = |rx: &std::sync::mpsc::Receiver<String>, what: &str| {
-        rx.recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no {what} within 30 s"))
-    };
-    // The signal handlers are in place once it says it is waiting.
-    let first = next_line(&err_rx, "`Waiting for messages` line");
-    assert!(first.contains("Waiting for messages"), "{first}");
-
+        ],
+    );
     for text in ["first while following", "second while following"] {
         let sent = send(dir.path(), &node, &alice, &bob, text).await;
         assert!(sent.status.success(), "{}", stderr(&sent));
-        let line: Value = serde_json::from_str(&next_line(&out_rx, "message line")).unwrap();
+        let line = follower.next_json();
         assert_eq!(line["text"], text);
         assert_eq!(line["sender"], alice.public.as_str());
     }
@@ -535,19 +580,35 @@ async fn follow_prints_messages_as_they_arrive_and_ctrl_c_exits_zero() {
         node.pending_ids(&bob.identity).await.is_empty()
     })
     .await;
+    assert_eq!(
+        follower.interrupt(),
+        Some(0),
+        "Ctrl-C ends --follow with success"
+    );
+}
 
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+#[actix_rt::test]
+async fn follow_without_ack_shows_each_message_once_and_leaves_it_pending() {
+    let node = started_node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (
+        keygen(dir.path(), "alice.key"),
+        keygen(dir.path(), "bob.key"),
+    );
+    let follower = Follower::start(
+        dir.path(),
+        &[
+            "inbox", "--node", &node.url, "--key", &bob.path, "--follow", "--json", "--wait", "1",
+        ],
+    );
+    for text in ["one", "two"] {
+        let sent = send(dir.path(), &node, &alice, &bob, text).await;
+        assert!(sent.status.success(), "{}", stderr(&sent));
+        // The next line is the new message, not the pending one shown before.
+        assert_eq!(follower.next_json()["text"], text);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after Ctrl-C");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(status.code(), Some(0), "Ctrl-C ends --follow with success");
+    assert_eq!(node.pending_ids(&bob.identity).await.len(), 2);
+    assert_eq!(follower.interrupt(), Some(0));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -646,4 +707,41 @@ async fn boxes_interoperate_with_libsodium_both_ways() {
     // And libsodium, too, refuses it with the wrong sender key.
     let refused = python(&["open", &bob.seed_hex, &bob.public, ciphertext]);
     assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+}
+
+#[actix_rt::test]
+async fn send_and_inbox_work_over_https_with_a_private_ca() {
+    let node = common::Reserved::with_tls(false, true).start(NodeConfig::default());
+    node.ready().await;
+    assert!(node.url.starts_with("https://"), "{}", node.url);
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (
+        keygen(dir.path(), "alice.key"),
+        keygen(dir.path(), "bob.key"),
+    );
+    let ca = common::fixture("test-ca.pem");
+    let sent = run(
+        dir.path(),
+        &[
+            "send",
+            "--node",
+            &node.url,
+            "--key",
+            &alice.path,
+            "--to",
+            &bob.public,
+            "--text",
+            "over tls",
+            "--ca-file",
+            &ca,
+        ],
+    )
+    .await;
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let read = inbox(dir.path(), &node, &bob, &["--json", "--ca-file", &ca]).await;
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert_eq!(json_lines(&read)[0]["text"], "over tls");
+    // Without the CA the certificate is not trusted: a transport error, not a silent retry.
+    let untrusted = inbox(dir.path(), &node, &bob, &[]).await;
+    assert_eq!(untrusted.status.code(), Some(3), "{}", stderr(&untrusted));
 }

@@ -79,6 +79,15 @@ pub enum EnvelopeProblem {
 }
 
 impl Received {
+    /// The opened plaintext, or why there is none (for callers that want `?`).
+    pub fn plaintext(&self) -> Result<&Plaintext, ClientError> {
+        match &self.content {
+            Content::Read(plaintext) => Ok(plaintext),
+            Content::Undecryptable(err) => Err(ClientError::Undecryptable(err.clone())),
+            Content::Rejected(problem) => Err(ClientError::Rejected(problem.clone())),
+        }
+    }
+
     /// The short machine word for a message that could not be read: `undecryptable`,
     /// `bad_signature`, `wrong_mailbox` or `malformed_envelope`; `None` for a readable one.
     pub fn error_code(&self) -> Option<&'static str> {

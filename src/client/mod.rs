@@ -76,6 +76,12 @@ pub enum ClientError {
     /// An argument the client cannot build a request from (a malformed mailbox key, node URL…).
     #[error("{0}")]
     Invalid(String),
+    /// A received message could not be opened (the box, its padding or its JSON).
+    #[error("The message is undecryptable: {0}.")]
+    Undecryptable(#[from] OpenError),
+    /// A received envelope failed the recipient's own checks (shape, mailbox, signature).
+    #[error("The envelope was rejected: {0}.")]
+    Rejected(#[from] EnvelopeProblem),
     /// The operating system's random source failed.
     #[error("No randomness available from the operating system: {0}.")]
     Randomness(String),
