@@ -631,6 +631,11 @@ mod tests {
                 "MESH_PEER_PUSH_SECRET",
             ),
             ("mailbox_limit = 0", &[], "node.toml: mailbox_limit"),
+            (
+                "",
+                &[("MESH_DM_MAX_WAITING_POLLS", "lots")],
+                "MESH_DM_MAX_WAITING_POLLS",
+            ),
         ];
         for (file, env_pairs, setting) in cases {
             let err = from_toml(file, env_pairs).unwrap_err();

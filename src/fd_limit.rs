@@ -8,7 +8,7 @@
 
 /// Highest soft limit asked for: Linux refuses more than `fs.nr_open` (1,048,576 by default),
 /// and a hard limit of "unlimited" would otherwise be asked for as such.
-const FD_LIMIT_CEILING: u64 = 1 << 20;
+const FD_LIMIT_CEILING: libc::rlim_t = 1 << 20;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (capped); returns the soft limit now in force.
 #[allow(unsafe_code)]
@@ -21,13 +21,13 @@ pub fn raise_to_hard_limit() -> std::io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let current = limit.rlim_cur as u64;
-    let target = (limit.rlim_max as u64).min(FD_LIMIT_CEILING);
+    let current = limit.rlim_cur;
+    let target = limit.rlim_max.min(FD_LIMIT_CEILING);
     if current >= target {
         return Ok(current);
     }
     let raised = libc::rlimit {
-        rlim_cur: target as libc::rlim_t,
+        rlim_cur: target,
         rlim_max: limit.rlim_max,
     };
     // SAFETY: setrlimit only reads the struct it is given.

@@ -5,9 +5,11 @@
 
 mod common;
 
+use actix_web::{HttpResponse, web};
 use common::*;
 use dmrelay::protocol::{PollRequest, now_unix, random_hex};
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const POLL: &str = "/api/mesh/dm/poll";
@@ -140,6 +142,64 @@ async fn a_replica_from_a_peer_wakes_a_poll_waiting_on_the_other_node() {
         "woken after {woken_after:?}"
     );
     assert!(exposed_metric(b, "dm_replica_accepted_total").await >= 1.0);
+}
+
+/// A peer that only serves a change feed (SPEC §7.3) holding what the test appends.
+fn spawn_fake_feed() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let feed = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let data = web::Data::from(Arc::clone(&feed));
+    let url = spawn_http_server(move |cfg| {
+        cfg.app_data(data.clone()).route(
+            "/api/mesh/dm/changes",
+            web::get().to(|req: actix_web::HttpRequest, feed: web::Data<Mutex<Vec<Value>>>| async move {
+                let since: u64 = req
+                    .query_string()
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("since="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let feed = feed.lock().unwrap();
+                let changes: Vec<&Value> = feed.iter().skip(since as usize).collect();
+                let next = feed.len().max(since as usize);
+                HttpResponse::Ok().json(
+                    json!({"ok": true, "epoch": "fake-1", "next": next, "more": false, "changes": changes}),
+                )
+            }),
+        );
+    });
+    (url, feed)
+}
+
+#[actix_rt::test]
+async fn a_replica_pulled_from_a_peer_feed_wakes_a_waiting_poll() {
+    let (peer, feed) = spawn_fake_feed();
+    let node = Node::start(
+        mesh_config()
+            .env("MESH_RELAY_PEERS", &peer)
+            .env("MESH_DM_SYNC_INTERVAL_S", "0.1"),
+    );
+    node.ready().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    let poll = spawn_long_poll(&node, &bob, 25);
+    wait_for_waiting_polls(&node, 1.0).await;
+
+    let offered = Instant::now();
+    {
+        let mut feed = feed.lock().unwrap();
+        let envelope = serde_json::to_value(alice.envelope_to(&bob, "m1")).unwrap();
+        let seq = feed.len() + 1;
+        feed.push(json!({"seq": seq, "envelope": envelope}));
+    }
+    let (status, reply, _) = poll.await.unwrap();
+    let woken_after = offered.elapsed();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(message_ids(&reply), ["m1"]);
+    assert!(
+        woken_after < Duration::from_secs(10),
+        "woken after {woken_after:?}"
+    );
+    let applied = format!("dm_sync_applied_total{{peer=\"{peer}\"}}");
+    assert_eq!(exposed_metric(&node, &applied).await, 1.0);
 }
 
 #[actix_rt::test]
@@ -287,6 +347,32 @@ async fn a_client_that_goes_away_does_not_leave_its_poll_waiting() {
     // Dropped at the next sweep (1 s), long before its 30 s are up.
     wait_for(Duration::from_secs(15), || async {
         exposed_metric(&node, "dm_waiting_polls").await == 0.0
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn an_idle_mailbox_with_a_waiting_poll_stays_loaded_until_the_poll_is_answered() {
+    let node = Node::start(NodeConfig::default().env("MESH_DM_MAILBOX_IDLE_S", "0.3"));
+    node.ready().await;
+    let (alice, bob, carol) = (Identity::new(), Identity::new(), Identity::new());
+    let poll = spawn_long_poll(&node, &bob, 25);
+    wait_for_waiting_polls(&node, 1.0).await;
+    // Carol's mailbox, used once, shows that idle mailboxes are being evicted meanwhile.
+    assert_eq!(node.poll(&carol, 8).await.0, 200);
+    wait_for(Duration::from_secs(15), || async {
+        exposed_metric(&node, "dm_mailboxes_loaded").await == 1.0
+    })
+    .await;
+    assert_eq!(exposed_metric(&node, "dm_waiting_polls").await, 1.0);
+
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    let (status, reply, _) = poll.await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(message_ids(&reply), ["m1"]);
+    // Once answered, Bob's mailbox may leave memory like any other.
+    wait_for(Duration::from_secs(15), || async {
+        exposed_metric(&node, "dm_mailboxes_loaded").await == 0.0
     })
     .await;
 }

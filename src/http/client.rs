@@ -74,7 +74,7 @@ pub async fn send(
     }))
 }
 
-/// `POST /api/mesh/dm/poll`
+/// `POST /api/mesh/dm/poll`; with `wait_s` the shard may hold the answer until mail arrives.
 pub async fn poll(
     req: HttpRequest,
     payload: web::Payload,

@@ -63,7 +63,8 @@ pub struct Deposit {
     pub reply: oneshot::Sender<Result<Decision, ShardError>>,
 }
 
-/// Read a mailbox (SPEC §6.2); the request's signature and freshness are already checked.
+/// Read a mailbox (SPEC §6.2); the request's signature and freshness are already checked. With
+/// `wait_s` and nothing deliverable, the answer waits for mail (see [`super::waiting`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Poll {
