@@ -9,7 +9,8 @@
 //!          Alice, Bob and Mallory are fresh keys; deposits, polls and acks go through
 //!          `crate::client` (Appendix A box, signed requests); Mallory's relay is played by the
 //!          demo itself, signing peer-plane requests with `crate::peer::auth`;
-//!          every delay shown is measured on the nodes' `/metrics` (no poll spends Bob's nonces)
+//!          replication delays are read on the nodes' `/metrics` (the demo never polls as Bob
+//!          just to watch the mesh); the long poll's wake-up is timed by the client
 //!     ─▶ Mesh::stop (also on every error path, through Drop): kill the nodes, remove the dir
 //! ```
 //!
