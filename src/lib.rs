@@ -22,6 +22,7 @@
 //! - [`http`]: routes, body limits, the error table.
 //! - [`client`]: the client library (keys, Appendix A payload, signed requests, HTTP) behind
 //!   `dmrelay send` and `dmrelay inbox`.
+//! - [`demo`]: `dmrelay demo`, a three-node mesh and a story told in the terminal.
 //! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
 //!   [`tls`]: HTTPS for both planes and peer links; [`fd_limit`]: room for many open connections;
 //!   [`startup`]: start-up checks and the start-up log line; [`status`]: the node's view of its
@@ -34,6 +35,7 @@
 
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod fd_limit;
 pub mod http;
 pub mod mailbox;

@@ -53,6 +53,9 @@ enum Command {
     Send(client_cli::SendArgs),
     /// Read your mailbox: verify and decrypt every message, optionally acknowledge or follow.
     Inbox(client_cli::InboxArgs),
+    /// Start three nodes on this machine and show, step by step, what the mesh does (about 2 s;
+    /// nothing to set up, nothing left behind; DMRELAY_DEMO_LOGS=1 shows the nodes' logs).
+    Demo,
     /// Print a signed envelope (JSON for POST /api/mesh/dm/send). The text is NOT encrypted:
     /// this is for trying a relay; real clients encrypt before signing.
     Envelope {
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Send(args) => return client_cli::send(args),
         Command::Inbox(args) => return client_cli::inbox(args),
+        Command::Demo => demo(),
         Command::Envelope {
             key,
             to,
@@ -251,6 +255,12 @@ fn inherited_listeners() -> Result<Option<Listeners>, String> {
             .map_err(|e| format!("inherited socket unusable: {e}"))?;
     }
     Ok(Some(Listeners { client, peer }))
+}
+
+fn demo() -> Result<(), String> {
+    let binary = std::env::current_exe()
+        .map_err(|e| format!("cannot find the dmrelay executable to start nodes: {e}"))?;
+    dmrelay::demo::run(&binary)
 }
 
 fn keygen(out: &Path, force: bool) -> Result<(), String> {

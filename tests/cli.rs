@@ -11,11 +11,12 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SUBCOMMANDS: [&str; 7] = [
+const SUBCOMMANDS: [&str; 8] = [
     "serve",
     "keygen",
     "send",
     "inbox",
+    "demo",
     "envelope",
     "poll-request",
     "ack-request",
