@@ -11,8 +11,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SUBCOMMANDS: [&str; 8] = [
+const SUBCOMMANDS: [&str; 10] = [
     "serve",
+    "init",
+    "status",
     "keygen",
     "send",
     "inbox",
