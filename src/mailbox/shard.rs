@@ -24,7 +24,7 @@ use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView
 use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
 use super::{ChangeSink, Origin};
 use crate::metrics::Metrics;
-use crate::protocol::{AckObject, Envelope, MailboxKey, PollRequest, now_unix};
+use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
 use crate::store::{Recovered, StoreHandle, StoreOp, WriterError};
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -142,7 +142,14 @@ struct Loaded {
     /// A write failed: memory may be ahead of the store, so the mailbox is read again from the
     /// store once no write is in flight.
     stale: bool,
+    /// Copies of an envelope whose first copy's write is still in flight: they are answered
+    /// `duplicate` by that write's callback once it is durable (or 503 if it failed), never
+    /// before.
+    first_copy_waiters: HashMap<MsgId, Vec<(Origin, DepositReply)>>,
 }
+
+/// Where a deposit's outcome goes.
+type DepositReply = oneshot::Sender<Result<Decision, ShardError>>;
 
 /// Work waiting for a mailbox to load: `Ok` once it is in memory, or why it cannot be.
 type Waiting =
@@ -324,6 +331,7 @@ impl MailboxShard {
                     in_flight: 0,
                     waiting: WaitingPolls::default(),
                     stale: false,
+                    first_copy_waiters: HashMap::new(),
                 };
                 self.mailboxes
                     .insert(mailbox, Slot::Loaded(Box::new(loaded)));
@@ -647,22 +655,12 @@ impl MailboxShard {
         let decision = entry.state.decide(&envelope, &limits);
         if decision == Decision::Duplicate && !entry.state.is_committed(&envelope.msg_id) {
             // The first copy's write is still in flight: "duplicate" must not answer before it is
-            // durable. The writer is FIFO, so once an (empty) commit queued now completes, the
-            // first one has completed too, and its outcome is in the state.
-            self.write(mailbox, Vec::new(), ctx, move |shard, result| {
-                let durable = result.is_ok()
-                    && matches!(shard.mailboxes.get(&mailbox),
-                        Some(Slot::Loaded(entry)) if entry.state.is_committed(&envelope.msg_id));
-                let outcome = if durable {
-                    shard.count_decision(Decision::Duplicate, &origin);
-                    Ok(Decision::Duplicate)
-                } else {
-                    Err(ShardError::Unavailable(
-                        "the first copy was not stored".into(),
-                    ))
-                };
-                let _ = reply.send(outcome);
-            });
+            // durable. Its write's callback answers this copy too.
+            entry
+                .first_copy_waiters
+                .entry(envelope.msg_id.clone())
+                .or_default()
+                .push((origin, reply));
             return;
         }
         if decision != Decision::Accept {
@@ -685,10 +683,18 @@ impl MailboxShard {
                 let _ = reply.send(Err(not_loaded()));
                 return;
             };
+            let copies = entry
+                .first_copy_waiters
+                .remove(&envelope.msg_id)
+                .unwrap_or_default();
             let outcome = match result {
                 Ok(_) => {
                     entry.state.mark_committed(&envelope.msg_id);
                     shard.count_decision(Decision::Accept, &origin);
+                    for (copy_origin, copy_reply) in copies {
+                        shard.count_decision(Decision::Duplicate, &copy_origin);
+                        let _ = copy_reply.send(Ok(Decision::Duplicate));
+                    }
                     if origin == Origin::Client {
                         shard.sink.envelope_stored(&envelope);
                     }
@@ -698,6 +704,11 @@ impl MailboxShard {
                 }
                 Err(err) => {
                     entry.state.remove_uncommitted(&envelope);
+                    for (_, copy_reply) in copies {
+                        let _ = copy_reply.send(Err(ShardError::Unavailable(
+                            "the first copy of this envelope could not be stored".into(),
+                        )));
+                    }
                     shard
                         .metrics
                         .deposit_total
