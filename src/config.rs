@@ -107,6 +107,18 @@ pub struct Settings {
     /// Most long polls waiting at once on this node (`MESH_DM_MAX_WAITING_POLLS`, default
     /// 16384); past that a long poll is answered at once. Each holds one connection (one fd).
     pub max_waiting_polls: usize,
+    /// Page cache of the embedded store in bytes (`MESH_DM_STORE_CACHE_MB`, default 64 MiB).
+    pub store_cache_bytes: usize,
+    /// Bytes of stored envelopes and acks past which new deposits and replicas are refused
+    /// (`MESH_DM_STORAGE_BUDGET_MB`); `None`: chosen at start from the free disk space (see
+    /// [`crate::store::budget`]).
+    pub storage_budget_bytes: Option<u64>,
+    /// Client-plane requests per second allowed from one IP address
+    /// (`MESH_DM_CLIENT_RATE_PER_S`, default 200; 0 turns the limit off).
+    pub client_rate_per_s: f64,
+    /// Requests one IP address may send at once above that rate (`MESH_DM_CLIENT_RATE_BURST`,
+    /// default 400).
+    pub client_rate_burst: u32,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -138,6 +150,10 @@ struct FileSettings {
     shards: Option<u64>,
     http_workers: Option<u64>,
     max_waiting_polls: Option<u64>,
+    store_cache_mb: Option<u64>,
+    storage_budget_mb: Option<f64>,
+    client_rate_per_s: Option<f64>,
+    client_rate_burst: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +241,22 @@ const SCALARS: &[(&str, &str, &str)] = &[
         "max_waiting_polls",
         "MESH_DM_MAX_WAITING_POLLS",
         "max_waiting_polls",
+    ),
+    ("store_cache_mb", "MESH_DM_STORE_CACHE_MB", "store_cache_mb"),
+    (
+        "storage_budget_mb",
+        "MESH_DM_STORAGE_BUDGET_MB",
+        "storage_budget_mb",
+    ),
+    (
+        "client_rate_per_s",
+        "MESH_DM_CLIENT_RATE_PER_S",
+        "client_rate_per_s",
+    ),
+    (
+        "client_rate_burst",
+        "MESH_DM_CLIENT_RATE_BURST",
+        "client_rate_burst",
     ),
 ];
 
@@ -326,6 +358,10 @@ impl Settings {
                 "shards" => f.shards.map(|v| v.to_string()),
                 "http_workers" => f.http_workers.map(|v| v.to_string()),
                 "max_waiting_polls" => f.max_waiting_polls.map(|v| v.to_string()),
+                "store_cache_mb" => f.store_cache_mb.map(|v| v.to_string()),
+                "storage_budget_mb" => f.storage_budget_mb.map(|v| v.to_string()),
+                "client_rate_per_s" => f.client_rate_per_s.map(|v| v.to_string()),
+                "client_rate_burst" => f.client_rate_burst.map(|v| v.to_string()),
                 _ => None,
             }
         };
@@ -468,6 +504,22 @@ impl Settings {
             crate::mailbox::waiting::DEFAULT_MAX_WAITING_POLLS as u64,
             integer,
         )?;
+        let store_cache_mb: u64 = raw.parse("store_cache_mb", 64, integer)?;
+        let storage_budget_bytes = match raw.get("storage_budget_mb") {
+            None => None,
+            Some((source, _)) => {
+                let mb: f64 = raw.parse("storage_budget_mb", 0.0, "a number of MiB")?;
+                if !(0.01..=1.0e9).contains(&mb) {
+                    return Err(bad(
+                        source,
+                        format!("must be a number of MiB between 0.01 and 1e9, got {mb}"),
+                    ));
+                }
+                Some((mb * 1024.0 * 1024.0) as u64)
+            }
+        };
+        let client_rate_per_s: f64 = raw.parse("client_rate_per_s", 200.0, "a number")?;
+        let client_rate_burst: u64 = raw.parse("client_rate_burst", 400, integer)?;
         Ok(Self {
             listen,
             peer_listen,
@@ -507,6 +559,20 @@ impl Settings {
             http_workers: in_range(&raw, "http_workers", http_workers, 1, 256)? as usize,
             max_waiting_polls: in_range(&raw, "max_waiting_polls", max_waiting_polls, 0, 1_000_000)?
                 as usize,
+            store_cache_bytes: in_range(&raw, "store_cache_mb", store_cache_mb, 1, 1 << 20)?
+                as usize
+                * 1024
+                * 1024,
+            storage_budget_bytes,
+            client_rate_per_s: in_range(
+                &raw,
+                "client_rate_per_s",
+                client_rate_per_s,
+                0.0,
+                1_000_000.0,
+            )?,
+            client_rate_burst: in_range(&raw, "client_rate_burst", client_rate_burst, 1, 1_000_000)?
+                as u32,
             tls,
             peer_tls,
         })
@@ -542,6 +608,23 @@ mod tests {
         assert_eq!(s.max_ttl_s, 604_800);
         assert_eq!(s.sync_interval, Duration::from_secs(5));
         assert!(s.peers.is_empty());
+    }
+
+    #[test]
+    fn the_store_cache_and_the_storage_budget_are_in_mib() {
+        let s = from_toml("", &[]).unwrap();
+        assert_eq!(s.store_cache_bytes, 64 << 20);
+        assert_eq!(
+            s.storage_budget_bytes, None,
+            "chosen at start from the free disk"
+        );
+        let s = from_toml(
+            "store_cache_mb = 8\nstorage_budget_mb = 0.5",
+            &[("MESH_DM_STORE_CACHE_MB", "16")],
+        )
+        .unwrap();
+        assert_eq!(s.store_cache_bytes, 16 << 20);
+        assert_eq!(s.storage_budget_bytes, Some(512 * 1024));
     }
 
     #[test]
@@ -646,6 +729,31 @@ mod tests {
                 "",
                 &[("MESH_DM_MAX_WAITING_POLLS", "lots")],
                 "MESH_DM_MAX_WAITING_POLLS",
+            ),
+            (
+                "",
+                &[("MESH_DM_STORE_CACHE_MB", "0")],
+                "MESH_DM_STORE_CACHE_MB",
+            ),
+            (
+                "",
+                &[("MESH_DM_STORAGE_BUDGET_MB", "NaN")],
+                "MESH_DM_STORAGE_BUDGET_MB",
+            ),
+            (
+                "storage_budget_mb = -1.0",
+                &[],
+                "node.toml: storage_budget_mb",
+            ),
+            (
+                "",
+                &[("MESH_DM_CLIENT_RATE_PER_S", "-5")],
+                "MESH_DM_CLIENT_RATE_PER_S",
+            ),
+            (
+                "",
+                &[("MESH_DM_CLIENT_RATE_BURST", "0")],
+                "MESH_DM_CLIENT_RATE_BURST",
             ),
         ];
         for (file, env_pairs, setting) in cases {

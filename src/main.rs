@@ -17,6 +17,7 @@ use dmrelay::node::{self, Listeners};
 use dmrelay::protocol::{
     AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix, random_hex,
 };
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -53,7 +54,7 @@ enum Command {
     /// Read your mailbox: verify and decrypt every message, optionally acknowledge or follow.
     Inbox(client_cli::InboxArgs),
     /// Start three nodes on this machine and show, step by step, what the mesh does (about 2 s;
-    /// nothing to set up, nothing left behind).
+    /// nothing to set up, nothing left behind; DMRELAY_DEMO_LOGS=1 shows the nodes' logs).
     Demo,
     /// Print a signed envelope (JSON for POST /api/mesh/dm/send). The text is NOT encrypted:
     /// this is for trying a relay; real clients encrypt before signing.

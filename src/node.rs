@@ -6,6 +6,7 @@
 //! queued and stop.
 
 use crate::config::{PersistMode, Settings};
+use crate::http::rate_limit::ClientRateLimit;
 use crate::http::{self, AppState};
 use crate::mailbox::rules::MailboxLimits;
 use crate::mailbox::{ChangeSink, MailboxRouter};
@@ -14,6 +15,7 @@ use crate::peer::auth::derive_peer_key;
 use crate::peer::{PushFanout, start_sync};
 use crate::protocol::EnvelopeLimits;
 use crate::store::{RedbStore, Store, StoreHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -65,6 +67,7 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
     // First of all, so that a SIGTERM arriving while the store opens is not fatal: it is held
     // until the servers run, which then stop at once.
     let shutdown_signal = shutdown_signal();
+    crate::fd_limit::ensure_room_for(settings.max_waiting_polls);
     let client_addr = listeners.client.local_addr()?;
     let peer_addr = listeners
         .peer
@@ -76,12 +79,19 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
     if let Some(warning) = crate::startup::wildcard_self_url_warning(&settings.self_peer_url) {
         tracing::warn!("{warning}");
     }
-    crate::fd_limit::ensure_room_for(settings.max_waiting_polls);
     let metrics = Arc::new(Metrics::new());
+    let cache = settings.store_cache_bytes;
     let store: Arc<dyn Store> = match settings.persist {
-        PersistMode::Fsync => Arc::new(RedbStore::open(&settings.data_dir)?),
-        PersistMode::Memory => Arc::new(RedbStore::in_memory()?),
+        PersistMode::Fsync => Arc::new(RedbStore::open_with_cache(&settings.data_dir, cache)?),
+        PersistMode::Memory => Arc::new(RedbStore::in_memory_with_cache(cache)?),
     };
+    let budget = settings.storage_budget_bytes.unwrap_or_else(|| {
+        // What the store holds already does not count against the disk's free share twice.
+        let free = store
+            .data_dir()
+            .map(|dir| crate::store::budget::free_bytes(dir).unwrap_or(0) + store.stored_bytes());
+        crate::store::budget::default_budget(free)
+    });
     let parked_mailboxes = store.parked_mailboxes()?;
     tracing::info!(
         epoch = store.epoch(),
@@ -89,9 +99,13 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         mailboxes_with_parked_replicas = parked_mailboxes.len(),
         persist = ?settings.persist,
         data_dir = %settings.data_dir.display(),
+        stored_bytes = store.stored_bytes(),
+        storage_budget_bytes = budget,
+        cache_bytes = cache,
         "store opened"
     );
-    let (store_handle, writer) = StoreHandle::start(Arc::clone(&store), Arc::clone(&metrics))?;
+    let (store_handle, writer) =
+        StoreHandle::start(Arc::clone(&store), Arc::clone(&metrics), budget)?;
     let sink: Arc<dyn ChangeSink> = Arc::new(PushFanout::start(&settings, Arc::clone(&metrics)));
     let limits = MailboxLimits {
         pending_per_sender: settings.pending_per_sender_limit,
@@ -127,6 +141,11 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         .iter()
         .map(|p| (p.url.clone(), derive_peer_key(p.secret.as_bytes(), &p.url)))
         .collect();
+    let client_rate = Arc::new(ClientRateLimit::new(
+        settings.client_rate_per_s,
+        settings.client_rate_burst,
+    ));
+    client_rate.start_housekeeping();
     let state = web::Data::new(AppState {
         mailboxes,
         envelope_limits,
@@ -134,6 +153,7 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         self_peer_url: settings.self_peer_url.clone(),
         peer_keys,
         store: store_handle.clone(),
+        client_rate: Arc::clone(&client_rate),
     });
 
     // Each waiting long poll holds a connection: actix's per-worker cap (25k by default) must not
@@ -143,6 +163,7 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
     let client_state = state.clone();
     let client_server = HttpServer::new(move || {
         let app = App::new()
+            .wrap(from_fn(http::body::close_after_refused_body))
             .app_data(client_state.clone())
             .configure(http::client_routes)
             .configure(http::service_routes);
@@ -170,6 +191,7 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         let peer_state = state.clone();
         let peer_server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(http::body::close_after_refused_body))
                 .app_data(peer_state.clone())
                 .configure(http::peer_routes)
                 .configure(http::service_routes)

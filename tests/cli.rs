@@ -11,11 +11,14 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SUBCOMMANDS: [&str; 7] = [
+const SUBCOMMANDS: [&str; 10] = [
     "serve",
+    "init",
+    "status",
     "keygen",
     "send",
     "inbox",
+    "demo",
     "envelope",
     "poll-request",
     "ack-request",

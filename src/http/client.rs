@@ -125,8 +125,16 @@ pub async fn ack(
     }))
 }
 
-/// `GET /health`
+/// `GET /health`: 503 with the reason while the store refuses writes.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    if let Some(outage) = state.store.status().outage() {
+        use actix_web::ResponseError as _;
+        return ApiError::StorageUnavailable {
+            detail: outage.reason.clone(),
+            retry_after_s: outage.retry_after_s(),
+        }
+        .error_response();
+    }
     HttpResponse::Ok().json(HealthReply {
         ok: true,
         node: &state.self_peer_url,

@@ -9,6 +9,7 @@ pub mod body;
 pub mod client;
 pub mod error;
 pub mod peer;
+pub mod rate_limit;
 pub mod status;
 
 use crate::mailbox::MailboxRouter;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub peer_keys: peer::PeerKeys,
     /// The store, for reading the change feed.
     pub store: crate::store::StoreHandle,
+    /// The client plane's per-address rate limit.
+    pub client_rate: Arc<rate_limit::ClientRateLimit>,
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -45,11 +48,16 @@ fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
         .default_service(web::to(method_not_allowed))
 }
 
-/// The client plane (SPEC §6.1–6.3).
+/// The client plane (SPEC §6.1–6.3), each route behind the per-address rate limit.
 pub fn client_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/mesh/dm/send", web::post().to(client::send)))
-        .service(resource("/api/mesh/dm/poll", web::post().to(client::poll)))
-        .service(resource("/api/mesh/dm/ack", web::post().to(client::ack)));
+    let limited = |path, route| {
+        resource(path, route).wrap(actix_web::middleware::from_fn(
+            rate_limit::limit_client_rate,
+        ))
+    };
+    cfg.service(limited("/api/mesh/dm/send", web::post().to(client::send)))
+        .service(limited("/api/mesh/dm/poll", web::post().to(client::poll)))
+        .service(limited("/api/mesh/dm/ack", web::post().to(client::ack)));
 }
 
 /// The peer plane (SPEC §7.1–7.3); every route authenticates with the peer HMAC.

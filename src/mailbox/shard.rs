@@ -14,12 +14,17 @@
 //! A long poll that finds nothing deliverable waits in its mailbox's [`WaitingPolls`] (see
 //! [`super::waiting`]) and is answered from the commit callback that makes an envelope of that
 //! mailbox durable, from its timer, or at shutdown ([`ReleaseWaitingPolls`]).
+//!
+//! A write that failed in the store (an outage, see `store::status`) may leave the state in
+//! memory ahead of the disk (an ack applied, a nonce spent): such a mailbox is marked stale and
+//! leaves memory as soon as none of its writes is in flight, so the next request reads it back
+//! from the store — memory never holds as done what the disk does not.
 
 use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView};
 use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
 use super::{ChangeSink, Origin};
 use crate::metrics::Metrics;
-use crate::protocol::{AckObject, Envelope, MailboxKey, PollRequest, now_unix};
+use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
 use crate::store::{Recovered, StoreHandle, StoreOp, WriterError};
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -39,15 +44,39 @@ pub enum ShardError {
     Overloaded,
     #[error("the mailbox service is unavailable: {0}")]
     Unavailable(String),
+    /// The store refuses writes until it is reopened (see `store::status`).
+    #[error("the store is unavailable: {reason}")]
+    StoreDown { reason: String, retry_after_s: u64 },
+    /// The node's storage budget is used up (see `store::budget`).
+    #[error("the storage budget is used up ({used} of {budget} bytes)")]
+    OverBudget { used: u64, budget: u64 },
 }
 
 impl From<WriterError> for ShardError {
     fn from(err: WriterError) -> Self {
         match err {
             WriterError::Overloaded => ShardError::Overloaded,
+            WriterError::Degraded {
+                reason,
+                retry_after_s,
+            } => ShardError::StoreDown {
+                reason,
+                retry_after_s,
+            },
+            WriterError::OverBudget { used, budget } => ShardError::OverBudget { used, budget },
             other => ShardError::Unavailable(other.to_string()),
         }
     }
+}
+
+/// Whether a failed write may have left a mailbox's memory ahead of its disk state. A write
+/// refused before it reached the store (full queue, budget) changed nothing on disk, and every
+/// caller undoes its own memory change then.
+fn leaves_memory_stale(err: &WriterError) -> bool {
+    !matches!(
+        err,
+        WriterError::Overloaded | WriterError::OverBudget { .. }
+    )
 }
 
 fn not_loaded() -> ShardError {
@@ -110,7 +139,17 @@ struct Loaded {
     /// here, and eviction must not drop them); that cannot keep it loaded for long, since each
     /// leaves within `MAX_POLL_WAIT_S` or at the next sweep once its client is gone.
     waiting: WaitingPolls,
+    /// A write failed: memory may be ahead of the store, so the mailbox is read again from the
+    /// store once no write is in flight.
+    stale: bool,
+    /// Copies of an envelope whose first copy's write is still in flight: they are answered
+    /// `duplicate` by that write's callback once it is durable (or 503 if it failed), never
+    /// before.
+    first_copy_waiters: HashMap<MsgId, Vec<(Origin, DepositReply)>>,
 }
+
+/// Where a deposit's outcome goes.
+type DepositReply = oneshot::Sender<Result<Decision, ShardError>>;
 
 /// Work waiting for a mailbox to load: `Ok` once it is in memory, or why it cannot be.
 type Waiting =
@@ -149,6 +188,31 @@ fn state_from(snapshot: Recovered, now: u64) -> MailboxState {
     }
     state.expire(now);
     state
+}
+
+/// Hands memory freed by evicted mailboxes back to the OS. glibc keeps freed memory in its
+/// per-thread arenas, so without this the resident size stays at its peak after a burst even
+/// though the mailboxes left memory. At most once every few seconds across all shards (a trim
+/// walks every arena).
+fn release_freed_memory() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const MIN_INTERVAL_S: u64 = 5;
+    static LAST_TRIM_S: AtomicU64 = AtomicU64::new(0);
+    let now = now_unix();
+    let last = LAST_TRIM_S.load(Ordering::Relaxed);
+    if now < last + MIN_INTERVAL_S
+        || LAST_TRIM_S
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 pub struct MailboxShard {
@@ -266,6 +330,8 @@ impl MailboxShard {
                     last_used: Instant::now(),
                     in_flight: 0,
                     waiting: WaitingPolls::default(),
+                    stale: false,
+                    first_copy_waiters: HashMap::new(),
                 };
                 self.mailboxes
                     .insert(mailbox, Slot::Loaded(Box::new(loaded)));
@@ -274,7 +340,14 @@ impl MailboxShard {
             }
             Err(err) => {
                 tracing::error!(%mailbox, %err, "mailbox could not be loaded");
-                Err(not_loaded())
+                // In a store outage, say so (with the time of the next reopen attempt).
+                Err(match self.store.status().outage() {
+                    Some(outage) => ShardError::StoreDown {
+                        retry_after_s: outage.retry_after_s(),
+                        reason: outage.reason,
+                    },
+                    None => not_loaded(),
+                })
             }
         };
         for work in waiting {
@@ -294,10 +367,30 @@ impl MailboxShard {
         }
     }
 
-    /// A store write for `mailbox` finished.
-    fn write_done(&mut self, mailbox: &MailboxKey) {
+    /// A store write for `mailbox` finished (`failed`: and may have left memory stale).
+    fn write_done(&mut self, mailbox: &MailboxKey, failed: bool) {
         if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox) {
             entry.in_flight = entry.in_flight.saturating_sub(1);
+            entry.stale |= failed;
+        }
+    }
+
+    /// Drops a stale mailbox from memory once none of its writes is in flight; the next request
+    /// loads what the store holds.
+    fn drop_if_stale(&mut self, mailbox: &MailboxKey) {
+        if let Some(Slot::Loaded(entry)) = self.mailboxes.get(mailbox)
+            && entry.stale
+            && entry.in_flight == 0
+        {
+            if let Some(Slot::Loaded(mut entry)) = self.mailboxes.remove(mailbox) {
+                // Its waiting polls get their normal reply now; their timers find nothing later.
+                let now = now_unix();
+                for poll in entry.waiting.take_all() {
+                    let _ = poll.answer(&entry.state, now);
+                }
+            }
+            self.metrics.mailboxes_loaded.dec();
+            tracing::info!(%mailbox, "mailbox dropped from memory after a failed write; it will be read again from the store");
         }
     }
 
@@ -329,8 +422,10 @@ impl MailboxShard {
         }
         let commit = self.store.commit(ops);
         ctx.spawn(commit.into_actor(self).map(move |result, shard, ctx| {
-            shard.write_done(&mailbox);
+            let failed = matches!(&result, Err(err) if leaves_memory_stale(err));
+            shard.write_done(&mailbox, failed);
             done(shard, ctx, result);
+            shard.drop_if_stale(&mailbox);
         }));
     }
 
@@ -441,6 +536,10 @@ impl MailboxShard {
             keep
         });
         self.metrics.mailboxes_loaded.sub(evicted);
+        if evicted > 0 {
+            release_freed_memory();
+        }
+        self.metrics.mailbox_sweeps_total.inc();
         // Expiry may have freed room for parked replicas.
         for mailbox in with_parked {
             self.retry_parked(mailbox, ctx);
@@ -459,8 +558,9 @@ impl MailboxShard {
         let mailbox = envelope.mailbox;
         self.write(mailbox, vec![StoreOp::Park(envelope)], ctx, |_, result| {
             if let Err(err) = result {
-                // Still parked in memory; only a restart before room frees would lose it, and
-                // the origin's feed still offers it to a resync.
+                // Refused by the budget: still parked in memory; only a restart before room
+                // frees would lose it. A storage outage makes the mailbox stale, and the reload
+                // forgets it too; the origin's feed still offers it to a resync.
                 tracing::warn!(%err, "parked replica not stored");
             }
         });
@@ -555,22 +655,12 @@ impl MailboxShard {
         let decision = entry.state.decide(&envelope, &limits);
         if decision == Decision::Duplicate && !entry.state.is_committed(&envelope.msg_id) {
             // The first copy's write is still in flight: "duplicate" must not answer before it is
-            // durable. The writer is FIFO, so once an (empty) commit queued now completes, the
-            // first one has completed too, and its outcome is in the state.
-            self.write(mailbox, Vec::new(), ctx, move |shard, result| {
-                let durable = result.is_ok()
-                    && matches!(shard.mailboxes.get(&mailbox),
-                        Some(Slot::Loaded(entry)) if entry.state.is_committed(&envelope.msg_id));
-                let outcome = if durable {
-                    shard.count_decision(Decision::Duplicate, &origin);
-                    Ok(Decision::Duplicate)
-                } else {
-                    Err(ShardError::Unavailable(
-                        "the first copy was not stored".into(),
-                    ))
-                };
-                let _ = reply.send(outcome);
-            });
+            // durable. Its write's callback answers this copy too.
+            entry
+                .first_copy_waiters
+                .entry(envelope.msg_id.clone())
+                .or_default()
+                .push((origin, reply));
             return;
         }
         if decision != Decision::Accept {
@@ -593,10 +683,18 @@ impl MailboxShard {
                 let _ = reply.send(Err(not_loaded()));
                 return;
             };
+            let copies = entry
+                .first_copy_waiters
+                .remove(&envelope.msg_id)
+                .unwrap_or_default();
             let outcome = match result {
                 Ok(_) => {
                     entry.state.mark_committed(&envelope.msg_id);
                     shard.count_decision(Decision::Accept, &origin);
+                    for (copy_origin, copy_reply) in copies {
+                        shard.count_decision(Decision::Duplicate, &copy_origin);
+                        let _ = copy_reply.send(Ok(Decision::Duplicate));
+                    }
                     if origin == Origin::Client {
                         shard.sink.envelope_stored(&envelope);
                     }
@@ -606,6 +704,11 @@ impl MailboxShard {
                 }
                 Err(err) => {
                     entry.state.remove_uncommitted(&envelope);
+                    for (_, copy_reply) in copies {
+                        let _ = copy_reply.send(Err(ShardError::Unavailable(
+                            "the first copy of this envelope could not be stored".into(),
+                        )));
+                    }
                     shard
                         .metrics
                         .deposit_total
@@ -707,8 +810,8 @@ impl MailboxShard {
                     }
                     Ok(report)
                 }
-                // The ack stays applied in memory (it is idempotent and the client will retry);
-                // the retry stores it.
+                // The ack was applied in memory only: the mailbox is now stale and is read again
+                // from the store (`drop_if_stale`); the client's retry applies it again.
                 Err(err) => Err(ShardError::from(err)),
             };
             let _ = reply.send(outcome);
