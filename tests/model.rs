@@ -345,10 +345,10 @@ impl StoredNode {
                 self.state(envelope.mailbox, now)
                     .mark_committed(&envelope.msg_id);
             }
-            Decision::MailboxFull { .. } | Decision::CapViolation { .. } if replica => {
-                if state.park(Arc::clone(envelope), &limits) {
-                    self.commit(vec![StoreOp::Park(Arc::clone(envelope))]);
-                }
+            Decision::MailboxFull { .. } | Decision::CapViolation { .. }
+                if replica && state.park(Arc::clone(envelope), &limits) =>
+            {
+                self.commit(vec![StoreOp::Park(Arc::clone(envelope))]);
             }
             _ => {}
         }

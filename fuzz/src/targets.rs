@@ -26,8 +26,11 @@ pub const NOW: u64 = 1_764_000_300;
 /// Largest `max_ttl` a node may be configured with is not bounded; the default is what runs.
 const MAX_TTL_S: u64 = 604_800;
 
+/// A fuzz target: takes any bytes, panics on a finding.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the directory names under `fuzz/seeds` and `fuzz/regressions`).
-pub const ALL: &[(&str, fn(&[u8]))] = &[
+pub const ALL: &[(&str, Target)] = &[
     ("envelope", envelope),
     ("poll", poll),
     ("ack", ack),
