@@ -61,8 +61,13 @@ pub struct Settings {
     /// Separate peer-plane address (`MESH_DM_PEER_LISTEN`); when set, each plane is served only
     /// on its own address.
     pub peer_listen: Option<SocketAddr>,
-    /// This node's own normalized peer URL (`MESH_SELF_PEER_URL`, default `http://{listen}`).
+    /// This node's own normalized peer URL (`MESH_SELF_PEER_URL`, default `http://{listen}`,
+    /// made from the bound address once the node listens: see [`Settings::adopt_bound_addresses`]).
     pub self_peer_url: String,
+    /// Whether `self_peer_url` was configured (else it is derived from the listen address).
+    pub self_peer_url_configured: bool,
+    /// Where the settings came from, for the start-up log: the file, or "defaults + environment".
+    pub config_source: String,
     /// Peer relays (`MESH_RELAY_PEERS` and `[[peers]]` in the file).
     pub peers: Vec<PeerSettings>,
     /// Data directory of the embedded store (`MESH_DM_DATA_DIR`, default `./data`).
@@ -99,6 +104,21 @@ pub struct Settings {
     pub peer_tls: Arc<rustls::ClientConfig>,
     /// HTTP worker threads, one per core by default (`MESH_DM_HTTP_WORKERS`).
     pub http_workers: usize,
+    /// Most long polls waiting at once on this node (`MESH_DM_MAX_WAITING_POLLS`, default
+    /// 16384); past that a long poll is answered at once. Each holds one connection (one fd).
+    pub max_waiting_polls: usize,
+    /// Page cache of the embedded store in bytes (`MESH_DM_STORE_CACHE_MB`, default 64 MiB).
+    pub store_cache_bytes: usize,
+    /// Bytes of stored envelopes and acks past which new deposits and replicas are refused
+    /// (`MESH_DM_STORAGE_BUDGET_MB`); `None`: chosen at start from the free disk space (see
+    /// [`crate::store::budget`]).
+    pub storage_budget_bytes: Option<u64>,
+    /// Client-plane requests per second allowed from one IP address
+    /// (`MESH_DM_CLIENT_RATE_PER_S`, default 200; 0 turns the limit off).
+    pub client_rate_per_s: f64,
+    /// Requests one IP address may send at once above that rate (`MESH_DM_CLIENT_RATE_BURST`,
+    /// default 400).
+    pub client_rate_burst: u32,
 }
 
 /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
@@ -129,6 +149,11 @@ struct FileSettings {
     peer_ca_file: Option<PathBuf>,
     shards: Option<u64>,
     http_workers: Option<u64>,
+    max_waiting_polls: Option<u64>,
+    store_cache_mb: Option<u64>,
+    storage_budget_mb: Option<f64>,
+    client_rate_per_s: Option<f64>,
+    client_rate_burst: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +237,27 @@ const SCALARS: &[(&str, &str, &str)] = &[
     ("peer_ca_file", "MESH_RELAY_CA_FILE", "peer_ca_file"),
     ("shards", "MESH_DM_SHARDS", "shards"),
     ("http_workers", "MESH_DM_HTTP_WORKERS", "http_workers"),
+    (
+        "max_waiting_polls",
+        "MESH_DM_MAX_WAITING_POLLS",
+        "max_waiting_polls",
+    ),
+    ("store_cache_mb", "MESH_DM_STORE_CACHE_MB", "store_cache_mb"),
+    (
+        "storage_budget_mb",
+        "MESH_DM_STORAGE_BUDGET_MB",
+        "storage_budget_mb",
+    ),
+    (
+        "client_rate_per_s",
+        "MESH_DM_CLIENT_RATE_PER_S",
+        "client_rate_per_s",
+    ),
+    (
+        "client_rate_burst",
+        "MESH_DM_CLIENT_RATE_BURST",
+        "client_rate_burst",
+    ),
 ];
 
 fn read_secret_file(setting: &str, path: &Path) -> Result<String, ConfigError> {
@@ -311,6 +357,11 @@ impl Settings {
                 "peer_ca_file" => f.peer_ca_file.as_ref().map(|p| p.display().to_string()),
                 "shards" => f.shards.map(|v| v.to_string()),
                 "http_workers" => f.http_workers.map(|v| v.to_string()),
+                "max_waiting_polls" => f.max_waiting_polls.map(|v| v.to_string()),
+                "store_cache_mb" => f.store_cache_mb.map(|v| v.to_string()),
+                "storage_budget_mb" => f.storage_budget_mb.map(|v| v.to_string()),
+                "client_rate_per_s" => f.client_rate_per_s.map(|v| v.to_string()),
+                "client_rate_burst" => f.client_rate_burst.map(|v| v.to_string()),
                 _ => None,
             }
         };
@@ -448,10 +499,37 @@ impl Settings {
         let shards: u64 = raw.parse("shards", cores, integer)?;
         let http_workers: u64 = raw.parse("http_workers", cores, integer)?;
         let push_rate_per_s: f64 = raw.parse("push_rate", 5000.0, "a number")?;
+        let max_waiting_polls: u64 = raw.parse(
+            "max_waiting_polls",
+            crate::mailbox::waiting::DEFAULT_MAX_WAITING_POLLS as u64,
+            integer,
+        )?;
+        let store_cache_mb: u64 = raw.parse("store_cache_mb", 64, integer)?;
+        let storage_budget_bytes = match raw.get("storage_budget_mb") {
+            None => None,
+            Some((source, _)) => {
+                let mb: f64 = raw.parse("storage_budget_mb", 0.0, "a number of MiB")?;
+                if !(0.01..=1.0e9).contains(&mb) {
+                    return Err(bad(
+                        source,
+                        format!("must be a number of MiB between 0.01 and 1e9, got {mb}"),
+                    ));
+                }
+                Some((mb * 1024.0 * 1024.0) as u64)
+            }
+        };
+        let client_rate_per_s: f64 = raw.parse("client_rate_per_s", 200.0, "a number")?;
+        let client_rate_burst: u64 = raw.parse("client_rate_burst", 400, integer)?;
         Ok(Self {
             listen,
             peer_listen,
+            self_peer_url_configured: raw.get("self_peer_url").is_some(),
             self_peer_url,
+            config_source: if file_name.is_empty() {
+                "defaults + environment".to_string()
+            } else {
+                format!("{file_name} + environment")
+            },
             peers,
             data_dir,
             persist,
@@ -479,6 +557,22 @@ impl Settings {
             mailbox_idle: positive_duration(&raw, "mailbox_idle_s", 300.0)?,
             shards: in_range(&raw, "shards", shards, 1, 256)? as usize,
             http_workers: in_range(&raw, "http_workers", http_workers, 1, 256)? as usize,
+            max_waiting_polls: in_range(&raw, "max_waiting_polls", max_waiting_polls, 0, 1_000_000)?
+                as usize,
+            store_cache_bytes: in_range(&raw, "store_cache_mb", store_cache_mb, 1, 1 << 20)?
+                as usize
+                * 1024
+                * 1024,
+            storage_budget_bytes,
+            client_rate_per_s: in_range(
+                &raw,
+                "client_rate_per_s",
+                client_rate_per_s,
+                0.0,
+                1_000_000.0,
+            )?,
+            client_rate_burst: in_range(&raw, "client_rate_burst", client_rate_burst, 1, 1_000_000)?
+                as u32,
             tls,
             peer_tls,
         })
@@ -514,6 +608,23 @@ mod tests {
         assert_eq!(s.max_ttl_s, 604_800);
         assert_eq!(s.sync_interval, Duration::from_secs(5));
         assert!(s.peers.is_empty());
+    }
+
+    #[test]
+    fn the_store_cache_and_the_storage_budget_are_in_mib() {
+        let s = from_toml("", &[]).unwrap();
+        assert_eq!(s.store_cache_bytes, 64 << 20);
+        assert_eq!(
+            s.storage_budget_bytes, None,
+            "chosen at start from the free disk"
+        );
+        let s = from_toml(
+            "store_cache_mb = 8\nstorage_budget_mb = 0.5",
+            &[("MESH_DM_STORE_CACHE_MB", "16")],
+        )
+        .unwrap();
+        assert_eq!(s.store_cache_bytes, 16 << 20);
+        assert_eq!(s.storage_budget_bytes, Some(512 * 1024));
     }
 
     #[test]
@@ -582,6 +693,7 @@ mod tests {
             .collect();
         let file: FileSettings = toml::from_str(&uncommented).unwrap();
         assert!(file.listen.is_some() && file.http_workers.is_some() && file.peers.len() == 1);
+        assert!(file.max_waiting_polls.is_some());
         assert!(file.tls_cert.is_some() && file.tls_key.is_some() && file.peer_ca_file.is_some());
     }
 
@@ -613,6 +725,36 @@ mod tests {
                 "MESH_PEER_PUSH_SECRET",
             ),
             ("mailbox_limit = 0", &[], "node.toml: mailbox_limit"),
+            (
+                "",
+                &[("MESH_DM_MAX_WAITING_POLLS", "lots")],
+                "MESH_DM_MAX_WAITING_POLLS",
+            ),
+            (
+                "",
+                &[("MESH_DM_STORE_CACHE_MB", "0")],
+                "MESH_DM_STORE_CACHE_MB",
+            ),
+            (
+                "",
+                &[("MESH_DM_STORAGE_BUDGET_MB", "NaN")],
+                "MESH_DM_STORAGE_BUDGET_MB",
+            ),
+            (
+                "storage_budget_mb = -1.0",
+                &[],
+                "node.toml: storage_budget_mb",
+            ),
+            (
+                "",
+                &[("MESH_DM_CLIENT_RATE_PER_S", "-5")],
+                "MESH_DM_CLIENT_RATE_PER_S",
+            ),
+            (
+                "",
+                &[("MESH_DM_CLIENT_RATE_BURST", "0")],
+                "MESH_DM_CLIENT_RATE_BURST",
+            ),
         ];
         for (file, env_pairs, setting) in cases {
             let err = from_toml(file, env_pairs).unwrap_err();

@@ -20,20 +20,31 @@
 //! - [`store`]: the durable state behind a trait, and the group-commit writer thread.
 //! - [`peer`]: peer URLs, HMAC authentication, and the actors of the peer plane.
 //! - [`http`]: routes, body limits, the error table.
+//! - [`client`]: the client library (keys, Appendix A payload, signed requests, HTTP) behind
+//!   `dmrelay send` and `dmrelay inbox`.
+//! - [`demo`]: `dmrelay demo`, a three-node mesh and a story told in the terminal.
 //! - [`config`]: settings from file and environment; [`metrics`]: Prometheus; [`node`]: start/stop;
-//!   [`tls`]: HTTPS for both planes and peer links.
+//!   [`tls`]: HTTPS for both planes and peer links; [`fd_limit`]: room for many open connections;
+//!   [`startup`]: start-up checks and the start-up log line; [`status`]: the node's view of its
+//!   peers for `GET /status`; [`ops`]: the operator commands `init` and `status`.
 
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod client;
 pub mod config;
+pub mod demo;
+pub mod fd_limit;
 pub mod http;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod peer;
 pub mod protocol;
+pub mod startup;
+pub mod status;
 pub mod store;
 pub mod tls;

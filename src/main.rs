@@ -1,17 +1,21 @@
-//! The `dmrelay` command: `serve` runs a node; `keygen` makes a key; `envelope`, `poll-request`
-//! and `ack-request` print signed JSON to send with curl (for trying a node by hand).
+//! The `dmrelay` command: `serve` runs a node; `keygen` makes a key; `send` and `inbox` are the
+//! client (in `client_cli`); `envelope`, `poll-request` and `ack-request` print signed JSON to
+//! send with curl (for trying a node by hand); `init` and `status` are for operators
+//! (`dmrelay::ops`).
 
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod client_cli;
+
 use clap::{Parser, Subcommand};
+use dmrelay::client::keys::{generate_secret_key_file, load_secret_key};
 use dmrelay::config::Settings;
 use dmrelay::node::{self, Listeners};
 use dmrelay::protocol::{
-    AckObject, Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix,
-    random_hex, signing_key_from_hex,
+    AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix, random_hex,
 };
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,15 +40,22 @@ enum Command {
         #[arg(long, env = "MESH_DM_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Write a new Ed25519 key file (hex seed, mode 0600) and print its public key.
+    /// Write a new secret key file (mode 0600) and print its public key (your mailbox).
     Keygen {
-        /// Where to write the key.
+        /// Where to write the secret key.
         #[arg(long, default_value = "dmrelay.key")]
         out: PathBuf,
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
     },
+    /// Encrypt a message for a mailbox, sign it and deposit it on a node.
+    Send(client_cli::SendArgs),
+    /// Read your mailbox: verify and decrypt every message, optionally acknowledge or follow.
+    Inbox(client_cli::InboxArgs),
+    /// Start three nodes on this machine and show, step by step, what the mesh does (about 2 s;
+    /// nothing to set up, nothing left behind; DMRELAY_DEMO_LOGS=1 shows the nodes' logs).
+    Demo,
     /// Print a signed envelope (JSON for POST /api/mesh/dm/send). The text is NOT encrypted:
     /// this is for trying a relay; real clients encrypt before signing.
     Envelope {
@@ -73,6 +84,42 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         limit: u64,
     },
+    /// Write a commented node.toml with a new mesh secret (mode 0600) and a usable self URL.
+    Init {
+        /// Directory for node.toml (created if missing); the data dir goes beside it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The address the node listens on.
+        #[arg(long, default_value = dmrelay::config::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// The URL peers reach this node at [default: http://{listen}; required when listen is
+        /// a wildcard such as 0.0.0.0].
+        #[arg(long)]
+        self_url: Option<String>,
+        /// A peer's URL (repeat for several); each is written as a [[peers]] table.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Take the mesh secret from another node's node.toml (or a file holding only the
+        /// secret) instead of generating one: every node of a mesh shares it.
+        #[arg(long)]
+        secret_from: Option<PathBuf>,
+        /// Replace an existing node.toml.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a running node's view: version, pending, mailboxes, and per peer the breaker, push
+    /// queue, last push and last complete pull (from its GET /status).
+    Status {
+        /// The node's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8787")]
+        node: String,
+        /// Print the node's JSON as it is.
+        #[arg(long)]
+        json: bool,
+        /// Extra CA certificates (PEM) to trust for an https:// node.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
     /// Print a signed ack object (JSON for POST /api/mesh/dm/ack).
     AckRequest {
         /// The mailbox owner's key file.
@@ -89,6 +136,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Keygen { out, force } => keygen(&out, force),
+        Command::Send(args) => return client_cli::send(args),
+        Command::Inbox(args) => return client_cli::inbox(args),
+        Command::Demo => demo(),
         Command::Envelope {
             key,
             to,
@@ -98,25 +148,55 @@ fn main() -> ExitCode {
         } => print_envelope(&key, &to, &text, ttl, msg_id),
         Command::PollRequest { key, limit } => print_poll(&key, limit),
         Command::AckRequest { key, msg_ids } => print_ack(&key, &msg_ids),
+        Command::Init {
+            dir,
+            listen,
+            self_url,
+            peers,
+            secret_from,
+            force,
+        } => init(dmrelay::ops::init::InitOptions {
+            dir,
+            listen,
+            self_url,
+            peers,
+            secret_from,
+            force,
+        }),
+        Command::Status {
+            node,
+            json,
+            ca_file,
+        } => status(&node, json, ca_file.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("dmrelay: {message}");
+            // Not eprintln!: it panics when stderr is a closed pipe, turning exit 2 into 101.
+            let _ = writeln!(std::io::stderr(), "dmrelay: {message}");
             ExitCode::from(2)
         }
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); one JSON object per line when
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`; a filter that would silence dmrelay
+/// is refused, see `dmrelay::startup::check_log_filter`); one JSON object per line when
 /// `MESH_DM_LOG_FORMAT=json` (for log pipelines), human-readable lines otherwise.
 fn init_logging() -> Result<(), String> {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let directives = dmrelay::startup::check_log_filter(rust_log.as_deref())?;
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&directives)
+        .map_err(|e| format!("invalid configuration: RUST_LOG: {e}"))?;
+    // A log line that cannot be written (stderr a closed pipe, as after `| head -1`) is dropped.
+    // With internal-error logging on, tracing-subscriber would report it with `eprintln!`, which
+    // panics on that same closed pipe, in whichever task logged: on the SIGTERM path that task
+    // is the one that stops the servers, and the node kept serving.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match std::env::var("MESH_DM_LOG_FORMAT").as_deref() {
         Ok("json") => builder.json().init(),
         Ok("text") | Err(_) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -177,44 +257,21 @@ fn inherited_listeners() -> Result<Option<Listeners>, String> {
     Ok(Some(Listeners { client, peer }))
 }
 
+fn demo() -> Result<(), String> {
+    let binary = std::env::current_exe()
+        .map_err(|e| format!("cannot find the dmrelay executable to start nodes: {e}"))?;
+    dmrelay::demo::run(&binary)
+}
+
 fn keygen(out: &Path, force: bool) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let key = generate_signing_key().map_err(|e| format!("no randomness: {e}"))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).mode(0o600);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let mut file = options.open(out).map_err(|e| {
-        format!(
-            "cannot write {}: {e}{}",
-            out.display(),
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                " (use --force to replace it)"
-            } else {
-                ""
-            }
-        )
-    })?;
-    writeln!(file, "{}", hex::encode(key.to_bytes()))
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let key = generate_secret_key_file(out, force).map_err(|e| e.to_string())?;
     println!("{}", hex::encode(key.verifying_key().to_bytes()));
     eprintln!("secret key written to {} (mode 0600)", out.display());
     Ok(())
 }
 
 fn load_key(path: &Path) -> Result<ed25519_dalek::SigningKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
-    signing_key_from_hex(&text).ok_or_else(|| {
-        format!(
-            "{} is not a dmrelay key file (64 hex characters)",
-            path.display()
-        )
-    })
+    load_secret_key(path).map_err(|e| e.to_string())
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
@@ -255,4 +312,38 @@ fn print_ack(key: &Path, msg_ids: &[String]) -> Result<(), String> {
         .map(|id| MsgId::parse("msg_ids", id).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     print_json(&AckObject::sign(&owner, now_unix(), ids))
+}
+
+fn init(options: dmrelay::ops::init::InitOptions) -> Result<(), String> {
+    let report = dmrelay::ops::init::init(&options)?;
+    println!("{}", report.path.display());
+    eprintln!(
+        "wrote {} (mode 0600): self URL {}, data in {}, {} mesh secret",
+        report.path.display(),
+        report
+            .self_url
+            .as_deref()
+            .unwrap_or("derived from the port bound at start"),
+        report.data_dir.display(),
+        if report.new_secret {
+            "a new"
+        } else {
+            "the copied"
+        }
+    );
+    eprintln!(
+        "start it with: dmrelay serve --config {}",
+        report.path.display()
+    );
+    Ok(())
+}
+
+fn status(node: &str, json: bool, ca_file: Option<&Path>) -> Result<(), String> {
+    let status = dmrelay::ops::report::fetch(node, ca_file)?;
+    if json {
+        print_json(&status)
+    } else {
+        print!("{}", dmrelay::ops::report::render(&status, now_unix()));
+        Ok(())
+    }
 }

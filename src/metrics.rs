@@ -52,6 +52,28 @@ pub struct Metrics {
     pub store_errors_total: IntCounter,
     /// Requests refused with 503 because a bounded queue was full.
     pub overload_total: IntCounter,
+    /// Long polls parked with their mailbox, waiting for mail (SPEC §6.2 `wait_s`).
+    pub waiting_polls: IntGauge,
+    /// Long polls answered at once (empty) because the node already held its most waiting polls.
+    pub waiting_polls_overflow_total: IntCounter,
+    /// 1 while the store refuses writes after a storage error (until it is reopened).
+    pub store_degraded: IntGauge,
+    /// Times the store was reopened and took writes again after a storage error.
+    pub store_recoveries_total: IntCounter,
+    /// Bytes of stored envelopes, acks and parked replicas (measured against the budget).
+    pub store_bytes: IntGauge,
+    /// The node-wide storage budget in bytes.
+    pub storage_budget_bytes: IntGauge,
+    /// Writes (deposits, replicas, parked replicas) refused because the budget was used up.
+    pub budget_refusals_total: IntCounter,
+    /// Push attempts a peer refused with 403 (our signature; retried, an operator must look).
+    pub push_auth_refused_total: IntCounterVec,
+    /// Requests refused with 429 `rate_limited` by the per-address rate limit, by plane.
+    pub rate_limited_total: IntCounterVec,
+    /// Expiry and eviction sweeps the mailbox shards have run (one per shard per second).
+    pub mailbox_sweeps_total: IntCounter,
+    /// Uptime and per-peer state for `GET /status` (not Prometheus: events with times).
+    pub status: crate::status::NodeStatus,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -95,6 +117,32 @@ fn unreachable_metric(name: &str, err: prometheus::Error) -> ! {
 
 impl Metrics {
     pub fn new() -> Self {
+        let metrics = Self::unlabelled();
+        // Every outcome a deposit can have is exported from the start, at 0.
+        for status in [
+            "accepted",
+            "duplicate",
+            "acked",
+            "conflict",
+            "cap_violation",
+            "mailbox_full",
+            "bad_request",
+            "too_large",
+            "bad_signature",
+            "stale",
+            "expired",
+            "unavailable",
+        ] {
+            metrics.deposit_total.with_label_values(&[status]).inc_by(0);
+        }
+        metrics
+            .rate_limited_total
+            .with_label_values(&["client"])
+            .inc_by(0);
+        metrics
+    }
+
+    fn unlabelled() -> Self {
         let r = Registry::new();
         Self {
             deposit_total: counter_vec(
@@ -199,6 +247,59 @@ impl Metrics {
                 "dm_overload_total",
                 "Requests refused with 503 because a bounded queue was full.",
             ),
+            waiting_polls: gauge(
+                &r,
+                "dm_waiting_polls",
+                "Long polls parked with their mailbox, waiting for mail.",
+            ),
+            waiting_polls_overflow_total: counter(
+                &r,
+                "dm_waiting_polls_overflow_total",
+                "Long polls answered at once because the node held its most waiting polls.",
+            ),
+            store_degraded: gauge(
+                &r,
+                "dm_store_degraded",
+                "1 while the store refuses writes after a storage error, until it is reopened.",
+            ),
+            store_recoveries_total: counter(
+                &r,
+                "dm_store_recoveries_total",
+                "Times the store was reopened and took writes again after a storage error.",
+            ),
+            store_bytes: gauge(
+                &r,
+                "dm_store_bytes",
+                "Bytes of stored envelopes, acks and parked replicas (what the budget limits).",
+            ),
+            storage_budget_bytes: gauge(
+                &r,
+                "dm_storage_budget_bytes",
+                "The node-wide storage budget in bytes.",
+            ),
+            budget_refusals_total: counter(
+                &r,
+                "dm_storage_budget_refusals_total",
+                "Writes of envelopes refused because the storage budget was used up.",
+            ),
+            push_auth_refused_total: counter_vec(
+                &r,
+                "dm_replication_push_auth_refused_total",
+                "Push attempts a peer refused with 403 (signature or secret mismatch); retried.",
+                "peer",
+            ),
+            rate_limited_total: counter_vec(
+                &r,
+                "dm_rate_limited_total",
+                "Requests refused with 429 by the per-address rate limit.",
+                "plane",
+            ),
+            mailbox_sweeps_total: counter(
+                &r,
+                "dm_mailbox_sweeps_total",
+                "Expiry and eviction sweeps run by the mailbox shards.",
+            ),
+            status: crate::status::NodeStatus::default(),
             registry: r,
         }
     }
@@ -257,6 +358,8 @@ mod tests {
             "dm_pending_envelopes 0",
             "dm_peer_queue_depth{peer=\"http://b\"} 0",
             "dm_peer_circuit_open{peer=\"http://b\"} 0",
+            "dm_waiting_polls 0",
+            "dm_waiting_polls_overflow_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

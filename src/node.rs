@@ -1,10 +1,12 @@
 //! Starting and stopping a node: store, writer, shards, peer actors, HTTP servers, signals.
 //!
 //! Order matters: the store is opened and its state recovered into the shards before the first
-//! request is accepted; on SIGTERM/SIGINT the servers stop accepting, finish in-flight requests,
-//! and only then does the writer commit what is queued and stop.
+//! request is accepted; on SIGTERM/SIGINT waiting long polls are answered at once, the servers
+//! stop accepting and finish in-flight requests, and only then does the writer commit what is
+//! queued and stop.
 
 use crate::config::{PersistMode, Settings};
+use crate::http::rate_limit::ClientRateLimit;
 use crate::http::{self, AppState};
 use crate::mailbox::rules::MailboxLimits;
 use crate::mailbox::{ChangeSink, MailboxRouter};
@@ -13,6 +15,7 @@ use crate::peer::auth::derive_peer_key;
 use crate::peer::{PushFanout, start_sync};
 use crate::protocol::EnvelopeLimits;
 use crate::store::{RedbStore, Store, StoreHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -60,12 +63,35 @@ pub enum StartError {
 }
 
 /// Runs a node until SIGTERM/SIGINT. Must be called inside an actix `System`.
-pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartError> {
+pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), StartError> {
+    // First of all, so that a SIGTERM arriving while the store opens is not fatal: it is held
+    // until the servers run, which then stop at once.
+    let shutdown_signal = shutdown_signal();
+    crate::fd_limit::ensure_room_for(settings.max_waiting_polls);
+    let client_addr = listeners.client.local_addr()?;
+    let peer_addr = listeners
+        .peer
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    // Before anything uses the self URL: port 0 and inherited sockets give the real port.
+    settings.adopt_bound_addresses(client_addr, peer_addr);
+    if let Some(warning) = crate::startup::wildcard_self_url_warning(&settings.self_peer_url) {
+        tracing::warn!("{warning}");
+    }
     let metrics = Arc::new(Metrics::new());
+    let cache = settings.store_cache_bytes;
     let store: Arc<dyn Store> = match settings.persist {
-        PersistMode::Fsync => Arc::new(RedbStore::open(&settings.data_dir)?),
-        PersistMode::Memory => Arc::new(RedbStore::in_memory()?),
+        PersistMode::Fsync => Arc::new(RedbStore::open_with_cache(&settings.data_dir, cache)?),
+        PersistMode::Memory => Arc::new(RedbStore::in_memory_with_cache(cache)?),
     };
+    let budget = settings.storage_budget_bytes.unwrap_or_else(|| {
+        // What the store holds already does not count against the disk's free share twice.
+        let free = store
+            .data_dir()
+            .map(|dir| crate::store::budget::free_bytes(dir).unwrap_or(0) + store.stored_bytes());
+        crate::store::budget::default_budget(free)
+    });
     let parked_mailboxes = store.parked_mailboxes()?;
     tracing::info!(
         epoch = store.epoch(),
@@ -73,9 +99,13 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         mailboxes_with_parked_replicas = parked_mailboxes.len(),
         persist = ?settings.persist,
         data_dir = %settings.data_dir.display(),
+        stored_bytes = store.stored_bytes(),
+        storage_budget_bytes = budget,
+        cache_bytes = cache,
         "store opened"
     );
-    let (store_handle, writer) = StoreHandle::start(Arc::clone(&store), Arc::clone(&metrics))?;
+    let (store_handle, writer) =
+        StoreHandle::start(Arc::clone(&store), Arc::clone(&metrics), budget)?;
     let sink: Arc<dyn ChangeSink> = Arc::new(PushFanout::start(&settings, Arc::clone(&metrics)));
     let limits = MailboxLimits {
         pending_per_sender: settings.pending_per_sender_limit,
@@ -91,6 +121,7 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         Arc::clone(&metrics),
         sink,
         parked_mailboxes,
+        settings.max_waiting_polls,
     )
     .await?;
     let envelope_limits = EnvelopeLimits {
@@ -110,6 +141,11 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         .iter()
         .map(|p| (p.url.clone(), derive_peer_key(p.secret.as_bytes(), &p.url)))
         .collect();
+    let client_rate = Arc::new(ClientRateLimit::new(
+        settings.client_rate_per_s,
+        settings.client_rate_burst,
+    ));
+    client_rate.start_housekeeping();
     let state = web::Data::new(AppState {
         mailboxes,
         envelope_limits,
@@ -117,13 +153,17 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         self_peer_url: settings.self_peer_url.clone(),
         peer_keys,
         store: store_handle.clone(),
+        client_rate: Arc::clone(&client_rate),
     });
 
-    let client_addr = listeners.client.local_addr()?;
+    // Each waiting long poll holds a connection: actix's per-worker cap (25k by default) must not
+    // bind before MESH_DM_MAX_WAITING_POLLS does, whichever worker the connections land on.
+    let max_connections_per_worker = settings.max_waiting_polls.saturating_add(1024).max(25_000);
     let separate_peer_lane = listeners.peer.is_some();
     let client_state = state.clone();
     let client_server = HttpServer::new(move || {
         let app = App::new()
+            .wrap(from_fn(http::body::close_after_refused_body))
             .app_data(client_state.clone())
             .configure(http::client_routes)
             .configure(http::service_routes);
@@ -135,6 +175,10 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         app.configure(http::fallback)
     })
     .workers(settings.http_workers)
+    .max_connections(max_connections_per_worker)
+    // A client that closes its connection while its long poll waits: end the request, so that
+    // the waiting poll is dropped at the shard's next sweep instead of when `wait_s` runs out.
+    .h1_allow_half_closed(false)
     .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
     .disable_signals();
     let client_server = match &settings.tls {
@@ -144,10 +188,10 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
     .run();
     let mut servers = vec![client_server];
     if let Some(peer_listener) = listeners.peer {
-        let peer_addr = peer_listener.local_addr()?;
         let peer_state = state.clone();
         let peer_server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(http::body::close_after_refused_body))
                 .app_data(peer_state.clone())
                 .configure(http::peer_routes)
                 .configure(http::service_routes)
@@ -162,26 +206,18 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
         }
         .run();
         servers.push(peer_server);
-        tracing::info!(%peer_addr, "peer plane listening");
     }
-    let scheme = if settings.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    tracing::info!(
-        %client_addr,
-        separate_peer_lane,
-        tls = settings.tls.is_some(),
-        node = %settings.self_peer_url,
-        peers = settings.peers.len(),
-        "dmrelay listening on {scheme}://{client_addr}"
-    );
+    // The one start-up line: config source, addresses, self URL, peers, store and mode.
+    crate::startup::startup_line(&settings, client_addr, peer_addr).log();
 
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
+    let mailboxes = state.mailboxes.clone();
     actix_rt::spawn(async move {
-        wait_for_shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
+        shutdown_signal.await;
+        tracing::info!("shutting down: releasing waiting polls, finishing in-flight requests");
+        // First, so that the servers' graceful stop does not wait out long polls (SPEC §6.2:
+        // a waiting poll is released with its normal reply when the node shuts down).
+        mailboxes.release_waiting_polls().await;
         for handle in &handles {
             handle.stop(true).await;
         }
@@ -197,12 +233,23 @@ pub async fn run(settings: Settings, listeners: Listeners) -> Result<(), StartEr
     Ok(())
 }
 
-async fn wait_for_shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now; the future completes on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
+    );
+    wait_for_shutdown_signal(handlers)
+}
+
+async fn wait_for_shutdown_signal(
+    handlers: (
+        std::io::Result<tokio::signal::unix::Signal>,
+        std::io::Result<tokio::signal::unix::Signal>,
+    ),
+) {
+    match handlers {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {},

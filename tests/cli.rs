@@ -11,7 +11,18 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SUBCOMMANDS: [&str; 5] = ["serve", "keygen", "envelope", "poll-request", "ack-request"];
+const SUBCOMMANDS: [&str; 10] = [
+    "serve",
+    "init",
+    "status",
+    "keygen",
+    "send",
+    "inbox",
+    "demo",
+    "envelope",
+    "poll-request",
+    "ack-request",
+];
 
 /// `dmrelay` with no inherited MESH_* settings, run in `cwd`.
 fn dmrelay(cwd: &Path) -> Command {
@@ -137,12 +148,12 @@ fn keygen_writes_a_0600_key_file_and_prints_the_public_key() {
     );
     let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "key file mode {mode:o}");
-    // The file holds the seed of that public key.
-    let seed = std::fs::read_to_string(&key_path).unwrap();
-    let key = dmrelay::protocol::signing_key_from_hex(&seed).expect("a hex seed");
+    // The file is a secret key file (not bare hex) holding the seed of that public key.
+    let file = std::fs::read_to_string(&key_path).unwrap();
+    let key = dmrelay::client::parse_secret_key(&file).expect("a secret key file");
     assert_eq!(hex::encode(key.verifying_key().to_bytes()), public);
     assert!(
-        !stdout(&output).contains(seed.trim()),
+        !stdout(&output).contains(&hex::encode(key.to_bytes())),
         "the secret is not printed"
     );
 

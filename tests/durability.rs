@@ -418,7 +418,8 @@ async fn a_duplicate_reply_means_the_envelope_is_durable() {
     // A client that retries a deposit (say after a timeout) and gets `200 duplicate` must be able
     // to rely on the envelope being stored, exactly as after `200 accepted` (SPEC §6.1, §4 rule
     // 2). Keep the writer busy with other deposits so the original's commit is still queued when
-    // the retry is answered, and kill -9 the node the moment the first 200 arrives.
+    // the retry is answered, and kill -9 the node the moment the `duplicate` arrives. Every round
+    // must see one.
     for round in 0..5 {
         let mut node = start(NodeConfig::default()).await;
         let pid = node.pid().unwrap();
@@ -433,19 +434,37 @@ async fn a_duplicate_reply_means_the_envelope_is_durable() {
             })
             .collect();
         let target = serde_json::to_vec(&alice.envelope_to(&bob, "target")).unwrap();
-        let first_reply: Rc<RefCell<Option<Value>>> = Rc::new(RefCell::new(None));
+        // The node is killed the moment the first `duplicate` arrives, whether or not the
+        // `accepted` of the other copy has been answered yet.
+        let duplicate_reply: Rc<RefCell<Option<Value>>> = Rc::new(RefCell::new(None));
+        let replies: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));
         let copies: Vec<_> = (0..2)
             .map(|_| {
-                let (url, body, first_reply) =
-                    (node.url.clone(), target.clone(), first_reply.clone());
+                let (url, body) = (node.url.clone(), target.clone());
+                let (duplicate_reply, replies) = (duplicate_reply.clone(), replies.clone());
                 actix_rt::spawn(async move {
-                    let reply = common::try_post_raw(&url, "/api/mesh/dm/send", body).await;
-                    if let Ok((200, body)) = reply
-                        && first_reply.borrow().is_none()
-                    {
-                        // SAFETY: plain kill(2) on our own child's pid.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                        *first_reply.borrow_mut() = Some(body);
+                    // A copy refused for overload (503) is sent again, as a client would.
+                    for _ in 0..200 {
+                        let reply =
+                            common::try_post_raw(&url, "/api/mesh/dm/send", body.clone()).await;
+                        replies.borrow_mut().push(format!("{reply:?}"));
+                        match reply {
+                            Ok((200, body)) => {
+                                if body["status"] == "duplicate"
+                                    && duplicate_reply.borrow().is_none()
+                                {
+                                    // SAFETY: plain kill(2) on our own child's pid.
+                                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                                    *duplicate_reply.borrow_mut() = Some(body);
+                                }
+                                return;
+                            }
+                            Ok((503, _)) => {
+                                actix_rt::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            // Anything else, or the node killed under the other copy.
+                            _ => return,
+                        }
                     }
                 })
             })
@@ -459,9 +478,12 @@ async fn a_duplicate_reply_means_the_envelope_is_durable() {
         for filler in fillers {
             filler.await.unwrap();
         }
-        let Some(reply) = first_reply.take() else {
-            continue; // Neither copy was answered before the kill: nothing was promised.
-        };
+        let reply = duplicate_reply.take().unwrap_or_else(|| {
+            panic!(
+                "round {round}: no copy was answered `duplicate`; replies: {:?}",
+                replies.borrow()
+            )
+        });
         let present = node.pending_ids(&bob).await;
         assert_eq!(
             present,

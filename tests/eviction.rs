@@ -78,11 +78,13 @@ async fn many_mailboxes_touched_once_do_not_stay_in_memory() {
 #[actix_rt::test]
 async fn a_mailbox_with_a_parked_replica_stays_loaded_and_survives_a_restart() {
     let peer = "http://127.0.0.1:9";
+    // One shard: one sweep looks at every mailbox.
     let mut node = Node::start(
         mesh_config()
             .env("MESH_RELAY_PEERS", peer)
             .env("MESH_DM_SYNC_INTERVAL_S", "60")
-            .env("MESH_DM_MAILBOX_IDLE_S", "0.3"),
+            .env("MESH_DM_MAILBOX_IDLE_S", "0.3")
+            .env("MESH_DM_SHARDS", "1"),
     );
     node.ready().await;
     let (alice, bob) = (Identity::new(), Identity::new());
@@ -101,9 +103,22 @@ async fn a_mailbox_with_a_parked_replica_stays_loaded_and_survives_a_restart() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(reply["results"][0]["error"], "cap_violation");
-    // Parked replicas keep their mailbox in memory (expiry must be able to reach them).
-    actix_rt::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(node.metric("dm_mailboxes_loaded").await, 1.0);
+    // Parked replicas keep their mailbox in memory (expiry must be able to reach them). A
+    // control mailbox used after bob's is evicted, while bob's stays: two sweeps after the
+    // control was used (sweeps are a second apart), both have been idle past 0.3 s.
+    let control = Identity::new();
+    assert_eq!(node.send(&alice.envelope_to(&control, "c1")).await.0, 200);
+    assert_eq!(node.metric("dm_mailboxes_loaded").await, 2.0);
+    let sweeps = node.metric("dm_mailbox_sweeps_total").await;
+    wait_for(Duration::from_secs(20), || async {
+        node.metric("dm_mailbox_sweeps_total").await >= sweeps + 2.0
+    })
+    .await;
+    assert_eq!(
+        node.metric("dm_mailboxes_loaded").await,
+        1.0,
+        "the control mailbox is evicted, the one with a parked replica is not"
+    );
     // After a restart the mailbox is loaded again at start, and the ack still unparks m3.
     node.kill9();
     node.restart();

@@ -1,5 +1,6 @@
 //! SPEC §7.4 "Push" against a scripted peer (a real HTTP server): order, batches, retries of
-//! transport errors / 5xx / 429 with backoff and breaker, `rejected` being final, rate limit.
+//! transport errors / 5xx / 429 with backoff and breaker, `Retry-After` honoured (push and
+//! pull), 403 as an auth problem, `rejected` and other 4xx being final, rate limit.
 
 mod common;
 
@@ -14,6 +15,10 @@ struct Script {
     /// Answer the next N push requests with `fail_status`.
     fail_next: u32,
     fail_status: u16,
+    /// `Retry-After` sent with the scripted failures.
+    retry_after: Option<&'static str>,
+    /// When each push request arrived.
+    request_times: Vec<Instant>,
     /// Answer every item `rejected` (as a peer would for a cap violation).
     reject_all: bool,
     requests: u32,
@@ -30,11 +35,15 @@ async fn take_push(body: web::Bytes, script: web::Data<Mutex<Script>>) -> HttpRe
     let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut script = script.lock().unwrap();
     script.requests += 1;
+    script.request_times.push(Instant::now());
     if script.fail_next > 0 {
         script.fail_next -= 1;
         let status = actix_web::http::StatusCode::from_u16(script.fail_status).unwrap();
-        return HttpResponse::build(status)
-            .json(json!({"ok": false, "error": "unavailable", "detail": "scripted"}));
+        let mut response = HttpResponse::build(status);
+        if let Some(retry_after) = script.retry_after {
+            response.insert_header(("Retry-After", retry_after));
+        }
+        return response.json(json!({"ok": false, "error": "unavailable", "detail": "scripted"}));
     }
     let now = Instant::now();
     let mut results = Vec::new();
@@ -214,5 +223,138 @@ async fn pushes_are_batched_and_rate_limited_per_peer() {
         last.duration_since(first) >= Duration::from_millis(800),
         "rate limit not applied: {:?}",
         last.duration_since(first)
+    );
+}
+
+/// SPEC §7.4: a `429` is retried, and not before the peer's `Retry-After` (issue 7: it was
+/// retried after ~100 ms like a 5xx).
+#[actix_rt::test]
+async fn a_429_is_retried_no_sooner_than_its_retry_after() {
+    let peer = ScriptedPeer::start(Script {
+        fail_next: 1,
+        fail_status: 429,
+        retry_after: Some("2"),
+        ..Script::default()
+    })
+    .await;
+    let node = node_pushing_to(&peer, &[]);
+    node.ready().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    wait_for(Duration::from_secs(15), || async {
+        peer.received() == ["m1"]
+    })
+    .await;
+    let times = peer.script.lock().unwrap().request_times.clone();
+    assert_eq!(times.len(), 2, "one refusal, one retry");
+    let waited = times[1].duration_since(times[0]);
+    assert!(
+        waited >= Duration::from_millis(1950),
+        "retried after {waited:?}, before the 2 s the peer asked for"
+    );
+    let label = format!("{{peer=\"{}\"}}", peer.url);
+    assert_eq!(
+        node.metric(&format!("dm_replication_push_error_total{label}"))
+            .await,
+        1.0
+    );
+}
+
+/// PATTERNS §1: a 403 (our signature refused) is retried with backoff and counted as an auth
+/// problem; any other 4xx on a batch is final: the items are dropped and counted as rejected.
+#[actix_rt::test]
+async fn a_403_is_retried_as_an_auth_problem_and_other_4xx_are_final() {
+    let peer = ScriptedPeer::start(Script {
+        fail_next: 2,
+        fail_status: 403,
+        ..Script::default()
+    })
+    .await;
+    let node = node_pushing_to(&peer, &[]);
+    node.ready().await;
+    let label = format!("{{peer=\"{}\"}}", peer.url);
+    assert_eq!(
+        node.metric(&format!("dm_replication_push_auth_refused_total{label}"))
+            .await,
+        0.0,
+        "exported from the start"
+    );
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    wait_for(Duration::from_secs(15), || async {
+        peer.received() == ["m1"]
+    })
+    .await;
+    assert_eq!(
+        node.metric(&format!("dm_replication_push_auth_refused_total{label}"))
+            .await,
+        2.0
+    );
+    assert_eq!(
+        node.metric(&format!("dm_replication_push_rejected_total{label}"))
+            .await,
+        0.0
+    );
+
+    {
+        let mut script = peer.script.lock().unwrap();
+        script.fail_next = 1;
+        script.fail_status = 400;
+    }
+    let requests = peer.requests();
+    assert_eq!(
+        node.send(&Identity::new().envelope_to(&bob, "m2")).await.0,
+        200
+    );
+    wait_for(Duration::from_secs(15), || async {
+        node.metric(&format!("dm_replication_push_rejected_total{label}"))
+            .await
+            == 1.0
+    })
+    .await;
+    // m2 is not sent again; the next deposit is the next request.
+    assert_eq!(
+        node.send(&Identity::new().envelope_to(&bob, "m3")).await.0,
+        200
+    );
+    wait_for(Duration::from_secs(15), || async {
+        peer.received() == ["m1", "m3"]
+    })
+    .await;
+    assert_eq!(peer.requests(), requests + 2);
+}
+
+async fn refuse_feed(times: web::Data<Mutex<Vec<Instant>>>) -> HttpResponse {
+    times.lock().unwrap().push(Instant::now());
+    HttpResponse::TooManyRequests()
+        .insert_header(("Retry-After", "2"))
+        .json(json!({"ok": false, "error": "rate_limited", "detail": "scripted"}))
+}
+
+/// SPEC §7.4 "Pull" with a peer answering its feed with `429` and `Retry-After: 2`: the next pull
+/// waits for it, although the pull interval is 0.2 s.
+#[actix_rt::test]
+async fn a_feed_pull_refused_with_retry_after_waits_for_it() {
+    let times = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let data = web::Data::from(Arc::clone(&times));
+    let peer_url = spawn_http_server(move |cfg| {
+        cfg.app_data(data.clone())
+            .route("/api/mesh/dm/changes", web::get().to(refuse_feed));
+    });
+    let node = Node::start(
+        mesh_config()
+            .env("MESH_RELAY_PEERS", &peer_url)
+            .env("MESH_DM_SYNC_INTERVAL_S", "0.2"),
+    );
+    node.ready().await;
+    wait_for(Duration::from_secs(20), || async {
+        times.lock().unwrap().len() >= 2
+    })
+    .await;
+    let times = times.lock().unwrap().clone();
+    let waited = times[1].duration_since(times[0]);
+    assert!(
+        waited >= Duration::from_millis(1950),
+        "pulled again after {waited:?}, before the 2 s the peer asked for"
     );
 }

@@ -41,7 +41,15 @@ async fn a_peer_whose_certificate_is_not_trusted_receives_nothing() {
     let tls_node = Reserved::with_tls(false, true);
     let plain = Reserved::new(false);
     let (tls_url, plain_url) = (tls_node.peer_url.clone(), plain.peer_url.clone());
-    let tls_node = tls_node.start(mesh_config().env("MESH_RELAY_PEERS", &plain_url));
+    // The TLS node holds another mesh secret: its pulls of the plain node's feed are refused
+    // (403), so the only way m1 could reach it is the plain node's push, which must fail at the
+    // TLS handshake. Had the handshake wrongly succeeded, the push would be refused as 403 and
+    // counted as an auth refusal, not as a transport error.
+    let tls_node = tls_node.start(
+        mesh_config()
+            .env("MESH_RELAY_PEERS", &plain_url)
+            .env("MESH_PEER_PUSH_SECRET", "another-mesh-secret-0123456789"),
+    );
     // This node knows only the public web roots: the test CA is not among them.
     let plain = plain.start(
         mesh_config()
@@ -60,11 +68,20 @@ async fn a_peer_whose_certificate_is_not_trusted_receives_nothing() {
             >= 2.0
     })
     .await;
+    // The pushes failed before any HTTP exchange: the certificate was refused.
+    assert_eq!(
+        plain
+            .metric(&format!("dm_replication_push_auth_refused_total{label}"))
+            .await,
+        0.0
+    );
     assert_eq!(
         plain
             .metric(&format!("dm_replication_push_ok_total{label}"))
             .await,
         0.0
     );
+    // The TLS node is up and serving HTTPS to a client that trusts the test CA.
+    assert_eq!(tls_node.get("/health").await.0, 200);
     assert!(tls_node.pending_ids(&bob).await.is_empty());
 }

@@ -174,3 +174,175 @@ fn peer_request_hmacs() {
         ));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// SPEC Appendix A (`sbdm-box-v1`): the `payload` entry, byte for byte.
+
+mod payload_vectors {
+    use super::{s, vectors};
+    use base64::Engine as _;
+    use dmrelay::client::message::{Content, open_received};
+    use dmrelay::client::payload::{
+        self, NONCE_BYTES, OpenError, pad, plaintext_json, seal_with_nonce, x25519_public,
+        x25519_secret,
+    };
+    use dmrelay::protocol::{Envelope, MailboxKey, MsgId, signing_key_from_hex};
+    use ed25519_dalek::SigningKey;
+    use serde_json::Value;
+
+    fn key(v: &Value, who: &str) -> SigningKey {
+        signing_key_from_hex(s(v, &["keys", who, "seed"])).unwrap()
+    }
+
+    fn mailbox(key: &SigningKey) -> MailboxKey {
+        MailboxKey::from_bytes(key.verifying_key().to_bytes())
+    }
+
+    fn unhex(v: &Value, field: &str) -> Vec<u8> {
+        hex::decode(s(v, &["payload", field])).unwrap()
+    }
+
+    /// The message and time inside the vector's plaintext JSON.
+    fn text_and_time(v: &Value) -> (String, u64) {
+        let plain: Value = serde_json::from_str(s(v, &["payload", "plaintext_json"])).unwrap();
+        (
+            plain["text"].as_str().unwrap().to_string(),
+            plain["sent_at"].as_u64().unwrap(),
+        )
+    }
+
+    #[test]
+    fn x25519_keys_derive_from_the_ed25519_keys_as_libsodium_does() {
+        let v = vectors();
+        for who in ["alice", "bob"] {
+            let ed = key(&v, who);
+            assert_eq!(
+                hex::encode(x25519_secret(&ed)),
+                s(&v, &["payload", &format!("{who}_x25519_secret_hex")]),
+                "{who}: crypto_sign_ed25519_sk_to_curve25519"
+            );
+            assert_eq!(
+                hex::encode(x25519_public(&mailbox(&ed)).unwrap()),
+                s(&v, &["payload", &format!("{who}_x25519_public_hex")]),
+                "{who}: crypto_sign_ed25519_pk_to_curve25519"
+            );
+        }
+    }
+
+    #[test]
+    fn plaintext_json_and_padding_are_byte_exact() {
+        let v = vectors();
+        let (text, sent_at) = text_and_time(&v);
+        let json = plaintext_json(&text, sent_at);
+        assert_eq!(json, s(&v, &["payload", "plaintext_json"]).as_bytes());
+        let padded = pad(&json);
+        assert_eq!(padded, unhex(&v, "padded_plaintext_hex"));
+        assert_eq!(padded.len() % 256, 0);
+    }
+
+    #[test]
+    fn sealing_with_the_fixed_nonce_gives_the_recorded_box_and_envelope() {
+        let v = vectors();
+        let (alice, bob) = (key(&v, "alice"), key(&v, "bob"));
+        let (text, sent_at) = text_and_time(&v);
+        let nonce: [u8; NONCE_BYTES] = unhex(&v, "nonce_hex").try_into().unwrap();
+        let sealed = seal_with_nonce(&alice, &mailbox(&bob), &text, sent_at, nonce).unwrap();
+        assert_eq!(
+            hex::encode(&sealed),
+            s(&v, &["payload", "ciphertext_bytes_hex"])
+        );
+
+        let recorded = &v["payload"]["envelope"];
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(&sealed),
+            recorded["ciphertext"].as_str().unwrap()
+        );
+        // Signing that box as Alice gives the recorded envelope, signature included.
+        let envelope = Envelope::sign(
+            &alice,
+            mailbox(&bob),
+            MsgId::parse("msg_id", recorded["msg_id"].as_str().unwrap()).unwrap(),
+            recorded["created_at"].as_u64().unwrap(),
+            recorded["expires_at"].as_u64().unwrap(),
+            &sealed,
+        );
+        assert_eq!(&serde_json::to_value(&envelope).unwrap(), recorded);
+    }
+
+    #[test]
+    fn the_recorded_envelope_verifies_and_opens_for_bob() {
+        let v = vectors();
+        let bob = key(&v, "bob");
+        let (text, sent_at) = text_and_time(&v);
+        let received = open_received(&bob, &v["payload"]["envelope"]);
+        assert_eq!(
+            received.content,
+            Content::Read(payload::Plaintext { text, sent_at })
+        );
+        assert_eq!(
+            received.sender.as_deref(),
+            Some(s(&v, &["keys", "alice", "public"]))
+        );
+        assert_eq!(received.msg_id.unwrap().as_str(), "dm_box_0001");
+    }
+
+    #[test]
+    fn the_box_does_not_open_with_the_wrong_sender_key() {
+        let v = vectors();
+        let bob = key(&v, "bob");
+        let wrong = MailboxKey::parse(
+            "wrong_sender_public",
+            s(&v, &["payload", "must_not_open", "wrong_sender_public"]),
+        )
+        .unwrap();
+        let sealed = unhex(&v, "ciphertext_bytes_hex");
+        assert_eq!(
+            payload::open(&bob, &wrong, &sealed),
+            Err(OpenError::BoxFailed)
+        );
+        // With the right sender it opens: the failure above is the key's doing.
+        assert!(payload::open(&bob, &mailbox(&key(&v, "alice")), &sealed).is_ok());
+    }
+
+    #[test]
+    fn tampering_fails_at_the_signature_or_at_the_box() {
+        let v = vectors();
+        let (alice, bob) = (key(&v, "alice"), key(&v, "bob"));
+        let recorded = &v["payload"]["envelope"];
+        let sealed = unhex(&v, "ciphertext_bytes_hex");
+        let mut flipped = sealed.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert_eq!(
+            payload::open(&bob, &mailbox(&alice), &flipped),
+            Err(OpenError::BoxFailed)
+        );
+
+        // A relay that swaps the ciphertext breaks the signature.
+        let mut swapped = recorded.clone();
+        swapped["ciphertext"] = base64::engine::general_purpose::STANDARD
+            .encode(&flipped)
+            .into();
+        assert_eq!(
+            open_received(&bob, &swapped).error_code(),
+            Some("bad_signature")
+        );
+
+        // Mallory re-signs Alice's box as her own: the signature holds, the box does not open,
+        // because it is bound to the sender that wrote it.
+        let mallory = SigningKey::from_bytes(&[3; 32]);
+        let resigned = Envelope::sign(
+            &mallory,
+            mailbox(&bob),
+            MsgId::parse("msg_id", "dm_box_0001").unwrap(),
+            recorded["created_at"].as_u64().unwrap(),
+            recorded["expires_at"].as_u64().unwrap(),
+            &sealed,
+        );
+        let received = open_received(&bob, &serde_json::to_value(&resigned).unwrap());
+        assert_eq!(
+            received.content,
+            Content::Undecryptable(OpenError::BoxFailed)
+        );
+    }
+}

@@ -4,7 +4,7 @@
 //! [`crate::protocol`]), ask the owning mailbox shard, map the outcome to status and JSON.
 
 use super::AppState;
-use super::body::{MAX_CLIENT_BODY_BYTES, read_limited};
+use super::body::{MAX_CLIENT_BODY_BYTES, read_limited, require_body};
 use super::error::{ApiError, deposit_outcome};
 use crate::mailbox::Origin;
 use crate::mailbox::rules::NonceRefusal;
@@ -50,6 +50,7 @@ pub async fn send(
 ) -> Result<HttpResponse, ApiError> {
     let result = async {
         let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
+        require_body(&body, "signed envelope (see `dmrelay envelope`)")?;
         let envelope = Envelope::parse(&body, &state.envelope_limits)?;
         envelope.verify(now_unix(), &state.envelope_limits)?;
         Ok::<_, ApiError>(Arc::new(envelope))
@@ -74,13 +75,14 @@ pub async fn send(
     }))
 }
 
-/// `POST /api/mesh/dm/poll`
+/// `POST /api/mesh/dm/poll`; with `wait_s` the shard may hold the answer until mail arrives.
 pub async fn poll(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
+    require_body(&body, "signed poll request (see `dmrelay poll-request`)")?;
     let request = PollRequest::parse(&body)?;
     request.verify(now_unix())?;
     let view = state.mailboxes.poll(request).await?.map_err(|refusal| match refusal {
@@ -109,6 +111,7 @@ pub async fn ack(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
+    require_body(&body, "signed ack object (see `dmrelay ack-request`)")?;
     let ack = AckObject::parse(&body)?;
     ack.verify_fresh(now_unix())?;
     let report = state
@@ -122,8 +125,16 @@ pub async fn ack(
     }))
 }
 
-/// `GET /health`
+/// `GET /health`: 503 with the reason while the store refuses writes.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    if let Some(outage) = state.store.status().outage() {
+        use actix_web::ResponseError as _;
+        return ApiError::StorageUnavailable {
+            detail: outage.reason.clone(),
+            retry_after_s: outage.retry_after_s(),
+        }
+        .error_response();
+    }
     HttpResponse::Ok().json(HealthReply {
         ok: true,
         node: &state.self_peer_url,

@@ -37,6 +37,10 @@ pub enum ApiError {
     RateLimited { detail: String, retry_after_s: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// 503 `unavailable` with a known time to retry: the store is failing (and retries on its
+    /// own) or the node's storage budget is used up.
+    #[error("{detail}")]
+    StorageUnavailable { detail: String, retry_after_s: u64 },
     #[error("No such endpoint. The client API is POST /api/mesh/dm/send, /poll and /ack.")]
     NotFound,
     #[error("This endpoint does not accept that method; see the protocol spec for the right one.")]
@@ -58,7 +62,7 @@ impl ApiError {
             Self::CapViolation { .. } => "cap_violation",
             Self::MailboxFull { .. } => "mailbox_full",
             Self::RateLimited { .. } => "rate_limited",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::StorageUnavailable { .. } => "unavailable",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
         }
@@ -111,10 +115,44 @@ impl From<ProtocolError> for ApiError {
     }
 }
 
+/// How long a client is told to wait when the storage budget is used up: room comes back as
+/// recipients read and acknowledge, which nothing here can predict.
+pub const BUDGET_RETRY_AFTER_S: u64 = 60;
+
+impl ApiError {
+    /// The store refuses writes until it is reopened; `retry_after_s` is the time to the
+    /// writer's next attempt.
+    pub fn store_down(reason: &str, retry_after_s: u64) -> Self {
+        Self::StorageUnavailable {
+            detail: format!(
+                "This relay's storage is failing ({reason}); it recovers on its own. Retry in {retry_after_s} s."
+            ),
+            retry_after_s,
+        }
+    }
+}
+
 impl From<ShardError> for ApiError {
     fn from(err: ShardError) -> Self {
         tracing::warn!(%err, "request refused with 503");
-        Self::unavailable()
+        match err {
+            ShardError::StoreDown {
+                reason,
+                retry_after_s,
+            } => Self::store_down(&reason, retry_after_s),
+            // 503, not a 429: the 429 codes of SPEC §6.5 speak of one mailbox or one caller,
+            // while this is the whole node's storage; and peers retry a 503 later (SPEC §7.4)
+            // where a per-item `rejected` would be final and break the convergence promise.
+            ShardError::OverBudget { used, budget } => Self::StorageUnavailable {
+                detail: format!(
+                    "This node's storage budget is used up ({} of {} KiB stored); it takes new messages again as recipients read theirs. Retry later or use another relay.",
+                    used / 1024,
+                    budget / 1024
+                ),
+                retry_after_s: BUDGET_RETRY_AFTER_S,
+            },
+            ShardError::Overloaded | ShardError::Unavailable(_) => Self::unavailable(),
+        }
     }
 }
 
@@ -142,7 +180,9 @@ impl ResponseError for ApiError {
             Self::CapViolation { .. } | Self::MailboxFull { .. } | Self::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::StorageUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -161,6 +201,9 @@ impl ResponseError for ApiError {
             }
             Self::Unavailable(_) => {
                 response.insert_header(("Retry-After", "1"));
+            }
+            Self::StorageUnavailable { retry_after_s, .. } => {
+                response.insert_header(("Retry-After", retry_after_s.to_string()));
             }
             _ => {}
         }

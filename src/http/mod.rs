@@ -1,7 +1,7 @@
 //! HTTP: the routes of each plane, the error table, and the shared state handlers read.
 //!
 //! [`client_routes`] and [`peer_routes`] each register one plane; [`service_routes`] adds
-//! `/health` and `/metrics`. With one listen address a node serves all of them there; with
+//! `/health`, `/metrics` and `/status`. With one listen address a node serves all of them there; with
 //! `MESH_DM_PEER_LISTEN` the node runs two servers and each plane exists only on its own address
 //! (anything else is 404). Unknown paths and wrong methods get the JSON error body too.
 
@@ -9,6 +9,8 @@ pub mod body;
 pub mod client;
 pub mod error;
 pub mod peer;
+pub mod rate_limit;
+pub mod status;
 
 use crate::mailbox::MailboxRouter;
 use crate::metrics::Metrics;
@@ -27,6 +29,8 @@ pub struct AppState {
     pub peer_keys: peer::PeerKeys,
     /// The store, for reading the change feed.
     pub store: crate::store::StoreHandle,
+    /// The client plane's per-address rate limit.
+    pub client_rate: Arc<rate_limit::ClientRateLimit>,
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -44,11 +48,16 @@ fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
         .default_service(web::to(method_not_allowed))
 }
 
-/// The client plane (SPEC §6.1–6.3).
+/// The client plane (SPEC §6.1–6.3), each route behind the per-address rate limit.
 pub fn client_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/mesh/dm/send", web::post().to(client::send)))
-        .service(resource("/api/mesh/dm/poll", web::post().to(client::poll)))
-        .service(resource("/api/mesh/dm/ack", web::post().to(client::ack)));
+    let limited = |path, route| {
+        resource(path, route).wrap(actix_web::middleware::from_fn(
+            rate_limit::limit_client_rate,
+        ))
+    };
+    cfg.service(limited("/api/mesh/dm/send", web::post().to(client::send)))
+        .service(limited("/api/mesh/dm/poll", web::post().to(client::poll)))
+        .service(limited("/api/mesh/dm/ack", web::post().to(client::ack)));
 }
 
 /// The peer plane (SPEC §7.1–7.3); every route authenticates with the peer HMAC.
@@ -67,10 +76,12 @@ pub fn peer_routes(cfg: &mut web::ServiceConfig) {
     ));
 }
 
-/// `/health` and `/metrics` (SPEC §6.4), served on every plane.
+/// `/health` and `/metrics` (SPEC §6.4), and `/status` (the node's view, for operators),
+/// served on every plane.
 pub fn service_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/health", web::get().to(client::health)))
-        .service(resource("/metrics", web::get().to(client::metrics)));
+        .service(resource("/metrics", web::get().to(client::metrics)))
+        .service(resource("/status", web::get().to(status::status)));
 }
 
 /// The JSON 404 for everything else.

@@ -7,7 +7,7 @@
 //! mailbox shards and rules as the client plane.
 
 use super::AppState;
-use super::body::{MAX_CLIENT_BODY_BYTES, MAX_PEER_BATCH_BYTES, read_limited};
+use super::body::{MAX_CLIENT_BODY_BYTES, MAX_PEER_BATCH_BYTES, read_limited, require_body};
 use super::error::{ApiError, deposit_outcome};
 use crate::mailbox::Origin;
 use crate::mailbox::shard::ShardError;
@@ -156,7 +156,8 @@ fn parse_error(err: ProtocolError) -> ApiError {
     ApiError::from(err)
 }
 
-fn body_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+fn body_json(body: &[u8], expected: &str) -> Result<serde_json::Value, ApiError> {
+    require_body(body, expected)?;
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("The request body is not valid JSON: {e}.")))
 }
@@ -168,7 +169,10 @@ fn service_error(err: ShardError) -> ApiError {
 /// The envelopes of a `replicate-envelope` body (SPEC §7.1): `{"envelope": {…}}` (at most
 /// 64 KiB) or `{"envelopes": […]}` (at most [`MAX_ITEMS_PER_BATCH`]), each still unparsed.
 pub fn envelope_batch_items(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
-    let mut json = body_json(body)?;
+    let mut json = body_json(
+        body,
+        "{\"envelope\": {...}} or {\"envelopes\": [...]} of SPEC §7.1",
+    )?;
     if let Some(one) = json.get_mut("envelope") {
         if body.len() > MAX_CLIENT_BODY_BYTES {
             return Err(ApiError::body_too_large(MAX_CLIENT_BODY_BYTES));
@@ -191,7 +195,7 @@ pub fn envelope_batch_items(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiEr
 /// The ack objects of a `replicate-ack` body (SPEC §7.2): `{"acks": […]}` (at most
 /// [`MAX_ITEMS_PER_BATCH`]), each still unparsed.
 pub fn ack_batch_items(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
-    let mut json = body_json(body)?;
+    let mut json = body_json(body, "{\"acks\": [...]} of SPEC §7.2")?;
     let Some(serde_json::Value::Array(acks)) = json.get_mut("acks") else {
         return Err(ApiError::BadRequest("Expected {\"acks\": [...]}.".into()));
     };

@@ -5,17 +5,19 @@
 //! deposit, poll or ack, a peer's replica or ack — goes to the one shard that owns it, through
 //! a bounded queue (`try_send`; full means 503). There is no lock around cap state: a shard
 //! processes one message at a time. When a client's change is durable the shard tells the
-//! [`ChangeSink`] (the peer pushers), without delaying the client's reply.
+//! [`ChangeSink`] (the peer pushers), without delaying the client's reply. Long polls wait in
+//! their mailbox's shard until mail is durable there ([`waiting`]).
 
 pub mod rules;
 pub mod shard;
+pub mod waiting;
 
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, MailboxKey, PollRequest};
 use crate::store::StoreHandle;
 use actix::prelude::*;
 use rules::{Decision, MailboxLimits, NonceRefusal, PollView};
-use shard::{AckReport, MailboxShard, Preload, ShardError};
+use shard::{AckReport, MailboxShard, Preload, ReleaseWaitingPolls, ShardError};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -53,7 +55,8 @@ pub struct MailboxRouter {
 
 impl MailboxRouter {
     /// Starts `count` shards, each on its own arbiter (thread), and has them load the mailboxes
-    /// in `preload` (those holding parked replicas).
+    /// in `preload` (those holding parked replicas). At most `max_waiting_polls` long polls wait
+    /// at once, over all shards.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         count: usize,
@@ -64,15 +67,21 @@ impl MailboxRouter {
         metrics: Arc<Metrics>,
         sink: Arc<dyn ChangeSink>,
         preload: Vec<MailboxKey>,
+        max_waiting_polls: usize,
     ) -> Result<Self, MailboxError> {
         let count = count.max(1);
+        let wait_budget = waiting::WaitBudget::new(max_waiting_polls, Arc::clone(&metrics));
         let shards: Vec<Addr<MailboxShard>> = (0..count)
             .map(|_| {
                 let arbiter = Arbiter::new();
-                let (store, metrics, sink) =
-                    (store.clone(), Arc::clone(&metrics), Arc::clone(&sink));
+                let (store, metrics, sink, wait_budget) = (
+                    store.clone(),
+                    Arc::clone(&metrics),
+                    Arc::clone(&sink),
+                    Arc::clone(&wait_budget),
+                );
                 MailboxShard::start_in_arbiter(&arbiter.handle(), move |_| {
-                    MailboxShard::new(limits, max_ttl_s, idle, store, metrics, sink)
+                    MailboxShard::new(limits, max_ttl_s, idle, store, metrics, sink, wait_budget)
                 })
             })
             .collect();
@@ -93,6 +102,18 @@ impl MailboxRouter {
 
     fn index_of(&self, mailbox: &MailboxKey) -> usize {
         (self.hasher.hash_one(mailbox) % self.shards.len() as u64) as usize
+    }
+
+    /// Shutdown: every shard answers its waiting long polls now (SPEC §6.2: "released with its
+    /// normal reply") and parks no new one. Returns once every shard has done so.
+    pub async fn release_waiting_polls(&self) {
+        let released =
+            futures_util::future::join_all(self.shards.iter().map(|s| s.send(ReleaseWaitingPolls)));
+        for result in released.await {
+            if let Err(err) = result {
+                tracing::warn!(%err, "a mailbox shard could not release its waiting polls");
+            }
+        }
     }
 
     /// The shard that owns `mailbox`.

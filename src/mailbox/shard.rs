@@ -10,11 +10,21 @@
 //! the store on a blocking-pool thread (never on the shard's arbiter); requests that arrive
 //! meanwhile wait in that mailbox's slot, in order. A mailbox idle for `MESH_DM_MAILBOX_IDLE_S`
 //! with no write in flight and no parked replica leaves memory: its state is all in the store.
+//!
+//! A long poll that finds nothing deliverable waits in its mailbox's [`WaitingPolls`] (see
+//! [`super::waiting`]) and is answered from the commit callback that makes an envelope of that
+//! mailbox durable, from its timer, or at shutdown ([`ReleaseWaitingPolls`]).
+//!
+//! A write that failed in the store (an outage, see `store::status`) may leave the state in
+//! memory ahead of the disk (an ack applied, a nonce spent): such a mailbox is marked stale and
+//! leaves memory as soon as none of its writes is in flight, so the next request reads it back
+//! from the store — memory never holds as done what the disk does not.
 
 use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView};
+use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
 use super::{ChangeSink, Origin};
 use crate::metrics::Metrics;
-use crate::protocol::{AckObject, Envelope, MailboxKey, PollRequest, now_unix};
+use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
 use crate::store::{Recovered, StoreHandle, StoreOp, WriterError};
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -34,15 +44,39 @@ pub enum ShardError {
     Overloaded,
     #[error("the mailbox service is unavailable: {0}")]
     Unavailable(String),
+    /// The store refuses writes until it is reopened (see `store::status`).
+    #[error("the store is unavailable: {reason}")]
+    StoreDown { reason: String, retry_after_s: u64 },
+    /// The node's storage budget is used up (see `store::budget`).
+    #[error("the storage budget is used up ({used} of {budget} bytes)")]
+    OverBudget { used: u64, budget: u64 },
 }
 
 impl From<WriterError> for ShardError {
     fn from(err: WriterError) -> Self {
         match err {
             WriterError::Overloaded => ShardError::Overloaded,
+            WriterError::Degraded {
+                reason,
+                retry_after_s,
+            } => ShardError::StoreDown {
+                reason,
+                retry_after_s,
+            },
+            WriterError::OverBudget { used, budget } => ShardError::OverBudget { used, budget },
             other => ShardError::Unavailable(other.to_string()),
         }
     }
+}
+
+/// Whether a failed write may have left a mailbox's memory ahead of its disk state. A write
+/// refused before it reached the store (full queue, budget) changed nothing on disk, and every
+/// caller undoes its own memory change then.
+fn leaves_memory_stale(err: &WriterError) -> bool {
+    !matches!(
+        err,
+        WriterError::Overloaded | WriterError::OverBudget { .. }
+    )
 }
 
 fn not_loaded() -> ShardError {
@@ -58,7 +92,8 @@ pub struct Deposit {
     pub reply: oneshot::Sender<Result<Decision, ShardError>>,
 }
 
-/// Read a mailbox (SPEC §6.2); the request's signature and freshness are already checked.
+/// Read a mailbox (SPEC §6.2); the request's signature and freshness are already checked. With
+/// `wait_s` and nothing deliverable, the answer waits for mail (see [`super::waiting`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Poll {
@@ -82,6 +117,12 @@ pub struct Acknowledge {
     pub reply: oneshot::Sender<Result<AckReport, ShardError>>,
 }
 
+/// Answer every waiting long poll now with its normal reply, and from now on answer new ones at
+/// once (the node is shutting down, SPEC §6.2).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseWaitingPolls;
+
 /// Load these mailboxes now (at start-up: those holding parked replicas, so that room freed by
 /// expiry reaches them).
 #[derive(Message)]
@@ -94,7 +135,21 @@ struct Loaded {
     last_used: Instant,
     /// Store writes not yet answered; the mailbox stays in memory until they are.
     in_flight: u32,
+    /// Long polls waiting for mail. A mailbox with waiting polls stays in memory (they live
+    /// here, and eviction must not drop them); that cannot keep it loaded for long, since each
+    /// leaves within `MAX_POLL_WAIT_S` or at the next sweep once its client is gone.
+    waiting: WaitingPolls,
+    /// A write failed: memory may be ahead of the store, so the mailbox is read again from the
+    /// store once no write is in flight.
+    stale: bool,
+    /// Copies of an envelope whose first copy's write is still in flight: they are answered
+    /// `duplicate` by that write's callback once it is durable (or 503 if it failed), never
+    /// before.
+    first_copy_waiters: HashMap<MsgId, Vec<(Origin, DepositReply)>>,
 }
+
+/// Where a deposit's outcome goes.
+type DepositReply = oneshot::Sender<Result<Decision, ShardError>>;
 
 /// Work waiting for a mailbox to load: `Ok` once it is in memory, or why it cannot be.
 type Waiting =
@@ -136,6 +191,31 @@ pub fn state_from(snapshot: Recovered, now: u64) -> MailboxState {
     state
 }
 
+/// Hands memory freed by evicted mailboxes back to the OS. glibc keeps freed memory in its
+/// per-thread arenas, so without this the resident size stays at its peak after a burst even
+/// though the mailboxes left memory. At most once every few seconds across all shards (a trim
+/// walks every arena).
+fn release_freed_memory() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const MIN_INTERVAL_S: u64 = 5;
+    static LAST_TRIM_S: AtomicU64 = AtomicU64::new(0);
+    let now = now_unix();
+    let last = LAST_TRIM_S.load(Ordering::Relaxed);
+    if now < last + MIN_INTERVAL_S
+        || LAST_TRIM_S
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub struct MailboxShard {
     mailboxes: HashMap<MailboxKey, Slot>,
     /// Loads running now, and mailboxes waiting for a load to start.
@@ -149,9 +229,16 @@ pub struct MailboxShard {
     store: StoreHandle,
     metrics: Arc<Metrics>,
     sink: Arc<dyn ChangeSink>,
+    /// The node-wide bound on waiting long polls.
+    wait_budget: Arc<WaitBudget>,
+    /// Id of the next parked poll (its timer finds it by id).
+    next_wait_id: u64,
+    /// Set at shutdown: long polls are answered at once instead of parked.
+    releasing: bool,
 }
 
 impl MailboxShard {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         limits: MailboxLimits,
         max_ttl_s: u64,
@@ -159,6 +246,7 @@ impl MailboxShard {
         store: StoreHandle,
         metrics: Arc<Metrics>,
         sink: Arc<dyn ChangeSink>,
+        wait_budget: Arc<WaitBudget>,
     ) -> Self {
         Self {
             mailboxes: HashMap::new(),
@@ -171,6 +259,9 @@ impl MailboxShard {
             store,
             metrics,
             sink,
+            wait_budget,
+            next_wait_id: 0,
+            releasing: false,
         }
     }
 
@@ -239,6 +330,9 @@ impl MailboxShard {
                     state: state_from(snapshot, now_unix()),
                     last_used: Instant::now(),
                     in_flight: 0,
+                    waiting: WaitingPolls::default(),
+                    stale: false,
+                    first_copy_waiters: HashMap::new(),
                 };
                 self.mailboxes
                     .insert(mailbox, Slot::Loaded(Box::new(loaded)));
@@ -247,7 +341,14 @@ impl MailboxShard {
             }
             Err(err) => {
                 tracing::error!(%mailbox, %err, "mailbox could not be loaded");
-                Err(not_loaded())
+                // In a store outage, say so (with the time of the next reopen attempt).
+                Err(match self.store.status().outage() {
+                    Some(outage) => ShardError::StoreDown {
+                        retry_after_s: outage.retry_after_s(),
+                        reason: outage.reason,
+                    },
+                    None => not_loaded(),
+                })
             }
         };
         for work in waiting {
@@ -267,10 +368,30 @@ impl MailboxShard {
         }
     }
 
-    /// A store write for `mailbox` finished.
-    fn write_done(&mut self, mailbox: &MailboxKey) {
+    /// A store write for `mailbox` finished (`failed`: and may have left memory stale).
+    fn write_done(&mut self, mailbox: &MailboxKey, failed: bool) {
         if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox) {
             entry.in_flight = entry.in_flight.saturating_sub(1);
+            entry.stale |= failed;
+        }
+    }
+
+    /// Drops a stale mailbox from memory once none of its writes is in flight; the next request
+    /// loads what the store holds.
+    fn drop_if_stale(&mut self, mailbox: &MailboxKey) {
+        if let Some(Slot::Loaded(entry)) = self.mailboxes.get(mailbox)
+            && entry.stale
+            && entry.in_flight == 0
+        {
+            if let Some(Slot::Loaded(mut entry)) = self.mailboxes.remove(mailbox) {
+                // Its waiting polls get their normal reply now; their timers find nothing later.
+                let now = now_unix();
+                for poll in entry.waiting.take_all() {
+                    let _ = poll.answer(&entry.state, now);
+                }
+            }
+            self.metrics.mailboxes_loaded.dec();
+            tracing::info!(%mailbox, "mailbox dropped from memory after a failed write; it will be read again from the store");
         }
     }
 
@@ -283,14 +404,111 @@ impl MailboxShard {
         ctx: &mut Context<Self>,
         done: impl FnOnce(&mut Self, Result<Vec<Option<u64>>, WriterError>) + 'static,
     ) {
+        self.write_then(mailbox, ops, ctx, move |shard, _, result| {
+            done(shard, result)
+        });
+    }
+
+    /// [`Self::write`] whose `done` also gets the shard's context (to wake or park long polls).
+    fn write_then(
+        &mut self,
+        mailbox: MailboxKey,
+        ops: Vec<StoreOp>,
+        ctx: &mut Context<Self>,
+        done: impl FnOnce(&mut Self, &mut Context<Self>, Result<Vec<Option<u64>>, WriterError>)
+        + 'static,
+    ) {
         if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(&mailbox) {
             entry.in_flight += 1;
         }
         let commit = self.store.commit(ops);
-        ctx.spawn(commit.into_actor(self).map(move |result, shard, _| {
-            shard.write_done(&mailbox);
-            done(shard, result);
+        ctx.spawn(commit.into_actor(self).map(move |result, shard, ctx| {
+            let failed = matches!(&result, Err(err) if leaves_memory_stale(err));
+            shard.write_done(&mailbox, failed);
+            done(shard, ctx, result);
+            shard.drop_if_stale(&mailbox);
         }));
+    }
+
+    /// A poll found nothing deliverable and its nonce is on disk: park it until mail arrives or
+    /// `wait_s` runs out; answer at once when mail came meanwhile, the node is shutting down,
+    /// or the node already holds its most waiting polls (an empty 200, never an error).
+    fn wait_for_mail(
+        &mut self,
+        mailbox: MailboxKey,
+        limit: usize,
+        wait_s: u64,
+        reply: PollReply,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = now_unix();
+        let releasing = self.releasing;
+        let Some(entry) = self.loaded(&mailbox) else {
+            let _ = reply.send(Err(not_loaded()));
+            return;
+        };
+        let view = entry.state.poll(limit, now);
+        if view.pending > 0 || releasing || reply.is_closed() {
+            let _ = reply.send(Ok(Ok(view)));
+            return;
+        }
+        let Some(place) = self.wait_budget.try_take() else {
+            let _ = reply.send(Ok(Ok(view)));
+            return;
+        };
+        let id = self.next_wait_id;
+        self.next_wait_id += 1;
+        let timer = ctx.run_later(Duration::from_secs(wait_s), move |shard, _| {
+            shard.wait_over(&mailbox, id);
+        });
+        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(&mailbox) {
+            entry.waiting.push(WaitingPoll {
+                id,
+                limit,
+                reply,
+                timer: Some(timer),
+                place,
+            });
+        }
+    }
+
+    /// The wait of poll `id` ran out: answer it with the (normally empty) view.
+    fn wait_over(&mut self, mailbox: &MailboxKey, id: u64) {
+        let now = now_unix();
+        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox)
+            && let Some(poll) = entry.waiting.take(id)
+        {
+            entry.state.expire(now);
+            poll.answer(&entry.state, now);
+        }
+    }
+
+    /// Something of `mailbox` became durable and deliverable: answer every poll waiting on it.
+    fn wake_waiting(&mut self, mailbox: &MailboxKey, ctx: &mut Context<Self>) {
+        let now = now_unix();
+        let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox) else {
+            return;
+        };
+        for poll in entry.waiting.take_all() {
+            if let Some(timer) = poll.answer(&entry.state, now) {
+                ctx.cancel_future(timer);
+            }
+        }
+    }
+
+    /// Shutdown: answer every waiting poll now and park no new one.
+    fn release_waiting_polls(&mut self, ctx: &mut Context<Self>) {
+        self.releasing = true;
+        let now = now_unix();
+        for slot in self.mailboxes.values_mut() {
+            if let Slot::Loaded(entry) = slot {
+                for poll in entry.waiting.take_all() {
+                    if let Some(timer) = poll.answer(&entry.state, now) {
+                        ctx.cancel_future(timer);
+                    }
+                }
+            }
+        }
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {
@@ -303,11 +521,15 @@ impl MailboxShard {
                 return true;
             };
             entry.state.expire(now);
+            for timer in entry.waiting.drop_abandoned() {
+                ctx.cancel_future(timer);
+            }
             if entry.state.parked_len() > 0 {
                 with_parked.push(*mailbox);
                 return true;
             }
             let keep = entry.in_flight > 0
+                || !entry.waiting.is_empty()
                 || (!entry.state.is_empty() && entry.last_used.elapsed() < idle);
             if !keep {
                 evicted += 1;
@@ -315,6 +537,10 @@ impl MailboxShard {
             keep
         });
         self.metrics.mailboxes_loaded.sub(evicted);
+        if evicted > 0 {
+            release_freed_memory();
+        }
+        self.metrics.mailbox_sweeps_total.inc();
         // Expiry may have freed room for parked replicas.
         for mailbox in with_parked {
             self.retry_parked(mailbox, ctx);
@@ -333,8 +559,9 @@ impl MailboxShard {
         let mailbox = envelope.mailbox;
         self.write(mailbox, vec![StoreOp::Park(envelope)], ctx, |_, result| {
             if let Err(err) = result {
-                // Still parked in memory; only a restart before room frees would lose it, and
-                // the origin's feed still offers it to a resync.
+                // Refused by the budget: still parked in memory; only a restart before room
+                // frees would lose it. A storage outage makes the mailbox stale, and the reload
+                // forgets it too; the origin's feed still offers it to a resync.
                 tracing::warn!(%err, "parked replica not stored");
             }
         });
@@ -368,10 +595,11 @@ impl MailboxShard {
             return;
         }
         let accepted = unparked.accepted;
-        self.write(mailbox, ops, ctx, move |shard, result| {
+        self.write_then(mailbox, ops, ctx, move |shard, ctx, result| {
             let Some(Slot::Loaded(entry)) = shard.mailboxes.get_mut(&mailbox) else {
                 return;
             };
+            let woken = result.is_ok() && !accepted.is_empty();
             for envelope in accepted {
                 if result.is_ok() {
                     entry.state.mark_committed(&envelope.msg_id);
@@ -379,6 +607,9 @@ impl MailboxShard {
                 } else if entry.state.remove_uncommitted(&envelope) {
                     entry.state.park(envelope, &limits);
                 }
+            }
+            if woken {
+                shard.wake_waiting(&mailbox, ctx);
             }
         });
     }
@@ -425,22 +656,12 @@ impl MailboxShard {
         let decision = entry.state.decide(&envelope, &limits);
         if decision == Decision::Duplicate && !entry.state.is_committed(&envelope.msg_id) {
             // The first copy's write is still in flight: "duplicate" must not answer before it is
-            // durable. The writer is FIFO, so once an (empty) commit queued now completes, the
-            // first one has completed too, and its outcome is in the state.
-            self.write(mailbox, Vec::new(), ctx, move |shard, result| {
-                let durable = result.is_ok()
-                    && matches!(shard.mailboxes.get(&mailbox),
-                        Some(Slot::Loaded(entry)) if entry.state.is_committed(&envelope.msg_id));
-                let outcome = if durable {
-                    shard.count_decision(Decision::Duplicate, &origin);
-                    Ok(Decision::Duplicate)
-                } else {
-                    Err(ShardError::Unavailable(
-                        "the first copy was not stored".into(),
-                    ))
-                };
-                let _ = reply.send(outcome);
-            });
+            // durable. Its write's callback answers this copy too.
+            entry
+                .first_copy_waiters
+                .entry(envelope.msg_id.clone())
+                .or_default()
+                .push((origin, reply));
             return;
         }
         if decision != Decision::Accept {
@@ -458,22 +679,37 @@ impl MailboxShard {
         // Reserve the slot now, so that the next deposit already sees it.
         entry.state.insert(Arc::clone(&envelope), false);
         let op = StoreOp::PutEnvelope(Arc::clone(&envelope));
-        self.write(mailbox, vec![op], ctx, move |shard, result| {
+        self.write_then(mailbox, vec![op], ctx, move |shard, ctx, result| {
             let Some(Slot::Loaded(entry)) = shard.mailboxes.get_mut(&mailbox) else {
                 let _ = reply.send(Err(not_loaded()));
                 return;
             };
+            let copies = entry
+                .first_copy_waiters
+                .remove(&envelope.msg_id)
+                .unwrap_or_default();
             let outcome = match result {
                 Ok(_) => {
                     entry.state.mark_committed(&envelope.msg_id);
                     shard.count_decision(Decision::Accept, &origin);
+                    for (copy_origin, copy_reply) in copies {
+                        shard.count_decision(Decision::Duplicate, &copy_origin);
+                        let _ = copy_reply.send(Ok(Decision::Duplicate));
+                    }
                     if origin == Origin::Client {
                         shard.sink.envelope_stored(&envelope);
                     }
+                    // Durable now: polls waiting on this mailbox may deliver it.
+                    shard.wake_waiting(&mailbox, ctx);
                     Ok(Decision::Accept)
                 }
                 Err(err) => {
                     entry.state.remove_uncommitted(&envelope);
+                    for (_, copy_reply) in copies {
+                        let _ = copy_reply.send(Err(ShardError::Unavailable(
+                            "the first copy of this envelope could not be stored".into(),
+                        )));
+                    }
                     shard
                         .metrics
                         .deposit_total
@@ -503,6 +739,7 @@ impl MailboxShard {
             }
         };
         let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let wait_s = request.wait_s;
         let view = entry.state.poll(limit, now);
         // The nonce is spent in memory at once; the reply waits until it is spent on disk too,
         // so that a restart cannot make a captured poll replayable.
@@ -511,9 +748,20 @@ impl MailboxShard {
             nonce: request.nonce.into_boxed_str(),
             until,
         };
-        self.write(mailbox, vec![op], ctx, move |_, result| {
-            let _ = reply.send(result.map(|_| Ok(view)).map_err(ShardError::from));
-        });
+        self.write_then(
+            mailbox,
+            vec![op],
+            ctx,
+            move |shard, ctx, result| match result {
+                // Parked only once the nonce is on disk: the nonce is spent when the poll arrives.
+                Ok(_) if view.pending == 0 && wait_s > 0 => {
+                    shard.wait_for_mail(mailbox, limit, wait_s, reply, ctx);
+                }
+                result => {
+                    let _ = reply.send(result.map(|_| Ok(view)).map_err(ShardError::from));
+                }
+            },
+        );
     }
 
     fn acknowledge(&mut self, msg: Acknowledge, ctx: &mut Context<Self>) {
@@ -563,8 +811,8 @@ impl MailboxShard {
                     }
                     Ok(report)
                 }
-                // The ack stays applied in memory (it is idempotent and the client will retry);
-                // the retry stores it.
+                // The ack was applied in memory only: the mailbox is now stale and is read again
+                // from the store (`drop_if_stale`); the client's retry applies it again.
                 Err(err) => Err(ShardError::from(err)),
             };
             let _ = reply.send(outcome);
@@ -625,6 +873,14 @@ impl Handler<Acknowledge> for MailboxShard {
                 let _ = msg.reply.send(Err(err));
             }
         });
+    }
+}
+
+impl Handler<ReleaseWaitingPolls> for MailboxShard {
+    type Result = ();
+
+    fn handle(&mut self, _: ReleaseWaitingPolls, ctx: &mut Self::Context) {
+        self.release_waiting_polls(ctx);
     }
 }
 

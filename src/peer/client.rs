@@ -5,6 +5,7 @@
 use super::auth::{
     HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL, derive_peer_key, sign_request,
 };
+use super::policy::{CallVerdict, parse_retry_after};
 use crate::config::PeerSettings;
 use crate::protocol::now_unix;
 use actix_web::web::Bytes;
@@ -19,20 +20,41 @@ pub enum PeerCallError {
     #[error("transport: {0}")]
     Transport(String),
     #[error("HTTP {status}: {body}")]
-    Status { status: u16, body: String },
+    Status {
+        status: u16,
+        body: String,
+        /// The reply's `Retry-After`, parsed.
+        retry_after: Option<Duration>,
+    },
     #[error("unexpected reply: {0}")]
     BadReply(String),
 }
 
 impl PeerCallError {
-    /// Transport errors, 5xx, 429 and 403 (a secret being rotated) are worth retrying; any other
-    /// 4xx means the request itself is wrong and would fail again.
-    pub fn is_retryable(&self) -> bool {
+    /// What to do about this failure: retry transport errors, 5xx and 429 (after the peer's
+    /// `Retry-After`); retry a 403 too but as an auth problem (a secret being rotated, or wrong);
+    /// go past any other 4xx or a reply that is not the protocol's, which would fail again.
+    pub fn verdict(&self) -> CallVerdict {
         match self {
-            Self::Transport(_) => true,
-            Self::Status { status, .. } => *status >= 500 || *status == 429 || *status == 403,
-            Self::BadReply(_) => true,
+            Self::Transport(_) => CallVerdict::Retry { retry_after: None },
+            Self::Status {
+                status,
+                retry_after,
+                ..
+            } => match status {
+                403 => CallVerdict::AuthRefused,
+                429 | 500.. => CallVerdict::Retry {
+                    retry_after: *retry_after,
+                },
+                _ => CallVerdict::Advance,
+            },
+            Self::BadReply(_) => CallVerdict::Advance,
         }
+    }
+
+    /// The peer answered 403 `peer_auth`: it does not list our self URL, or the secrets differ.
+    pub fn is_peer_auth(&self) -> bool {
+        matches!(self, Self::Status { status: 403, .. })
     }
 
     /// Short label for logs.
@@ -41,6 +63,7 @@ impl PeerCallError {
             Self::Transport(_) => "transport",
             Self::Status { status, .. } if *status >= 500 => "5xx",
             Self::Status { status: 429, .. } => "429",
+            Self::Status { status: 403, .. } => "403",
             Self::Status { .. } => "4xx",
             Self::BadReply(_) => "bad_reply",
         }
@@ -62,6 +85,14 @@ impl PeerLink {
     /// The peer's normalized URL.
     pub fn url(&self) -> &str {
         &self.peer.url
+    }
+
+    /// What to log when the peer answers 403 `peer_auth` (SPEC §5.2): its usual causes.
+    pub fn peer_auth_hint(&self) -> String {
+        format!(
+            "peer refused our HMAC (peer_auth): check that it lists our self URL {} and shares the secret",
+            self.self_url
+        )
     }
 
     /// A client for this link; call it on the arbiter that will use it.
@@ -151,6 +182,11 @@ impl PeerClient {
     {
         let mut response = response.map_err(|e| PeerCallError::Transport(e.to_string()))?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(actix_web::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, now_unix()));
         let body = response
             .body()
             .limit(MAX_PEER_RESPONSE_BYTES)
@@ -160,7 +196,49 @@ impl PeerClient {
             Ok(body)
         } else {
             let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-            Err(PeerCallError::Status { status, body: text })
+            Err(PeerCallError::Status {
+                status,
+                body: text,
+                retry_after,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, retry_after: Option<u64>) -> PeerCallError {
+        PeerCallError::Status {
+            status,
+            body: String::new(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn every_outcome_says_what_to_do() {
+        let retry = |after: Option<u64>| CallVerdict::Retry {
+            retry_after: after.map(Duration::from_secs),
+        };
+        let cases = [
+            (PeerCallError::Transport("refused".into()), retry(None)),
+            (status(500, None), retry(None)),
+            (status(503, Some(7)), retry(Some(7))),
+            (status(429, Some(2)), retry(Some(2))),
+            (status(429, None), retry(None)),
+            (status(403, Some(9)), CallVerdict::AuthRefused),
+            (status(400, None), CallVerdict::Advance),
+            (status(404, None), CallVerdict::Advance),
+            (status(413, Some(1)), CallVerdict::Advance),
+            (
+                PeerCallError::BadReply("3 results for 2 items".into()),
+                CallVerdict::Advance,
+            ),
+        ];
+        for (error, verdict) in cases {
+            assert_eq!(error.verdict(), verdict, "{error}");
         }
     }
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Longest `Retry-After` a peer can impose; a longer one is taken as this.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 
 /// Delay before retry number `failures` (1 = first retry): `base · 2^(failures-1)`, capped at
 /// `max`, then "equal jitter": a uniformly random point in its upper half, so that peers that
@@ -17,6 +19,92 @@ pub fn backoff_delay(failures: u32, base: Duration, max: Duration, unit_random: 
     let ceiling = base.saturating_mul(1u32 << exponent).min(max);
     let half = ceiling / 2;
     half + half.mul_f64(unit_random.clamp(0.0, 1.0))
+}
+
+/// Delay before the next try after `failures` failures in a row (1 = the first): the jittered
+/// exponential backoff, but never earlier than the peer's `Retry-After` (capped at
+/// [`RETRY_AFTER_MAX`]). Grows with `failures` all the way to `max`.
+pub fn retry_delay(
+    failures: u32,
+    retry_after: Option<Duration>,
+    base: Duration,
+    max: Duration,
+    unit_random: f64,
+) -> Duration {
+    let backoff = backoff_delay(failures, base, max, unit_random);
+    match retry_after {
+        Some(wait) => backoff.max(wait.min(RETRY_AFTER_MAX)),
+        None => backoff,
+    }
+}
+
+/// The wait a `Retry-After` header value asks for at `now_unix` (seconds since the epoch): either
+/// delta-seconds (`"120"`) or an HTTP-date (`"Wed, 21 Oct 2015 07:28:00 GMT"`, IMF-fixdate).
+/// `None` when the value is neither; a date in the past is a wait of zero.
+pub fn parse_retry_after(value: &str, now_unix: u64) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
+    }
+    let at = parse_imf_fixdate(value)?;
+    Some(Duration::from_secs(at.saturating_sub(now_unix)))
+}
+
+/// Seconds since the epoch of an IMF-fixdate (RFC 9110 §5.6.7), e.g.
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_imf_fixdate(value: &str) -> Option<u64> {
+    let rest = value.split_once(", ")?.1;
+    let mut parts = rest.split(' ');
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = parts.next()?;
+    let year: u64 = parts.next()?.parse().ok()?;
+    let time = parts.next()?;
+    if parts.next()? != "GMT" || parts.next().is_some() {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let mut hms = time.split(':').map(|p| p.parse::<u64>().ok());
+    let (hour, minute, second) = (hms.next()??, hms.next()??, hms.next()??);
+    if hms.next().is_some()
+        || !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), for years from 1970.
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// What a caller does after one call to a peer (PATTERNS §1 "Errors that say what to do").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallVerdict {
+    /// Keep the work and try again after [`retry_delay`]: a transport error, a 5xx, a 429 (with
+    /// the peer's `Retry-After`, if any).
+    Retry { retry_after: Option<Duration> },
+    /// The peer refused this request for good (a 4xx other than 403 and 429, or a reply that is
+    /// not the protocol's): drop it, count it, go on; the peer's pull of our feed repairs it.
+    Advance,
+    /// The peer refuses our signature (403): secrets differ, or one is being rotated. Retried
+    /// with backoff like a failure, but logged and counted as an auth problem for an operator.
+    AuthRefused,
 }
 
 /// A token bucket: `rate_per_s` tokens per second, holding at most `burst`.
@@ -107,16 +195,16 @@ impl CircuitBreaker {
     /// Records a failure; returns true when this failure opened the breaker.
     pub fn on_failure(&mut self, now: Instant) -> bool {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        // At or past the threshold every failure (the half-open try after a cooldown) opens
+        // the breaker again at once; the count keeps growing, so the backoff does too.
         if self.consecutive_failures >= self.max_failures {
-            // Half-open after the cooldown: one more failure opens it again at once.
-            self.consecutive_failures = self.max_failures - 1;
             self.open_until = Some(now + self.cooldown);
             return true;
         }
         false
     }
 
-    /// Failures in a row so far (drives the backoff).
+    /// Failures in a row so far, never reset by the breaker opening (drives the backoff).
     pub fn failures(&self) -> u32 {
         self.consecutive_failures
     }
@@ -187,5 +275,98 @@ mod tests {
         assert!(breaker.check(t2).is_ok());
         assert_eq!(breaker.failures(), 0);
         assert!(!breaker.on_failure(t2));
+    }
+
+    #[test]
+    fn retry_delay_grows_to_its_maximum_and_stays_there() {
+        let (base, max) = (BACKOFF_BASE, BACKOFF_MAX);
+        let mut previous_ceiling = Duration::ZERO;
+        for failures in 1..=12 {
+            let ceiling = retry_delay(failures, None, base, max, 1.0);
+            assert!(ceiling >= previous_ceiling, "never shrinks ({failures})");
+            previous_ceiling = ceiling;
+        }
+        assert_eq!(previous_ceiling, BACKOFF_MAX, "reached after 12 failures");
+        for failures in [13, 50, 1000, u32::MAX] {
+            assert_eq!(retry_delay(failures, None, base, max, 1.0), BACKOFF_MAX);
+            assert_eq!(retry_delay(failures, None, base, max, 0.0), BACKOFF_MAX / 2);
+        }
+    }
+
+    #[test]
+    fn retry_delay_honours_retry_after_within_a_sane_maximum() {
+        let (base, max) = (BACKOFF_BASE, BACKOFF_MAX);
+        let two_s = Some(Duration::from_secs(2));
+        // A first failure would retry after 50-100 ms; the peer asked for 2 s.
+        for r in [0.0, 0.5, 1.0] {
+            assert_eq!(retry_delay(1, two_s, base, max, r), Duration::from_secs(2));
+        }
+        // A backoff already longer than the peer asked for is kept.
+        assert_eq!(retry_delay(20, two_s, base, max, 1.0), BACKOFF_MAX);
+        // A peer cannot park us for a day.
+        assert_eq!(
+            retry_delay(1, Some(Duration::from_secs(86_400)), base, max, 0.0),
+            RETRY_AFTER_MAX
+        );
+        assert_eq!(
+            retry_delay(1, Some(Duration::ZERO), base, max, 0.0),
+            Duration::from_millis(50)
+        );
+    }
+
+    #[test]
+    fn retry_after_is_parsed_as_seconds_or_http_date() {
+        // 2015-10-21T07:28:00Z
+        let now = 1_445_412_480;
+        let parse = |v| parse_retry_after(v, now);
+        assert_eq!(parse("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(parse("0"), Some(Duration::ZERO));
+        assert_eq!(
+            parse("99999999999999999999999"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(parse("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse("Wed, 21 Oct 2015 07:30:30 GMT"),
+            Some(Duration::from_secs(150))
+        );
+        assert_eq!(
+            parse("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO),
+            "a past date is no wait"
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 0),
+            Some(Duration::from_secs(784_111_777))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 29 Feb 2028 00:00:01 GMT", 0),
+            Some(Duration::from_secs(1_835_395_201))
+        );
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "soon",
+            "Wed, 21 Oct 2015 07:28:00 UTC",
+            "Wed, 21 Foo 2015 07:28:00 GMT",
+            "Wed, 32 Oct 2015 07:28:00 GMT",
+            "Wed, 21 Oct 2015 24:28:00 GMT",
+            "Wed, 21 Oct 2015 07:28 GMT",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn breaker_failures_keep_counting_while_it_reopens() {
+        let t0 = Instant::now();
+        let mut breaker = CircuitBreaker::new(3, Duration::from_secs(1));
+        for _ in 0..10 {
+            breaker.on_failure(t0);
+        }
+        assert_eq!(breaker.failures(), 10);
+        assert!(breaker.is_open(t0));
     }
 }

@@ -3,12 +3,17 @@
 //!
 //! Items wait in a bounded queue (overflow is dropped and counted: the peer's pull of our feed
 //! repairs it). The head of the queue goes out as one batch of same-kind items, limited by the
-//! token bucket; a failure (transport, 5xx, 429) leaves the batch at the head and retries it after
-//! an exponential, jittered backoff, and enough failures in a row open the circuit breaker for
-//! the cooldown. `rejected` results are final. Nothing here touches another peer's queue.
+//! token bucket. Each reply is classified by [`CallVerdict`]: a failure (transport, 5xx, 429,
+//! and 403, which is also counted and logged as an auth problem) leaves the batch at the head and
+//! retries it after [`retry_delay`] (exponential, jittered, growing to its maximum, never before
+//! the peer's `Retry-After`); enough failures in a row open the circuit breaker for the cooldown.
+//! `rejected` results, any other 4xx and replies that are not the protocol's are final (counted as
+//! rejected; the peer's pull of our feed repairs them). Nothing here touches another peer's queue.
 
 use super::client::{PeerCallError, PeerClient, PeerLink};
-use super::policy::{BACKOFF_BASE, BACKOFF_MAX, CircuitBreaker, TokenBucket, backoff_delay};
+use super::policy::{
+    BACKOFF_BASE, BACKOFF_MAX, CallVerdict, CircuitBreaker, TokenBucket, retry_delay,
+};
 use crate::http::body::MAX_PEER_BATCH_BYTES;
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope};
@@ -70,6 +75,9 @@ pub struct PeerPusher {
     wake_scheduled: bool,
     retry_at: Option<Instant>,
     breaker: CircuitBreaker,
+    /// Longest backoff: [`BACKOFF_MAX`], or the breaker's cooldown when that is shorter (a
+    /// backoff past the cooldown would leave a peer alone longer than the operator asked).
+    backoff_max: Duration,
     bucket: TokenBucket,
     metrics: Arc<Metrics>,
 }
@@ -91,6 +99,17 @@ impl PeerPusher {
             .peer_circuit_open
             .with_label_values(&[link.url()])
             .set(0);
+        // Every per-peer counter exists from the start, so "none yet" reads as 0, not as absent.
+        for counter in [
+            &metrics.push_ok_total,
+            &metrics.push_rejected_total,
+            &metrics.push_error_total,
+            &metrics.push_auth_refused_total,
+            &metrics.push_queue_overflow_total,
+        ] {
+            counter.with_label_values(&[link.url()]).inc_by(0);
+        }
+        metrics.status.update_peer(link.url(), |_| {});
         Self {
             link,
             client: None,
@@ -99,6 +118,7 @@ impl PeerPusher {
             wake_scheduled: false,
             retry_at: None,
             breaker: CircuitBreaker::new(max_failures, cooldown),
+            backoff_max: BACKOFF_MAX.min(cooldown).max(BACKOFF_BASE),
             bucket: TokenBucket::new(rate_per_s, burst, Instant::now()),
             metrics,
         }
@@ -118,6 +138,22 @@ impl PeerPusher {
             .peer_circuit_open
             .with_label_values(&label)
             .set(i64::from(self.breaker.is_open(Instant::now())));
+        let (depth, open, failures) = (
+            self.queue.len(),
+            self.breaker.is_open(Instant::now()),
+            self.breaker.failures(),
+        );
+        self.metrics.status.update_peer(self.link.url(), |peer| {
+            peer.queue_depth = depth;
+            peer.breaker = if open { "open" } else { "closed" };
+            peer.consecutive_failures = failures;
+        });
+    }
+
+    fn record_push(&self, outcome: String) {
+        self.metrics.status.update_peer(self.link.url(), |peer| {
+            peer.last_push = Some(crate::status::Event::now(outcome));
+        });
     }
 
     fn wake_after(&mut self, delay: Duration, ctx: &mut Context<Self>) {
@@ -237,6 +273,15 @@ impl PeerPusher {
         });
         match parsed {
             Ok(reply) => {
+                let rejected = reply
+                    .results
+                    .iter()
+                    .filter(|r| r.status == "rejected")
+                    .count();
+                self.record_push(format!(
+                    "ok: {} taken, {rejected} rejected",
+                    count - rejected.min(count)
+                ));
                 for result in &reply.results {
                     if result.status == "rejected" {
                         self.metrics
@@ -252,37 +297,69 @@ impl PeerPusher {
                 self.breaker.on_success();
                 self.retry_at = None;
             }
-            Err(err) if err.is_retryable() => {
-                self.metrics
-                    .push_error_total
-                    .with_label_values(&label)
-                    .inc();
-                let now = Instant::now();
-                if self.breaker.on_failure(now) {
-                    tracing::warn!(peer = %self.link.peer.url, %err, "peer unreachable; circuit breaker open");
-                } else {
-                    tracing::debug!(peer = %self.link.peer.url, %err, "push failed; will retry");
+            Err(err) => match err.verdict() {
+                CallVerdict::Retry { retry_after } => {
+                    self.record_push(format!("failed, will retry: {err}"));
+                    self.on_failure(&err, retry_after, false)
                 }
-                let unit = f64::from(getrandom::u32().unwrap_or(0)) / f64::from(u32::MAX);
-                let delay = backoff_delay(
-                    self.breaker.failures().max(1),
-                    BACKOFF_BASE,
-                    BACKOFF_MAX,
-                    unit,
-                );
-                self.retry_at = Some(now + delay);
-            }
-            Err(err) => {
-                // The peer refuses the request itself: retrying the same bytes cannot help.
-                tracing::error!(peer = %self.link.peer.url, %err, count, "peer refused a push batch; items dropped (its feed pull will repair)");
-                self.metrics
-                    .push_rejected_total
-                    .with_label_values(&label)
-                    .inc_by(count as u64);
-                self.queue.drain(..count.min(self.queue.len()));
-            }
+                CallVerdict::AuthRefused => {
+                    self.record_push(format!("refused our signature, will retry: {err}"));
+                    self.on_failure(&err, None, true)
+                }
+                CallVerdict::Advance => {
+                    // The peer refuses the request itself: retrying the same bytes cannot help.
+                    self.record_push(format!("refused, {count} items dropped: {err}"));
+                    tracing::error!(peer = %self.link.peer.url, %err, count, "peer refused a push batch; items dropped (its feed pull will repair)");
+                    self.metrics
+                        .push_rejected_total
+                        .with_label_values(&label)
+                        .inc_by(count as u64);
+                    self.queue.drain(..count.min(self.queue.len()));
+                    self.breaker.on_success();
+                    self.retry_at = None;
+                }
+            },
         }
         self.update_gauges();
+    }
+}
+
+impl PeerPusher {
+    /// A failed push that keeps its batch: count it, feed the breaker, and schedule the retry
+    /// after the backoff (never before the peer's `Retry-After`).
+    fn on_failure(&mut self, err: &PeerCallError, retry_after: Option<Duration>, auth: bool) {
+        let peer = self.link.peer.url.clone();
+        let label = [peer.as_str()];
+        self.metrics
+            .push_error_total
+            .with_label_values(&label)
+            .inc();
+        let now = Instant::now();
+        let opened = self.breaker.on_failure(now);
+        let failures = self.breaker.failures();
+        if auth {
+            self.metrics
+                .push_auth_refused_total
+                .with_label_values(&label)
+                .inc();
+            // Loud but not every retry: the first refusal, and then every 20th.
+            if failures == 1 || failures.is_multiple_of(20) {
+                tracing::error!(peer = %self.link.peer.url, %err, failures, "push refused: {}; retrying", self.link.peer_auth_hint());
+            }
+        } else if opened {
+            tracing::warn!(peer = %self.link.peer.url, %err, failures, "peer unreachable; circuit breaker open");
+        } else {
+            tracing::debug!(peer = %self.link.peer.url, %err, "push failed; will retry");
+        }
+        let unit = f64::from(getrandom::u32().unwrap_or(0)) / f64::from(u32::MAX);
+        let delay = retry_delay(
+            failures.max(1),
+            retry_after,
+            BACKOFF_BASE,
+            self.backoff_max,
+            unit,
+        );
+        self.retry_at = Some(now + delay);
     }
 }
 

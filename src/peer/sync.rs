@@ -8,6 +8,7 @@
 //! idempotent). A feed from another epoch restarts from 0.
 
 use super::client::{PeerCallError, PeerClient, PeerLink};
+use super::policy::{CallVerdict, RETRY_AFTER_MAX};
 use crate::mailbox::shard::ShardError;
 use crate::mailbox::{MailboxRouter, Origin};
 use crate::metrics::Metrics;
@@ -227,6 +228,8 @@ pub struct PeerSync {
     in_flight: bool,
     last_success: Instant,
     failures: u32,
+    /// No pull before this: the peer's `Retry-After` on its last refusal (429 or 5xx).
+    not_before: Option<Instant>,
 }
 
 impl PeerSync {
@@ -240,6 +243,10 @@ impl PeerSync {
         metrics: Arc<Metrics>,
     ) -> Self {
         let cursor = Cursor::load(&store, link.url());
+        metrics
+            .sync_applied_total
+            .with_label_values(&[link.url()])
+            .inc_by(0);
         Self {
             link,
             interval,
@@ -252,6 +259,7 @@ impl PeerSync {
             in_flight: false,
             last_success: Instant::now(),
             failures: 0,
+            not_before: None,
         }
     }
 
@@ -260,7 +268,7 @@ impl PeerSync {
             .peer_sync_lag_seconds
             .with_label_values(&[&self.link.peer.url])
             .set(self.last_success.elapsed().as_secs() as i64);
-        if self.in_flight {
+        if self.in_flight || self.not_before.is_some_and(|at| Instant::now() < at) {
             return;
         }
         let Some(puller) = self.puller.clone() else {
@@ -274,13 +282,35 @@ impl PeerSync {
             match result {
                 Ok(()) => {
                     sync.failures = 0;
+                    sync.not_before = None;
                     sync.last_success = Instant::now();
+                    sync.metrics.status.update_peer(sync.link.url(), |peer| {
+                        peer.last_complete_pull = Some(crate::status::Event::now("ok"));
+                        peer.last_pull_error = None;
+                    });
                 }
                 Err(err) => {
                     sync.failures += 1;
+                    sync.metrics.status.update_peer(sync.link.url(), |peer| {
+                        peer.last_pull_error = Some(crate::status::Event::now(err.to_string()));
+                    });
+                    let verdict = match &err {
+                        SyncError::Call(call) => Some(call.verdict()),
+                        _ => None,
+                    };
+                    if let Some(CallVerdict::Retry {
+                        retry_after: Some(wait),
+                    }) = verdict
+                    {
+                        sync.not_before = Some(Instant::now() + wait.min(RETRY_AFTER_MAX));
+                    }
                     // Log the first failure and then every 20th, not every interval.
                     if sync.failures == 1 || sync.failures % 20 == 0 {
-                        tracing::warn!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull failed");
+                        if verdict == Some(CallVerdict::AuthRefused) {
+                            tracing::error!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull refused: {}", sync.link.peer_auth_hint());
+                        } else {
+                            tracing::warn!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull failed");
+                        }
                     }
                 }
             }

@@ -11,8 +11,14 @@
 //! that lets garbage collection drop expired changes and tombstones without a scan; and small
 //! metadata (the store's epoch, the next seq, peer cursors). `MESH_DM_PERSIST=memory` runs the
 //! very same code on redb's in-memory backend.
+//!
+//! A failed commit puts the store in an *outage* ([`status`]): the writer answers every write
+//! with 503 and the time of its next attempt, and reopens the database with backoff until it
+//! takes writes again. A node-wide [`budget`] bounds the bytes of stored envelopes and acks.
 
+pub mod budget;
 pub mod redb_store;
+pub mod status;
 pub mod writer;
 
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
@@ -106,6 +112,14 @@ pub trait Store: Send + Sync + 'static {
     fn load_mailbox(&self, mailbox: &MailboxKey, now: u64) -> Result<Recovered, StoreError>;
     /// Pending envelopes in the store (kept up to date by every commit).
     fn pending_count(&self) -> u64;
+    /// Bytes of the stored change records (envelopes, acks) and parked replicas, the figure the
+    /// storage budget is measured against (kept up to date by every commit).
+    fn stored_bytes(&self) -> u64;
+    /// Closes and reopens the database after a storage error (only the writer thread calls
+    /// this); fails while the fault persists.
+    fn reopen(&self) -> Result<(), StoreError>;
+    /// The directory holding the database file (`None` in memory mode).
+    fn data_dir(&self) -> Option<&std::path::Path>;
     /// Mailboxes that hold parked replicas (loaded at start-up, so that room freed by expiry
     /// reaches them).
     fn parked_mailboxes(&self) -> Result<Vec<MailboxKey>, StoreError>;

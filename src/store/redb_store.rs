@@ -10,14 +10,20 @@
 //! - `expiry`: `until(8, BE) ‖ kind ‖ payload -> ()`, where kind 'C' carries `seq(8) ‖ key?` of a
 //!   change, 'T' the key of a tombstone, 'P' of a parked replica, 'N' of a nonce; a range scan up to
 //!   `now` finds what to drop.
+//!
+//! The database sits in a swappable cell: after a failed commit redb refuses every later write
+//! until it is closed and opened again, so the writer thread calls [`Store::reopen`], which closes
+//! the file and opens it anew (redb repairs it if needed). Readers take the database out of the
+//! cell for the instant it takes to begin a transaction; while it is being reopened they get an
+//! error (a 503), never a half-opened database.
 
 use super::{FeedEntry, FeedPage, Recovered, Store, StoreError, StoreOp};
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::ops::Bound;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
@@ -40,12 +46,32 @@ pub const DATABASE_FILE: &str = "dmrelay.redb";
 /// Most records one garbage collection pass drops (keeps each pass short).
 const GC_BATCH_RECORDS: usize = 10_000;
 
+/// redb's own default page cache (1 GiB), used when no size is given.
+pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
 pub struct RedbStore {
-    db: Database,
+    /// `None` only while [`Store::reopen`] is between closing and opening the file.
+    db: RwLock<Option<Database>>,
+    /// The database file (`None` in memory mode).
+    path: Option<PathBuf>,
+    cache_bytes: usize,
     epoch: String,
     durable: bool,
     /// Mirror of `meta/pending_count`, the number of live pending envelopes.
     pending: AtomicU64,
+    /// Mirror of `meta/stored_bytes`, the bytes of stored change and parked records.
+    stored: AtomicU64,
+}
+
+/// What [`RedbStore::prepare`] reads back from a freshly opened database.
+struct Prepared {
+    epoch: String,
+    pending: u64,
+    stored: u64,
+}
+
+fn reopening() -> StoreError {
+    StoreError::Backend("the store is being reopened after a storage error".into())
 }
 
 /// `mailbox ‖ msg_id`, the key of an envelope or tombstone.
@@ -117,9 +143,27 @@ fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(array))
 }
 
+fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|err| match err {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                "{} is in use by another process (another node on the same MESH_DM_DATA_DIR?)",
+                path.display()
+            )),
+            other => StoreError::Backend(format!("cannot open {}: {other}", path.display())),
+        })
+}
+
 impl RedbStore {
-    /// Opens (or creates) the database file in `data_dir`.
+    /// Opens (or creates) the database file in `data_dir`, with redb's default cache.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database file in `data_dir` with a page cache of `cache_bytes`.
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create data dir {}: {e}",
@@ -127,25 +171,40 @@ impl RedbStore {
             ))
         })?;
         let path = data_dir.join(DATABASE_FILE);
-        let db = Database::create(&path).map_err(|err| match err {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
-                "{} is in use by another process (another node on the same MESH_DM_DATA_DIR?)",
-                path.display()
-            )),
-            other => StoreError::Backend(format!("cannot open {}: {other}", path.display())),
-        })?;
-        Self::init(db, true)
+        let db = open_file(&path, cache_bytes)?;
+        Self::init(db, Some(path), cache_bytes)
     }
 
     /// A store that keeps everything in RAM (`MESH_DM_PERSIST=memory`).
     pub fn in_memory() -> Result<Self, StoreError> {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(StoreError::backend)?;
-        Self::init(db, false)
+        Self::in_memory_with_cache(DEFAULT_CACHE_BYTES)
     }
 
-    fn init(db: Database, durable: bool) -> Result<Self, StoreError> {
+    /// An in-memory store whose page cache is at most `cache_bytes`.
+    pub fn in_memory_with_cache(cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(StoreError::backend)?;
+        Self::init(db, None, cache_bytes)
+    }
+
+    fn init(db: Database, path: Option<PathBuf>, cache_bytes: usize) -> Result<Self, StoreError> {
+        let prepared = Self::prepare(&db)?;
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            durable: path.is_some(),
+            path,
+            cache_bytes,
+            epoch: prepared.epoch,
+            pending: AtomicU64::new(prepared.pending),
+            stored: AtomicU64::new(prepared.stored),
+        })
+    }
+
+    /// Creates what a new store needs (epoch, tables) in one write transaction — which also
+    /// proves that the database takes writes — and reads back the counters.
+    fn prepare(db: &Database) -> Result<Prepared, StoreError> {
         let txn = db.begin_write().map_err(StoreError::backend)?;
         let epoch = {
             let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
@@ -165,38 +224,61 @@ impl RedbStore {
                     epoch
                 }
             };
-            drop(meta);
             // Create every table so that readers never meet a missing one.
-            txn.open_table(CHANGES).map_err(StoreError::backend)?;
+            let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
             txn.open_table(ENVELOPE_INDEX)
                 .map_err(StoreError::backend)?;
             txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
             txn.open_table(EXPIRY).map_err(StoreError::backend)?;
-            txn.open_table(PARKED).map_err(StoreError::backend)?;
+            let parked = txn.open_table(PARKED).map_err(StoreError::backend)?;
             txn.open_table(NONCES).map_err(StoreError::backend)?;
+            // Stores written before the byte count existed get it counted once.
+            if meta
+                .get("stored_bytes")
+                .map_err(StoreError::backend)?
+                .is_none()
+            {
+                let mut stored = 0u64;
+                for item in changes.iter().map_err(StoreError::backend)? {
+                    let (_, record) = item.map_err(StoreError::backend)?;
+                    stored += record.value().len() as u64;
+                }
+                for item in parked.iter().map_err(StoreError::backend)? {
+                    let (_, record) = item.map_err(StoreError::backend)?;
+                    stored += record.value().len() as u64;
+                }
+                meta.insert("stored_bytes", stored.to_be_bytes().as_slice())
+                    .map_err(StoreError::backend)?;
+            }
             epoch
         };
         txn.commit().map_err(StoreError::backend)?;
-        let pending = {
-            let txn = db.begin_read().map_err(StoreError::backend)?;
-            let meta = txn.open_table(META).map_err(StoreError::backend)?;
-            meta.get("pending_count")
+        let txn = db.begin_read().map_err(StoreError::backend)?;
+        let meta = txn.open_table(META).map_err(StoreError::backend)?;
+        let counter = |key: &str| -> Result<u64, StoreError> {
+            Ok(meta
+                .get(key)
                 .map_err(StoreError::backend)?
                 .map(|v| read_u64(v.value()))
                 .transpose()?
-                .unwrap_or(0)
+                .unwrap_or(0))
         };
-        Ok(Self {
-            db,
+        Ok(Prepared {
             epoch,
-            durable,
-            pending: AtomicU64::new(pending),
+            pending: counter("pending_count")?,
+            stored: counter("stored_bytes")?,
         })
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = guard.as_ref().ok_or_else(reopening)?;
+        db.begin_read().map_err(StoreError::backend)
     }
 
     /// Live state of every mailbox whose key starts with `prefix` (all of them for `&[]`).
     fn read_state(&self, prefix: &[u8], now: u64) -> Result<Recovered, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::backend)?;
+        let txn = self.begin_read()?;
         let mut state = Recovered::default();
         let end = prefix_end(prefix);
         let range = (
@@ -260,7 +342,11 @@ impl RedbStore {
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(StoreError::backend)?;
+        let mut txn = {
+            let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            let db = guard.as_ref().ok_or_else(reopening)?;
+            db.begin_write().map_err(StoreError::backend)?
+        };
         let durability = if self.durable {
             Durability::Immediate
         } else {
@@ -283,6 +369,8 @@ struct WriteTables<'t> {
     nonces: redb::Table<'t, &'static [u8], u64>,
     /// Change of the number of pending envelopes in this transaction.
     pending_delta: i64,
+    /// Change of the bytes of change and parked records in this transaction.
+    bytes_delta: i64,
 }
 
 impl<'t> WriteTables<'t> {
@@ -298,6 +386,7 @@ impl<'t> WriteTables<'t> {
             parked: txn.open_table(PARKED).map_err(StoreError::backend)?,
             nonces: txn.open_table(NONCES).map_err(StoreError::backend)?,
             pending_delta: 0,
+            bytes_delta: 0,
         })
     }
 
@@ -308,19 +397,16 @@ impl<'t> WriteTables<'t> {
         self.pending_delta += 1;
         let json = serde_json::to_vec(envelope).map_err(StoreError::backend)?;
         let key = envelope_key(&envelope.mailbox, &envelope.msg_id);
+        let record = change_record(envelope.expires_at, KIND_ENVELOPE, &json);
+        self.bytes_delta += record.len() as i64;
         self.changes
-            .insert(
-                seq,
-                change_record(envelope.expires_at, KIND_ENVELOPE, &json).as_slice(),
-            )
+            .insert(seq, record.as_slice())
             .map_err(StoreError::backend)?;
         self.index
             .insert(key.as_slice(), seq)
             .map_err(StoreError::backend)?;
         // A parked replica that is now accepted is parked no more.
-        self.parked
-            .remove(key.as_slice())
-            .map_err(StoreError::backend)?;
+        self.unpark(&key)?;
         let expiry = expiry_key(
             envelope.expires_at,
             EXPIRY_CHANGE,
@@ -335,6 +421,8 @@ impl<'t> WriteTables<'t> {
     fn park(&mut self, envelope: &Envelope) -> Result<(), StoreError> {
         let json = serde_json::to_vec(envelope).map_err(StoreError::backend)?;
         let key = envelope_key(&envelope.mailbox, &envelope.msg_id);
+        self.unpark(&key)?;
+        self.bytes_delta += json.len() as i64;
         self.parked
             .insert(key.as_slice(), json.as_slice())
             .map_err(StoreError::backend)?;
@@ -342,6 +430,19 @@ impl<'t> WriteTables<'t> {
         self.expiry
             .insert(expiry.as_slice(), ())
             .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    /// Drops the parked replica under `key`, if any.
+    fn unpark(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        let removed = self
+            .parked
+            .remove(key)
+            .map_err(StoreError::backend)?
+            .map(|v| v.value().len());
+        if let Some(len) = removed {
+            self.bytes_delta -= len as i64;
+        }
         Ok(())
     }
 
@@ -362,6 +463,7 @@ impl<'t> WriteTables<'t> {
             .map(|v| v.value().to_vec());
         if let Some(record) = record {
             self.pending_delta -= 1;
+            self.bytes_delta -= record.len() as i64;
             let (until, _, _) = parse_change_record(&record)?;
             let expiry = expiry_key(until, EXPIRY_CHANGE, &[&seq.to_be_bytes(), &key]);
             self.expiry
@@ -417,14 +519,33 @@ impl<'t> WriteTables<'t> {
             self.put_tombstone(&ack.mailbox, msg_id, *until)?;
         }
         let json = serde_json::to_vec(ack).map_err(StoreError::backend)?;
+        let record = change_record(live_until, KIND_ACK, &json);
+        self.bytes_delta += record.len() as i64;
         self.changes
-            .insert(seq, change_record(live_until, KIND_ACK, &json).as_slice())
+            .insert(seq, record.as_slice())
             .map_err(StoreError::backend)?;
         let expiry = expiry_key(live_until, EXPIRY_CHANGE, &[&seq.to_be_bytes()]);
         self.expiry
             .insert(expiry.as_slice(), ())
             .map_err(StoreError::backend)?;
         Ok(())
+    }
+
+    /// Applies this transaction's byte delta to `meta/stored_bytes`; returns the new count.
+    fn save_stored_bytes(&mut self) -> Result<u64, StoreError> {
+        let current = self
+            .meta
+            .get("stored_bytes")
+            .map_err(StoreError::backend)?
+            .map(|v| read_u64(v.value()))
+            .transpose()?
+            .unwrap_or(0);
+        let updated = current.saturating_add_signed(self.bytes_delta);
+        self.meta
+            .insert("stored_bytes", updated.to_be_bytes().as_slice())
+            .map_err(StoreError::backend)?;
+        self.bytes_delta = 0;
+        Ok(updated)
     }
 
     /// Applies this transaction's pending delta to `meta/pending_count`; returns the new count.
@@ -456,11 +577,15 @@ impl<'t> WriteTables<'t> {
                     .split_at_checked(8)
                     .ok_or_else(|| StoreError::Corrupt("short expiry payload".into()))?;
                 let seq = read_u64(seq)?;
-                let removed = self
+                let removed_len = self
                     .changes
                     .remove(seq)
                     .map_err(StoreError::backend)?
-                    .is_some();
+                    .map(|v| v.value().len());
+                if let Some(len) = removed_len {
+                    self.bytes_delta -= len as i64;
+                }
+                let removed = removed_len.is_some();
                 if !key.is_empty() {
                     if removed {
                         self.pending_delta -= 1;
@@ -488,7 +613,7 @@ impl<'t> WriteTables<'t> {
                 }
             }
             EXPIRY_PARKED => {
-                self.parked.remove(payload).map_err(StoreError::backend)?;
+                self.unpark(payload)?;
             }
             EXPIRY_NONCE => {
                 self.nonces.remove(payload).map_err(StoreError::backend)?;
@@ -510,7 +635,7 @@ impl Store for RedbStore {
     fn commit(&self, ops: &[StoreOp]) -> Result<Vec<Option<u64>>, StoreError> {
         let txn = self.begin_write()?;
         let mut seqs = Vec::with_capacity(ops.len());
-        let pending;
+        let (pending, stored);
         {
             let mut tables = WriteTables::open(&txn)?;
             let mut next_seq = tables
@@ -543,10 +668,7 @@ impl Store for RedbStore {
                     }
                     StoreOp::Unpark { mailbox, msg_id } => {
                         let key = envelope_key(mailbox, msg_id);
-                        tables
-                            .parked
-                            .remove(key.as_slice())
-                            .map_err(StoreError::backend)?;
+                        tables.unpark(&key)?;
                         seqs.push(None);
                     }
                     StoreOp::PutNonce {
@@ -582,16 +704,18 @@ impl Store for RedbStore {
                 .insert("next_seq", next_seq.to_be_bytes().as_slice())
                 .map_err(StoreError::backend)?;
             pending = tables.save_pending_count()?;
+            stored = tables.save_stored_bytes()?;
         }
         txn.commit().map_err(StoreError::backend)?;
         self.pending.store(pending, Ordering::Relaxed);
+        self.stored.store(stored, Ordering::Relaxed);
         Ok(seqs)
     }
 
     fn collect_garbage(&self, now: u64) -> Result<usize, StoreError> {
         let txn = self.begin_write()?;
         let mut dropped = 0;
-        let pending;
+        let (pending, stored);
         {
             let mut tables = WriteTables::open(&txn)?;
             // Everything with until <= now: keys below (now + 1) in big-endian order.
@@ -615,9 +739,11 @@ impl Store for RedbStore {
                 dropped += 1;
             }
             pending = tables.save_pending_count()?;
+            stored = tables.save_stored_bytes()?;
         }
         txn.commit().map_err(StoreError::backend)?;
         self.pending.store(pending, Ordering::Relaxed);
+        self.stored.store(stored, Ordering::Relaxed);
         Ok(dropped)
     }
 
@@ -633,8 +759,50 @@ impl Store for RedbStore {
         self.pending.load(Ordering::Relaxed)
     }
 
+    fn stored_bytes(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let Some(path) = &self.path else {
+            // Nothing to reopen in RAM (closing would lose everything): a write transaction
+            // tells whether the database takes writes again.
+            let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            let db = guard.as_ref().ok_or_else(reopening)?;
+            return Self::prepare(db).map(|_| ());
+        };
+        let old = self
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(old) = old
+            && let Err(err) = old.close()
+        {
+            tracing::warn!(%err, "closing the store after a storage error failed");
+        }
+        let db = open_file(path, self.cache_bytes)?;
+        let prepared = Self::prepare(&db)?;
+        if prepared.epoch != self.epoch {
+            return Err(StoreError::Corrupt(format!(
+                "{} has another epoch after reopening ({} instead of {})",
+                path.display(),
+                prepared.epoch,
+                self.epoch
+            )));
+        }
+        self.pending.store(prepared.pending, Ordering::Relaxed);
+        self.stored.store(prepared.stored, Ordering::Relaxed);
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(db);
+        Ok(())
+    }
+
+    fn data_dir(&self) -> Option<&Path> {
+        self.path.as_deref().and_then(Path::parent)
+    }
+
     fn parked_mailboxes(&self) -> Result<Vec<MailboxKey>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::backend)?;
+        let txn = self.begin_read()?;
         let parked = txn.open_table(PARKED).map_err(StoreError::backend)?;
         let mut mailboxes: Vec<MailboxKey> = Vec::new();
         for item in parked.iter().map_err(StoreError::backend)? {
@@ -648,7 +816,7 @@ impl Store for RedbStore {
     }
 
     fn changes_since(&self, since: u64, limit: usize, now: u64) -> Result<FeedPage, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::backend)?;
+        let txn = self.begin_read()?;
         let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
         let mut page = FeedPage::default();
         for item in changes
@@ -677,7 +845,7 @@ impl Store for RedbStore {
     }
 
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::backend)?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META).map_err(StoreError::backend)?;
         Ok(meta
             .get(key)
@@ -886,6 +1054,51 @@ mod tests {
         store.collect_garbage(NOW + 60).unwrap();
         assert_eq!(store.pending_count(), 1, "expiry counts too");
         assert!(store.load_mailbox(&bob, NOW).unwrap().envelopes.is_empty());
+    }
+
+    #[test]
+    fn stored_bytes_follow_every_record_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with_cache(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.stored_bytes(), 0);
+        let (a, b) = (envelope("a", NOW + 100), envelope("b", NOW + 100));
+        let record = |e: &Envelope| 9 + serde_json::to_vec(e).unwrap().len() as u64;
+        store
+            .commit(&[StoreOp::PutEnvelope(Arc::clone(&a))])
+            .unwrap();
+        assert_eq!(store.stored_bytes(), record(&a));
+        // The same id again replaces its record; a parked replica counts its JSON.
+        store
+            .commit(&[
+                StoreOp::PutEnvelope(Arc::clone(&a)),
+                StoreOp::Park(Arc::clone(&b)),
+            ])
+            .unwrap();
+        let parked = record(&b) - 9;
+        assert_eq!(store.stored_bytes(), record(&a) + parked);
+        let a_id = MsgId::parse("m", "a").unwrap();
+        let ack = ack_of(&["a"]);
+        let ack_record = 9 + serde_json::to_vec(&*ack).unwrap().len() as u64;
+        store
+            .commit(&[StoreOp::ApplyAck {
+                ack,
+                removed: vec![a_id.clone()],
+                tombstones: vec![(a_id, NOW + 100)],
+                live_until: NOW + 100,
+            }])
+            .unwrap();
+        assert_eq!(store.stored_bytes(), parked + ack_record);
+
+        let epoch = store.epoch().to_string();
+        store.reopen().unwrap();
+        assert_eq!(store.epoch(), epoch);
+        assert_eq!(store.stored_bytes(), parked + ack_record, "durable");
+        assert_eq!(store.recover(NOW).unwrap().parked.len(), 1, "data kept");
+        store.collect_garbage(NOW + 100).unwrap();
+        assert_eq!(store.stored_bytes(), 0, "expiry frees it all");
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.stored_bytes(), 0);
     }
 
     #[test]

@@ -6,8 +6,21 @@
 //! them in one transaction — one fsync — and answers each. Because this thread is the only writer
 //! and assigns seqs inside the transaction, seqs become visible in commit order (SPEC §7.3).
 //! Between requests it collects expired records every [`GC_INTERVAL`].
+//!
+//! Storage faults: when a commit (or a garbage collection) fails with a storage error, redb
+//! refuses every later write until the database is reopened. The writer then records an
+//! [`Outage`] in the shared [`StoreStatus`], answers every request at once with
+//! [`WriterError::Degraded`] (503 with the time to its next attempt), and tries to reopen the
+//! store on its own with backoff ([`reopen_delay`]) — first checking that the data dir's
+//! filesystem has [`RECOVERY_MIN_FREE_BYTES`] free again, so that a full disk is not "recovered"
+//! only to fail at the next write. The first successful reopen ends the outage.
+//!
+//! The storage budget: a request that would store envelopes while the stored bytes are at or
+//! past the budget is refused with [`WriterError::OverBudget`] (see [`super::budget`]).
 
-use super::{Store, StoreOp};
+use super::budget::{free_bytes, request_cost};
+use super::status::{Outage, StoreStatus, reopen_delay};
+use super::{Store, StoreError, StoreOp};
 use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -20,6 +33,9 @@ pub const MAX_REQUESTS_PER_COMMIT: usize = 1024;
 pub const WRITER_QUEUE_CAPACITY: usize = 8192;
 /// How often expired changes and tombstones are dropped from the store.
 pub const GC_INTERVAL: Duration = Duration::from_secs(1);
+/// Free bytes the data dir's filesystem must have before the store is reopened after a
+/// failure (a full disk must really have room again).
+pub const RECOVERY_MIN_FREE_BYTES: u64 = 1 << 20;
 
 /// Why a write was not done.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +46,12 @@ pub enum WriterError {
     Closed,
     #[error("{0}")]
     Store(String),
+    /// The store is in an outage: nothing is written until it is reopened.
+    #[error("the store is unavailable ({reason}); next attempt to reopen it in {retry_after_s} s")]
+    Degraded { reason: String, retry_after_s: u64 },
+    /// Storing this would take the node past its storage budget.
+    #[error("the storage budget is used up ({used} of {budget} bytes)")]
+    OverBudget { used: u64, budget: u64 },
 }
 
 type CommitResult = Result<Vec<Option<u64>>, WriterError>;
@@ -47,6 +69,7 @@ enum Request {
 pub struct StoreHandle {
     requests: SyncSender<Request>,
     store: Arc<dyn Store>,
+    status: Arc<StoreStatus>,
 }
 
 /// Joins the writer thread once it has committed everything queued before the shutdown.
@@ -61,25 +84,45 @@ impl WriterThread {
 }
 
 impl StoreHandle {
-    /// Starts the writer thread for `store`.
+    /// Starts the writer thread for `store`, which keeps at most `budget` stored bytes.
     pub fn start(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        budget: u64,
     ) -> std::io::Result<(Self, WriterThread)> {
         let (requests, queue) = std::sync::mpsc::sync_channel(WRITER_QUEUE_CAPACITY);
-        metrics
-            .pending_envelopes
-            .set(i64::try_from(store.pending_count()).unwrap_or(i64::MAX));
-        let writer_store = Arc::clone(&store);
+        metrics.storage_budget_bytes.set(to_gauge(budget));
+        update_gauges(store.as_ref(), &metrics);
+        metrics.store_degraded.set(0);
+        let status = Arc::new(StoreStatus::default());
+        let mut writer = Writer {
+            store: Arc::clone(&store),
+            metrics,
+            status: Arc::clone(&status),
+            budget,
+            failures: 0,
+        };
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run_writer(writer_store.as_ref(), &queue, &metrics))?;
-        Ok((Self { requests, store }, WriterThread(thread)))
+            .spawn(move || writer.run(&queue))?;
+        Ok((
+            Self {
+                requests,
+                store,
+                status,
+            },
+            WriterThread(thread),
+        ))
     }
 
     /// The store, for reads (they run concurrently with the writer).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Whether the store takes writes now (`/health`, `Retry-After`).
+    pub fn status(&self) -> &StoreStatus {
+        &self.status
     }
 
     /// Queues `ops` for the next commit; resolves once they are durable.
@@ -108,83 +151,224 @@ impl StoreHandle {
     }
 }
 
-fn run_writer(store: &dyn Store, queue: &Receiver<Request>, metrics: &Metrics) {
-    let mut last_gc = Instant::now();
-    let mut batch: Vec<(Vec<StoreOp>, oneshot::Sender<CommitResult>)> = Vec::new();
-    loop {
-        let mut stop = false;
-        match queue.recv_timeout(GC_INTERVAL) {
-            Ok(Request::Commit { ops, reply }) => batch.push((ops, reply)),
-            Ok(Request::Shutdown) | Err(RecvTimeoutError::Disconnected) => stop = true,
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        while !stop && batch.len() < MAX_REQUESTS_PER_COMMIT {
-            match queue.try_recv() {
-                Ok(Request::Commit { ops, reply }) => batch.push((ops, reply)),
-                Ok(Request::Shutdown) => stop = true,
-                Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            commit_batch(store, &mut batch, metrics);
-        }
-        if stop {
-            // Whatever was queued behind the shutdown request still gets committed.
-            while let Ok(Request::Commit { ops, reply }) = queue.try_recv() {
-                batch.push((ops, reply));
-            }
-            if !batch.is_empty() {
-                commit_batch(store, &mut batch, metrics);
-            }
-            tracing::info!("store writer stopped; every queued write is committed");
-            return;
-        }
-        if last_gc.elapsed() >= GC_INTERVAL {
-            last_gc = Instant::now();
-            let collected = store.collect_garbage(crate::protocol::now_unix());
-            metrics
-                .pending_envelopes
-                .set(i64::try_from(store.pending_count()).unwrap_or(i64::MAX));
-            match collected {
-                Ok(0) => {}
-                Ok(dropped) => tracing::debug!(dropped, "expired records collected"),
-                Err(err) => tracing::warn!(%err, "garbage collection failed; will retry"),
-            }
-        }
-    }
+fn to_gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn commit_batch(
-    store: &dyn Store,
-    batch: &mut Vec<(Vec<StoreOp>, oneshot::Sender<CommitResult>)>,
-    metrics: &Metrics,
-) {
-    let mut all_ops = Vec::new();
-    let mut replies = Vec::with_capacity(batch.len());
-    for (ops, reply) in batch.drain(..) {
-        replies.push((ops.len(), reply));
-        all_ops.extend(ops);
-    }
-    let result = store.commit(&all_ops);
+fn update_gauges(store: &dyn Store, metrics: &Metrics) {
     metrics
         .pending_envelopes
-        .set(i64::try_from(store.pending_count()).unwrap_or(i64::MAX));
-    metrics.store_commits_total.inc();
-    metrics.store_ops_total.inc_by(all_ops.len() as u64);
-    match result {
-        Ok(seqs) => {
-            let mut seqs = seqs.into_iter();
-            for (len, reply) in replies {
-                let mine: Vec<Option<u64>> = seqs.by_ref().take(len).collect();
-                let _ = reply.send(Ok(mine));
+        .set(to_gauge(store.pending_count()));
+    metrics.store_bytes.set(to_gauge(store.stored_bytes()));
+}
+
+type Batch = Vec<(Vec<StoreOp>, oneshot::Sender<CommitResult>)>;
+
+/// The writer thread's state.
+struct Writer {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    status: Arc<StoreStatus>,
+    budget: u64,
+    /// Failed commits and reopen attempts since the store last took writes.
+    failures: u32,
+}
+
+impl Writer {
+    fn run(&mut self, queue: &Receiver<Request>) {
+        let mut last_gc = Instant::now();
+        let mut batch: Batch = Vec::new();
+        loop {
+            let mut stop = false;
+            // In an outage, wake up for the next reopen attempt even without requests.
+            let wait = match self.status.outage() {
+                Some(outage) => outage
+                    .next_attempt
+                    .saturating_duration_since(Instant::now())
+                    .min(GC_INTERVAL),
+                None => GC_INTERVAL,
+            };
+            match queue.recv_timeout(wait) {
+                Ok(Request::Commit { ops, reply }) => batch.push((ops, reply)),
+                Ok(Request::Shutdown) | Err(RecvTimeoutError::Disconnected) => stop = true,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            while !stop && batch.len() < MAX_REQUESTS_PER_COMMIT {
+                match queue.try_recv() {
+                    Ok(Request::Commit { ops, reply }) => batch.push((ops, reply)),
+                    Ok(Request::Shutdown) => stop = true,
+                    Err(_) => break,
+                }
+            }
+            self.try_recovery();
+            if !batch.is_empty() {
+                self.commit_batch(&mut batch);
+            }
+            if stop {
+                // Whatever was queued behind the shutdown request still gets committed.
+                while let Ok(Request::Commit { ops, reply }) = queue.try_recv() {
+                    batch.push((ops, reply));
+                }
+                if !batch.is_empty() {
+                    self.commit_batch(&mut batch);
+                }
+                tracing::info!("store writer stopped; every queued write is committed");
+                return;
+            }
+            if self.status.outage().is_none() && last_gc.elapsed() >= GC_INTERVAL {
+                last_gc = Instant::now();
+                let collected = self.store.collect_garbage(crate::protocol::now_unix());
+                update_gauges(self.store.as_ref(), &self.metrics);
+                match collected {
+                    Ok(0) => {}
+                    Ok(dropped) => tracing::debug!(dropped, "expired records collected"),
+                    Err(err) => {
+                        tracing::warn!(%err, "garbage collection failed");
+                        self.failed(&err);
+                    }
+                }
             }
         }
-        Err(err) => {
-            metrics.store_errors_total.inc();
-            tracing::error!(%err, requests = replies.len(), "store commit failed");
-            let message = err.to_string();
-            for (_, reply) in replies {
-                let _ = reply.send(Err(WriterError::Store(message.clone())));
+    }
+
+    /// A storage error: starts (or prolongs) the outage. A corrupt record fails only the
+    /// requests of its commit: the database itself still takes writes.
+    fn failed(&mut self, err: &StoreError) {
+        if !matches!(err, StoreError::Backend(_)) {
+            return;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let delay = reopen_delay(self.failures);
+        let was_healthy = self.status.outage().is_none();
+        let reason = self.describe(err);
+        if was_healthy {
+            tracing::error!(%reason, "the store failed; writes are refused until it is reopened");
+        } else {
+            tracing::warn!(%reason, retry_in = ?delay, "the store is still unavailable");
+        }
+        self.status.set(Some(Outage {
+            reason,
+            next_attempt: Instant::now() + delay,
+        }));
+        self.metrics.store_degraded.set(1);
+    }
+
+    /// The reason shown in `/health`: a full disk says so, whatever redb's words for it.
+    fn describe(&self, err: &StoreError) -> String {
+        let no_space = err.to_string().contains("No space left on device");
+        match self.store.data_dir() {
+            Some(dir) => match free_bytes(dir) {
+                Some(free) if no_space || free < RECOVERY_MIN_FREE_BYTES => format!(
+                    "the disk holding {} is full ({} KiB free): {err}",
+                    dir.display(),
+                    free / 1024
+                ),
+                _ => err.to_string(),
+            },
+            None => err.to_string(),
+        }
+    }
+
+    /// In an outage whose next attempt is due: reopen the store, or schedule the next attempt.
+    fn try_recovery(&mut self) {
+        let Some(outage) = self.status.outage() else {
+            return;
+        };
+        if Instant::now() < outage.next_attempt {
+            return;
+        }
+        if let Some(dir) = self.store.data_dir()
+            && let Some(free) = free_bytes(dir)
+            && free < RECOVERY_MIN_FREE_BYTES
+        {
+            let err = StoreError::Backend(format!(
+                "waiting for free space ({} KiB free, {} KiB needed)",
+                free / 1024,
+                RECOVERY_MIN_FREE_BYTES / 1024
+            ));
+            self.failed(&err);
+            return;
+        }
+        match self.store.reopen() {
+            Ok(()) => {
+                tracing::info!(after = %outage.reason, "the store was reopened and takes writes again");
+                self.failures = 0;
+                self.status.set(None);
+                self.metrics.store_degraded.set(0);
+                self.metrics.store_recoveries_total.inc();
+                update_gauges(self.store.as_ref(), &self.metrics);
+            }
+            Err(err) => {
+                let err = match err {
+                    StoreError::Backend(_) => err,
+                    // A reopen that fails for any reason leaves no database: keep trying.
+                    StoreError::Corrupt(problem) => StoreError::Backend(problem),
+                };
+                self.failed(&err);
+            }
+        }
+    }
+
+    fn commit_batch(&mut self, batch: &mut Batch) {
+        if let Some(outage) = self.status.outage() {
+            let refusal = WriterError::Degraded {
+                retry_after_s: outage.retry_after_s(),
+                reason: outage.reason,
+            };
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(refusal.clone()));
+            }
+            return;
+        }
+        let mut all_ops = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut used = self.store.stored_bytes();
+        for (ops, reply) in batch.drain(..) {
+            let cost = request_cost(&ops);
+            if cost > 0 && used.saturating_add(cost) > self.budget {
+                self.metrics.budget_refusals_total.inc();
+                let _ = reply.send(Err(WriterError::OverBudget {
+                    used,
+                    budget: self.budget,
+                }));
+                continue;
+            }
+            used = used.saturating_add(cost);
+            replies.push((ops.len(), reply));
+            all_ops.extend(ops);
+        }
+        if replies.is_empty() {
+            return;
+        }
+        let result = self.store.commit(&all_ops);
+        update_gauges(self.store.as_ref(), &self.metrics);
+        match result {
+            Ok(seqs) => {
+                self.metrics.store_commits_total.inc();
+                self.metrics.store_ops_total.inc_by(all_ops.len() as u64);
+                if !all_ops.is_empty() {
+                    self.failures = 0;
+                }
+                let mut seqs = seqs.into_iter();
+                for (len, reply) in replies {
+                    let mine: Vec<Option<u64>> = seqs.by_ref().take(len).collect();
+                    let _ = reply.send(Ok(mine));
+                }
+            }
+            Err(err) => {
+                self.metrics.store_errors_total.inc();
+                tracing::error!(%err, requests = replies.len(), "store commit failed");
+                self.failed(&err);
+                let refusal = match self.status.outage() {
+                    Some(outage) => WriterError::Degraded {
+                        retry_after_s: outage.retry_after_s(),
+                        reason: outage.reason,
+                    },
+                    None => WriterError::Store(err.to_string()),
+                };
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(refusal.clone()));
+                }
             }
         }
     }

@@ -99,6 +99,9 @@ impl Reserved {
             ("MESH_DM_SHARDS".to_string(), "2".to_string()),
             ("MESH_DM_HTTP_WORKERS".to_string(), "2".to_string()),
             ("RUST_LOG".to_string(), "warn,dmrelay=info".to_string()),
+            // Every test client is 127.0.0.1: one address. The per-address limit is tested in
+            // tests/rate_limit.rs, which turns it back on.
+            ("MESH_DM_CLIENT_RATE_PER_S".to_string(), "0".to_string()),
         ];
         if self.tls {
             env.push(("MESH_DM_TLS_CERT".to_string(), fixture("test-node.pem")));
@@ -253,20 +256,36 @@ impl Node {
             .collect()
     }
 
-    /// The value of one metric line (`name{labels}` exactly as exposed), 0 if absent.
+    /// The value of one metric line (`name{labels}` exactly as exposed). A metric that is not
+    /// exposed is an error (a misspelt name must fail the test, not read as 0): the node exports
+    /// every metric the tests read from the start.
     pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
+        let value = text.lines().find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().unwrap())
+        });
+        value.unwrap_or_else(|| {
+            let present: Vec<&str> = text
+                .lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter_map(|line| line.rsplit_once(' ').map(|(key, _)| key))
+                .collect();
+            panic!(
+                "{}: metric {name} is not exposed; present: {present:#?}",
+                self.url
+            )
+        })
+    }
+
+    /// The whole `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
         let mut response = http()
             .get(format!("{}/metrics", self.url))
             .send()
             .await
             .unwrap();
-        let text = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
-        text.lines()
-            .find_map(|line| {
-                let (key, value) = line.rsplit_once(' ')?;
-                (key == name).then(|| value.parse().unwrap())
-            })
-            .unwrap_or(0.0)
+        String::from_utf8(response.body().await.unwrap().to_vec()).unwrap()
     }
 }
 
