@@ -166,32 +166,53 @@ fn service_error(err: ShardError) -> ApiError {
     ApiError::from(err)
 }
 
-/// `POST /api/mesh/dm/replicate-envelope`
-pub async fn replicate_envelope(
-    peer: AuthenticatedPeer,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+/// The envelopes of a `replicate-envelope` body (SPEC §7.1): `{"envelope": {…}}` (at most
+/// 64 KiB) or `{"envelopes": […]}` (at most [`MAX_ITEMS_PER_BATCH`]), each still unparsed.
+pub fn envelope_batch_items(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
     let mut json = body_json(
-        &peer.body,
+        body,
         "{\"envelope\": {...}} or {\"envelopes\": [...]} of SPEC §7.1",
     )?;
-    let items: Vec<serde_json::Value> = if let Some(one) = json.get_mut("envelope") {
-        if peer.body.len() > MAX_CLIENT_BODY_BYTES {
+    if let Some(one) = json.get_mut("envelope") {
+        if body.len() > MAX_CLIENT_BODY_BYTES {
             return Err(ApiError::body_too_large(MAX_CLIENT_BODY_BYTES));
         }
-        vec![one.take()]
+        Ok(vec![one.take()])
     } else if let Some(serde_json::Value::Array(many)) = json.get_mut("envelopes") {
         if many.len() > MAX_ITEMS_PER_BATCH {
             return Err(ApiError::BadRequest(format!(
                 "A batch holds at most {MAX_ITEMS_PER_BATCH} envelopes; split it."
             )));
         }
-        std::mem::take(many)
+        Ok(std::mem::take(many))
     } else {
-        return Err(ApiError::BadRequest(
+        Err(ApiError::BadRequest(
             "Expected {\"envelope\": {...}} or {\"envelopes\": [...]}.".into(),
-        ));
+        ))
+    }
+}
+
+/// The ack objects of a `replicate-ack` body (SPEC §7.2): `{"acks": […]}` (at most
+/// [`MAX_ITEMS_PER_BATCH`]), each still unparsed.
+pub fn ack_batch_items(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
+    let mut json = body_json(body, "{\"acks\": [...]} of SPEC §7.2")?;
+    let Some(serde_json::Value::Array(acks)) = json.get_mut("acks") else {
+        return Err(ApiError::BadRequest("Expected {\"acks\": [...]}.".into()));
     };
+    if acks.len() > MAX_ITEMS_PER_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "A batch holds at most {MAX_ITEMS_PER_BATCH} acks; split it."
+        )));
+    }
+    Ok(std::mem::take(acks))
+}
+
+/// `POST /api/mesh/dm/replicate-envelope`
+pub async fn replicate_envelope(
+    peer: AuthenticatedPeer,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let items = envelope_batch_items(&peer.body)?;
     let now = now_unix();
     let origin = Origin::Peer(Arc::clone(&peer.peer));
     // Send every valid envelope to its shard first (in order), then collect the answers.
@@ -238,19 +259,11 @@ pub async fn replicate_ack(
     peer: AuthenticatedPeer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut json = body_json(&peer.body, "{\"acks\": [...]} of SPEC §7.2")?;
-    let Some(serde_json::Value::Array(acks)) = json.get_mut("acks") else {
-        return Err(ApiError::BadRequest("Expected {\"acks\": [...]}.".into()));
-    };
-    if acks.len() > MAX_ITEMS_PER_BATCH {
-        return Err(ApiError::BadRequest(format!(
-            "A batch holds at most {MAX_ITEMS_PER_BATCH} acks; split it."
-        )));
-    }
+    let acks = ack_batch_items(&peer.body)?;
     let now = now_unix();
     let origin = Origin::Peer(Arc::clone(&peer.peer));
     let mut pending = Vec::with_capacity(acks.len());
-    for item in std::mem::take(acks) {
+    for item in acks {
         let checked = AckObject::replica(item, now, state.envelope_limits.max_ttl_s);
         pending.push(match checked {
             Ok(ack) => Ok(state.mailboxes.acknowledge(Arc::new(ack), origin.clone())),

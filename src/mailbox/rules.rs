@@ -134,10 +134,13 @@ impl MailboxState {
     }
 
     /// Keeps a replica refused by rule 3 or 4 for a later retry. At most `limits.mailbox`
-    /// replicas are parked per mailbox; returns false when this one was not kept.
+    /// replicas are parked per mailbox, and at most one per `msg_id` (the store keeps parked
+    /// replicas by id, so memory must not hold more than a restart would read back); returns
+    /// false when this one was not kept.
     pub fn park(&mut self, envelope: Arc<Envelope>, limits: &MailboxLimits) -> bool {
         let key = (envelope.created_at, envelope.msg_id.clone());
-        if self.parked.contains_key(&key) || self.parked.len() >= limits.mailbox as usize {
+        let same_id_parked = self.parked.keys().any(|(_, id)| *id == envelope.msg_id);
+        if same_id_parked || self.parked.len() >= limits.mailbox as usize {
             return false;
         }
         self.parked.insert(key, envelope);
@@ -212,8 +215,13 @@ impl MailboxState {
     }
 
     /// Stores an envelope the decision accepted. `committed` is false while its write is in flight.
+    /// A parked replica with the same id goes: it could only conflict, and storing the envelope
+    /// unparks that id on disk too (`StoreOp::PutEnvelope`).
     pub fn insert(&mut self, envelope: Arc<Envelope>, committed: bool) {
         let id = envelope.msg_id.clone();
+        if !self.parked.is_empty() {
+            self.parked.retain(|(_, parked_id), _| *parked_id != id);
+        }
         self.order.insert((envelope.created_at, id.clone()));
         self.pending_expiry
             .insert((envelope.expires_at, id.clone()));
@@ -656,6 +664,31 @@ mod tests {
         // Parked replicas expire with their envelope.
         state.park(envelope(&alice, &bob, "m5", NOW), &limits);
         state.expire(NOW + 3600);
+        assert_eq!(state.parked_len(), 0);
+    }
+
+    /// Found by tests/model.rs: a replica parked under an id, then a client's envelope with the
+    /// same id accepted. The store's `PutEnvelope` unparks that id, so after a restart the parked
+    /// twin was gone while memory still held it (and would have accepted it once the other
+    /// expired). Memory now agrees with the store: accepting an id unparks it, one parked per id.
+    #[test]
+    fn accepting_an_id_unparks_it_and_one_replica_is_parked_per_id() {
+        let (alice, carol, bob) = (key(1), key(3), key(2));
+        let limits = MailboxLimits {
+            pending_per_sender: 1,
+            ..MailboxLimits::default()
+        };
+        let mut state = MailboxState::default();
+        state.insert(envelope(&carol, &bob, "c0", NOW), true);
+        // Carol is at her cap: her replica "x" is parked.
+        assert!(state.park(envelope(&carol, &bob, "x", NOW + 5), &limits));
+        // Another replica with the same id (another time, so another key) is not parked again.
+        assert!(!state.park(envelope(&carol, &bob, "x", NOW + 9), &limits));
+        assert_eq!(state.parked_len(), 1);
+        // Alice's envelope "x" is accepted: the parked "x" goes, as it does in the store.
+        let alices = envelope(&alice, &bob, "x", NOW);
+        assert_eq!(state.decide(&alices, &limits), Decision::Accept);
+        state.insert(alices, true);
         assert_eq!(state.parked_len(), 0);
     }
 

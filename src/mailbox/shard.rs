@@ -166,8 +166,9 @@ enum Slot {
     Loading(Vec<Waiting>),
 }
 
-/// A mailbox's state from what the store holds for it.
-fn state_from(snapshot: Recovered, now: u64) -> MailboxState {
+/// A mailbox's state from what the store holds for it (public for the model-based test, which
+/// restarts a mailbox through this very path).
+pub fn state_from(snapshot: Recovered, now: u64) -> MailboxState {
     let mut state = MailboxState::default();
     for (_, msg_id, until) in snapshot.tombstones {
         state.restore_tombstone(msg_id, until);

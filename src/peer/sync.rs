@@ -62,13 +62,45 @@ impl Cursor {
     }
 }
 
-#[derive(Deserialize)]
-struct FeedReply {
-    epoch: String,
-    next: u64,
+/// A page of a peer's change feed (SPEC §7.3), as the puller reads it; entries still unparsed.
+#[derive(Debug, Deserialize)]
+pub struct FeedReply {
+    pub epoch: String,
+    pub next: u64,
     #[serde(default)]
-    more: bool,
-    changes: Vec<serde_json::Value>,
+    pub more: bool,
+    pub changes: Vec<serde_json::Value>,
+}
+
+impl FeedReply {
+    /// Reads a feed page from the peer's reply body.
+    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// One feed entry, checked exactly like a pushed replica.
+#[derive(Debug)]
+pub enum FeedItem {
+    Envelope(Envelope),
+    Ack(AckObject),
+    /// An envelope or ack that fails parsing, its signature or its time window.
+    Refused(crate::protocol::ProtocolError),
+    /// Neither `envelope` nor `ack`.
+    Unknown,
+}
+
+impl FeedItem {
+    /// Takes the entry's `envelope` or `ack` out of `change` and validates it at `now`.
+    pub fn from_change(mut change: serde_json::Value, limits: &EnvelopeLimits, now: u64) -> Self {
+        if let Some(value) = change.get_mut("envelope").map(serde_json::Value::take) {
+            Envelope::replica(value, limits, now).map_or_else(Self::Refused, Self::Envelope)
+        } else if let Some(value) = change.get_mut("ack").map(serde_json::Value::take) {
+            AckObject::replica(value, now, limits.max_ttl_s).map_or_else(Self::Refused, Self::Ack)
+        } else {
+            Self::Unknown
+        }
+    }
 }
 
 /// Everything one pull round needs; cloned into the round's future.
@@ -118,8 +150,7 @@ impl Puller {
             cursor.seq
         );
         let bytes = self.client.get(&path).await?;
-        let feed: FeedReply =
-            serde_json::from_slice(&bytes).map_err(|e| SyncError::BadFeed(e.to_string()))?;
+        let feed = FeedReply::parse(&bytes).map_err(|e| SyncError::BadFeed(e.to_string()))?;
         if cursor.epoch.as_deref().is_some_and(|e| e != feed.epoch) {
             tracing::info!(peer = %self.peer_url, epoch = %feed.epoch, "peer store has a new epoch; reading its feed from 0");
             return Ok((
@@ -153,31 +184,21 @@ impl Puller {
         let origin = Origin::Peer(Arc::clone(&self.peer_url));
         let mut answers = Vec::with_capacity(changes.len());
         let mut invalid = 0usize;
-        for mut change in changes {
-            if let Some(value) = change.get_mut("envelope").map(serde_json::Value::take) {
-                match Envelope::replica(value, &self.limits, now) {
-                    Ok(envelope) => {
-                        let answer = self.mailboxes.deposit(Arc::new(envelope), origin.clone());
-                        answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);
-                    }
-                    Err(err) => {
-                        invalid += 1;
-                        tracing::debug!(peer = %self.peer_url, %err, "feed envelope refused");
-                    }
+        for change in changes {
+            match FeedItem::from_change(change, &self.limits, now) {
+                FeedItem::Envelope(envelope) => {
+                    let answer = self.mailboxes.deposit(Arc::new(envelope), origin.clone());
+                    answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);
                 }
-            } else if let Some(value) = change.get_mut("ack").map(serde_json::Value::take) {
-                match AckObject::replica(value, now, self.limits.max_ttl_s) {
-                    Ok(ack) => {
-                        let answer = self.mailboxes.acknowledge(Arc::new(ack), origin.clone());
-                        answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);
-                    }
-                    Err(err) => {
-                        invalid += 1;
-                        tracing::debug!(peer = %self.peer_url, %err, "feed ack refused");
-                    }
+                FeedItem::Ack(ack) => {
+                    let answer = self.mailboxes.acknowledge(Arc::new(ack), origin.clone());
+                    answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);
                 }
-            } else {
-                invalid += 1;
+                FeedItem::Refused(err) => {
+                    invalid += 1;
+                    tracing::debug!(peer = %self.peer_url, %err, "feed entry refused");
+                }
+                FeedItem::Unknown => invalid += 1,
             }
         }
         let applied = answers.len();
