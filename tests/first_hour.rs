@@ -213,7 +213,10 @@ fn sigterm_stops_the_node_even_when_stderr_is_a_closed_pipe() {
     let mut line = String::new();
     while !line.contains("store opened") {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "stderr ended early");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "stderr ended early"
+        );
     }
     // `head -1` exits: the read end of the pipe is closed.
     drop(reader);
