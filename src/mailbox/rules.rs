@@ -67,7 +67,7 @@ pub struct AckEffect {
     pub unknown: usize,
     /// Tombstones of every id of the ack, as they now stand: `(msg_id, until)`.
     pub tombstones: Vec<(MsgId, u64)>,
-    /// Whether the ack changed anything (removed an envelope or wrote a tombstone).
+    /// Whether the ack changed anything (removed an envelope, wrote or extended a tombstone).
     /// An ack that changed nothing is not stored again, so acks do not echo between peers.
     pub changed: bool,
 }
@@ -308,14 +308,6 @@ impl MailboxState {
                 }
                 None => {
                     effect.unknown += 1;
-                    if let Some(&until) = self.tombstones.get(msg_id) {
-                        // Acknowledged before: that tombstone already keeps the id dead. Making
-                        // it longer would make every repeated ack (a replica of it pulled back
-                        // from a peer) look new, so it would be stored and echo once more
-                        // around the mesh.
-                        effect.tombstones.push((msg_id.clone(), until));
-                        continue;
-                    }
                     ack.ts.saturating_add(max_ttl_s)
                 }
             };
@@ -512,24 +504,6 @@ mod tests {
         let effect = state.acknowledge(&ack(&bob, &["m0"]), 604_800);
         assert_eq!(effect.removed.len(), 1);
         assert_eq!(state.decide(&first, &limits), Decision::Acked);
-    }
-
-    #[test]
-    fn an_ack_coming_back_from_a_peer_changes_nothing_so_it_does_not_echo() {
-        // The envelope lives one hour, far less than max_ttl: the tombstone of its ack lasts
-        // until the envelope's expiry, and the same ack arriving again (pulled back from a peer's
-        // feed) must neither extend it to ts + max_ttl nor count as a change.
-        let (alice, bob) = (key(1), key(2));
-        let mut state = MailboxState::default();
-        state.insert(envelope(&alice, &bob, "m0", NOW), true);
-        let first = state.acknowledge(&ack(&bob, &["m0"]), 604_800);
-        assert!(first.changed);
-        let m0 = MsgId::parse("x", "m0").unwrap();
-        assert_eq!(first.tombstones, vec![(m0.clone(), NOW + 3600)]);
-        let echo = state.acknowledge(&ack(&bob, &["m0"]), 604_800);
-        assert!(!echo.changed, "a repeated ack must not be stored again");
-        assert_eq!(echo.unknown, 1);
-        assert_eq!(echo.tombstones, vec![(m0, NOW + 3600)]);
     }
 
     #[test]
