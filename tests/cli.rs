@@ -4,12 +4,12 @@
 
 mod common;
 
-use common::{BIN, Node, NodeConfig};
+use common::{BIN, Node, NodeConfig, dmrelay, output_within};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SUBCOMMANDS: [&str; 10] = [
     "serve",
@@ -23,46 +23,6 @@ const SUBCOMMANDS: [&str; 10] = [
     "poll-request",
     "ack-request",
 ];
-
-/// `dmrelay` with no inherited MESH_* settings, run in `cwd`.
-fn dmrelay(cwd: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("RUST_LOG");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("MESH_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
-
-/// Runs `command`, killing it if it has not exited within `timeout` (a node that starts serving
-/// despite a bad setting would otherwise hang the test).
-fn run(mut command: Command, timeout: Duration) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "{command:?} still running after {timeout:?}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -79,7 +39,7 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
 #[test]
 fn help_works_for_dmrelay_and_every_subcommand() {
     let dir = tempfile::tempdir().unwrap();
-    let output = run(
+    let output = output_within(
         {
             let mut c = dmrelay(dir.path());
             c.arg("--help");
@@ -96,7 +56,7 @@ fn help_works_for_dmrelay_and_every_subcommand() {
         for flag in ["--help", "-h"] {
             let mut command = dmrelay(dir.path());
             command.args([sub, flag]);
-            let output = run(command, Duration::from_secs(10));
+            let output = output_within(command, Duration::from_secs(10));
             assert!(output.status.success(), "{sub} {flag}: {}", stderr(&output));
             assert!(
                 stdout(&output).contains("Usage"),
@@ -108,10 +68,14 @@ fn help_works_for_dmrelay_and_every_subcommand() {
     // `help <sub>` and `--version` too.
     let mut command = dmrelay(dir.path());
     command.args(["help", "serve"]);
-    assert!(run(command, Duration::from_secs(10)).status.success());
+    assert!(
+        output_within(command, Duration::from_secs(10))
+            .status
+            .success()
+    );
     let mut command = dmrelay(dir.path());
     command.arg("--version");
-    let output = run(command, Duration::from_secs(10));
+    let output = output_within(command, Duration::from_secs(10));
     assert!(output.status.success());
     assert!(stdout(&output).contains(env!("CARGO_PKG_VERSION")));
     // Nothing of that wrote anything (no key file, no data dir).
@@ -124,7 +88,7 @@ fn an_unknown_subcommand_or_flag_fails() {
     for args in [&["frobnicate"][..], &["keygen", "--nope"], &[]] {
         let mut command = dmrelay(dir.path());
         command.args(args);
-        let output = run(command, Duration::from_secs(10));
+        let output = output_within(command, Duration::from_secs(10));
         assert!(!output.status.success(), "{args:?} should fail");
     }
 }
@@ -132,7 +96,7 @@ fn an_unknown_subcommand_or_flag_fails() {
 fn keygen(dir: &Path, args: &[&str]) -> Output {
     let mut command = dmrelay(dir);
     command.arg("keygen").args(args);
-    run(command, Duration::from_secs(10))
+    output_within(command, Duration::from_secs(10))
 }
 
 #[test]
@@ -218,7 +182,7 @@ fn serve_fails(env: &[(&str, &str)], args: &[&str]) -> String {
     for (key, value) in env {
         command.env(key, value);
     }
-    let output = run(command, Duration::from_secs(10));
+    let output = output_within(command, Duration::from_secs(10));
     let err = stderr(&output);
     assert!(
         !output.status.success(),
@@ -312,7 +276,7 @@ fn serve_reads_config_node_toml_from_the_working_directory_by_default() {
         .arg("serve")
         .env("MESH_DM_DATA_DIR", data.path())
         .env("MESH_DM_LISTEN", "127.0.0.1:0");
-    let output = run(command, Duration::from_secs(10));
+    let output = output_within(command, Duration::from_secs(10));
     assert!(!output.status.success());
     let err = stderr(&output);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -358,7 +322,7 @@ async fn settings_come_from_the_config_file_with_the_environment_taking_preceden
 fn cli_json(dir: &Path, args: &[&str]) -> Value {
     let mut command = dmrelay(dir);
     command.args(args);
-    let output = run(command, Duration::from_secs(10));
+    let output = output_within(command, Duration::from_secs(10));
     assert!(output.status.success(), "{args:?}: {}", stderr(&output));
     let text = stdout(&output);
     assert_eq!(text.trim().lines().count(), 1, "one JSON line: {text}");
@@ -515,7 +479,7 @@ fn cli_helpers_refuse_bad_input_with_an_error() {
     for args in cases {
         let mut command = dmrelay(dir.path());
         command.args(&args);
-        let output = run(command, Duration::from_secs(10));
+        let output = output_within(command, Duration::from_secs(10));
         assert!(!output.status.success(), "{args:?} should fail");
         assert!(
             stdout(&output).trim().is_empty(),

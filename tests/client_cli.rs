@@ -5,30 +5,13 @@
 
 mod common;
 
-use common::{BIN, Identity, Node, NodeConfig};
+use common::{Identity, Node, NodeConfig, dmrelay};
 use dmrelay::protocol::{Envelope, MailboxKey, MsgId, now_unix};
 use serde_json::Value;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// `dmrelay` with no inherited MESH_* settings, run in `cwd`.
-fn dmrelay(cwd: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("RUST_LOG");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("MESH_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
 
 /// Runs `dmrelay args…` with `input` on stdin; kills it after 60 s (a hung client fails).
 fn run_with_input(cwd: &Path, args: &[&str], input: Option<&str>) -> Output {

@@ -14,31 +14,15 @@
 
 mod common;
 
-use common::{BIN, MESH_SECRET, Node, NodeConfig, assert_error, peer_request, wait_for};
+use common::{
+    MESH_SECRET, Node, NodeConfig, assert_error, dmrelay, output_within, peer_request, wait_for,
+};
 use serde_json::Value;
 use std::io::BufRead as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// `dmrelay` with no inherited MESH_*, RUST_LOG or socket-activation settings, run in `cwd`.
-fn dmrelay(cwd: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("RUST_LOG");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("MESH_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
 
 /// A `dmrelay serve` whose stderr lines are collected as they come.
 struct Serve {
@@ -124,29 +108,6 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Runs `command` to its end, killing it (and failing) if it still runs after `timeout`: a node
-/// that starts serving when it should have refused would otherwise hang the test.
-fn output_within(mut command: Command, timeout: Duration) -> std::process::Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "{command:?} still running after {timeout:?}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
 }
 
 async fn get_json(url: &str) -> (u16, Value) {

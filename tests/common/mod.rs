@@ -13,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use serde_json::Value;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -731,4 +731,44 @@ pub fn spawn_http_server(
             .run();
     actix_rt::spawn(server);
     url
+}
+
+/// `dmrelay` with no inherited MESH_*, RUST_LOG or socket-activation settings, run in `cwd`.
+pub fn dmrelay(cwd: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("RUST_LOG");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MESH_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Runs `command` to its end, killing it (and failing) if it still runs after `timeout`: a node
+/// that starts serving when it should have refused would otherwise hang the test.
+pub fn output_within(mut command: Command, timeout: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "{command:?} still running after {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
 }
