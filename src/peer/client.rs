@@ -56,18 +56,6 @@ impl PeerCallError {
     pub fn is_peer_auth(&self) -> bool {
         matches!(self, Self::Status { status: 403, .. })
     }
-
-    /// Short label for logs.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Transport(_) => "transport",
-            Self::Status { status, .. } if *status >= 500 => "5xx",
-            Self::Status { status: 429, .. } => "429",
-            Self::Status { status: 403, .. } => "403",
-            Self::Status { .. } => "4xx",
-            Self::BadReply(_) => "bad_reply",
-        }
-    }
 }
 
 /// Everything needed to reach one peer; `Send`, so actors take it and build their

@@ -201,14 +201,6 @@ impl Envelope {
         )
     }
 
-    /// Approximate bytes this envelope occupies in memory (for the memory benchmark).
-    pub fn approx_size_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.msg_id.as_str().len()
-            + self.ciphertext.len()
-            + self.ciphertext_sha256_hex.len()
-    }
-
     /// Builds and signs an envelope (CLI, benchmarks, tests).
     pub fn sign(
         sender: &ed25519_dalek::SigningKey,
