@@ -4,7 +4,7 @@
 //! checks everything; the first problem becomes a [`ConfigError`] whose one line names the
 //! setting, which `dmrelay serve` prints before exiting non-zero.
 
-use crate::peer::url::normalize_peer_url;
+use crate::protocol::peer_url::normalize_peer_url;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -121,39 +121,120 @@ pub struct Settings {
     pub client_rate_burst: u32,
 }
 
-/// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    listen: Option<String>,
-    peer_listen: Option<String>,
-    self_peer_url: Option<String>,
-    peer_push_secret: Option<String>,
-    peer_push_secret_file: Option<PathBuf>,
-    #[serde(default)]
-    peers: Vec<FilePeer>,
-    data_dir: Option<PathBuf>,
-    persist: Option<String>,
-    pending_per_sender_limit: Option<u64>,
-    mailbox_limit: Option<u64>,
-    max_msg_bytes: Option<u64>,
-    max_ttl_s: Option<u64>,
-    push_timeout_s: Option<f64>,
-    max_failures: Option<u64>,
-    failure_cooldown_s: Option<f64>,
-    sync_interval_s: Option<f64>,
-    push_rate: Option<f64>,
-    mailbox_idle_s: Option<f64>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    peer_ca_file: Option<PathBuf>,
-    shards: Option<u64>,
-    http_workers: Option<u64>,
-    max_waiting_polls: Option<u64>,
-    store_cache_mb: Option<u64>,
-    storage_budget_mb: Option<f64>,
-    client_rate_per_s: Option<f64>,
-    client_rate_burst: Option<u64>,
+/// Declares every scalar setting once: its doc, its file key (the field name), the type the TOML
+/// file holds, its environment variable and, for numbers, what an unparsable value "is not".
+/// From that it builds the two all-optional layers ([`FileSettings`], [`EnvSettings`]) and their
+/// field-by-field merge ([`Layered`]); defaults and checks are in [`Layered::validate`].
+macro_rules! settings {
+    (@what) => { "text" };
+    (@what $what:literal) => { $what };
+    ($(
+        $(#[doc = $doc:literal])*
+        $key:ident: $ty:ty = $env:literal $(, $what:literal)?;
+    )*) => {
+        /// The TOML file: every key optional, unknown keys refused (a typo must not pass silently).
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileSettings {
+            $($(#[doc = $doc])* $key: Option<$ty>,)*
+            /// Peer relays, with their own secrets (`[[peers]]`).
+            #[serde(default)]
+            peers: Vec<FilePeer>,
+        }
+
+        /// The environment: the same settings, each read from its variable.
+        #[derive(Debug, Default)]
+        struct EnvSettings {
+            $($key: Option<$ty>,)*
+            /// `MESH_RELAY_PEERS`: comma-separated peer URLs replacing the file's list.
+            relay_peers: Option<String>,
+        }
+
+        impl EnvSettings {
+            fn read(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+                Ok(Self {
+                    $($key: env_value(env, $env, settings!(@what $($what)?))?,)*
+                    relay_peers: env.get("MESH_RELAY_PEERS").cloned(),
+                })
+            }
+        }
+
+        /// Environment over file, each value tagged with the setting an error should name.
+        struct Layered {
+            $($key: Option<Sourced<$ty>>,)*
+            relay_peers: Option<String>,
+            peers: Vec<FilePeer>,
+            file_name: String,
+        }
+
+        impl Layered {
+            fn merge(file: FileSettings, file_name: &str, env: EnvSettings) -> Self {
+                Self {
+                    $($key: layer(env.$key, $env, file.$key, file_name, stringify!($key)),)*
+                    relay_peers: env.relay_peers,
+                    peers: file.peers,
+                    file_name: file_name.to_string(),
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Client-plane address.
+    listen: String = "MESH_DM_LISTEN";
+    /// Separate peer-plane address; empty means none.
+    peer_listen: String = "MESH_DM_PEER_LISTEN";
+    /// This node's own peer URL.
+    self_peer_url: String = "MESH_SELF_PEER_URL";
+    /// Mesh-wide secret for peers without their own.
+    peer_push_secret: String = "MESH_PEER_PUSH_SECRET";
+    /// File holding the mesh-wide secret.
+    peer_push_secret_file: PathBuf = "MESH_PEER_PUSH_SECRET_FILE";
+    /// Embedded store directory.
+    data_dir: PathBuf = "MESH_DM_DATA_DIR";
+    /// `fsync` or `memory`.
+    persist: String = "MESH_DM_PERSIST";
+    /// Most unread envelopes per (mailbox, sender).
+    pending_per_sender_limit: u64 = "MESH_DM_PENDING_PER_SENDER_LIMIT", "a whole number";
+    /// Most unread envelopes per mailbox.
+    mailbox_limit: u64 = "MESH_DM_MAILBOX_LIMIT", "a whole number";
+    /// Largest decoded ciphertext, bytes.
+    max_msg_bytes: u64 = "MESH_DM_MAX_MSG_BYTES", "a whole number";
+    /// Longest envelope lifetime, seconds.
+    max_ttl_s: u64 = "MESH_DM_MAX_TTL_S", "a whole number";
+    /// Timeout of one request to a peer, seconds.
+    push_timeout_s: f64 = "MESH_RELAY_PUSH_TIMEOUT_S", "a number of seconds";
+    /// Consecutive failures that open a peer's breaker.
+    max_failures: u64 = "MESH_RELAY_MAX_FAILURES", "a whole number";
+    /// How long an open breaker skips its peer, seconds.
+    failure_cooldown_s: f64 = "MESH_RELAY_FAILURE_COOLDOWN_S", "a number of seconds";
+    /// Interval between pulls of each peer's feed, seconds.
+    sync_interval_s: f64 = "MESH_DM_SYNC_INTERVAL_S", "a number of seconds";
+    /// Items pushed to each peer per second.
+    push_rate: f64 = "MESH_RELAY_PUSH_RATE", "a number";
+    /// How long an unused mailbox stays in memory, seconds.
+    mailbox_idle_s: f64 = "MESH_DM_MAILBOX_IDLE_S", "a number of seconds";
+    /// HTTPS certificate chain (PEM).
+    tls_cert: PathBuf = "MESH_DM_TLS_CERT";
+    /// HTTPS private key (PEM).
+    tls_key: PathBuf = "MESH_DM_TLS_KEY";
+    /// Extra CAs trusted for https:// peers (PEM).
+    peer_ca_file: PathBuf = "MESH_RELAY_CA_FILE";
+    /// Mailbox shard actors.
+    shards: u64 = "MESH_DM_SHARDS", "a whole number";
+    /// HTTP worker threads.
+    http_workers: u64 = "MESH_DM_HTTP_WORKERS", "a whole number";
+    /// Most long polls waiting at once.
+    max_waiting_polls: u64 = "MESH_DM_MAX_WAITING_POLLS", "a whole number";
+    /// Page cache of the store, MiB.
+    store_cache_mb: u64 = "MESH_DM_STORE_CACHE_MB", "a whole number";
+    /// Storage budget, MiB.
+    storage_budget_mb: f64 = "MESH_DM_STORAGE_BUDGET_MB", "a number of MiB";
+    /// Client-plane requests per second from one IP address.
+    client_rate_per_s: f64 = "MESH_DM_CLIENT_RATE_PER_S", "a number";
+    /// Burst above that rate.
+    client_rate_burst: u64 = "MESH_DM_CLIENT_RATE_BURST", "a whole number";
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,101 +245,86 @@ struct FilePeer {
     secret_file: Option<PathBuf>,
 }
 
-/// The raw values, each tagged with the setting name an error should show.
-struct Raw {
-    values: HashMap<&'static str, (String, String)>,
+/// One setting's value and the name an error about it shows: the environment variable, or
+/// `{file}: {key}` for the file, or the bare key for a default.
+struct Sourced<T> {
+    value: T,
+    setting: String,
+    from_env: bool,
 }
 
-impl Raw {
-    fn set(&mut self, key: &'static str, source: String, value: String) {
-        self.values.insert(key, (source, value));
-    }
+/// How an environment variable's text becomes the type the file holds.
+trait FromEnv: Sized {
+    fn from_env(text: &str) -> Option<Self>;
+}
 
-    fn get(&self, key: &str) -> Option<&(String, String)> {
-        self.values.get(key)
-    }
-
-    fn parse<T: std::str::FromStr>(
-        &self,
-        key: &str,
-        default: T,
-        what: &str,
-    ) -> Result<T, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some((source, value)) => value
-                .trim()
-                .parse()
-                .map_err(|_| bad(source, format!("{value:?} is not {what}"))),
-        }
+impl FromEnv for u64 {
+    fn from_env(text: &str) -> Option<Self> {
+        text.trim().parse().ok()
     }
 }
 
-/// (key, environment variable, file key) of every scalar setting.
-const SCALARS: &[(&str, &str, &str)] = &[
-    ("listen", "MESH_DM_LISTEN", "listen"),
-    ("peer_listen", "MESH_DM_PEER_LISTEN", "peer_listen"),
-    ("self_peer_url", "MESH_SELF_PEER_URL", "self_peer_url"),
-    (
-        "peer_push_secret",
-        "MESH_PEER_PUSH_SECRET",
-        "peer_push_secret",
-    ),
-    ("data_dir", "MESH_DM_DATA_DIR", "data_dir"),
-    ("persist", "MESH_DM_PERSIST", "persist"),
-    (
-        "pending_per_sender_limit",
-        "MESH_DM_PENDING_PER_SENDER_LIMIT",
-        "pending_per_sender_limit",
-    ),
-    ("mailbox_limit", "MESH_DM_MAILBOX_LIMIT", "mailbox_limit"),
-    ("max_msg_bytes", "MESH_DM_MAX_MSG_BYTES", "max_msg_bytes"),
-    ("max_ttl_s", "MESH_DM_MAX_TTL_S", "max_ttl_s"),
-    (
-        "push_timeout_s",
-        "MESH_RELAY_PUSH_TIMEOUT_S",
-        "push_timeout_s",
-    ),
-    ("max_failures", "MESH_RELAY_MAX_FAILURES", "max_failures"),
-    (
-        "failure_cooldown_s",
-        "MESH_RELAY_FAILURE_COOLDOWN_S",
-        "failure_cooldown_s",
-    ),
-    (
-        "sync_interval_s",
-        "MESH_DM_SYNC_INTERVAL_S",
-        "sync_interval_s",
-    ),
-    ("push_rate", "MESH_RELAY_PUSH_RATE", "push_rate"),
-    ("mailbox_idle_s", "MESH_DM_MAILBOX_IDLE_S", "mailbox_idle_s"),
-    ("tls_cert", "MESH_DM_TLS_CERT", "tls_cert"),
-    ("tls_key", "MESH_DM_TLS_KEY", "tls_key"),
-    ("peer_ca_file", "MESH_RELAY_CA_FILE", "peer_ca_file"),
-    ("shards", "MESH_DM_SHARDS", "shards"),
-    ("http_workers", "MESH_DM_HTTP_WORKERS", "http_workers"),
-    (
-        "max_waiting_polls",
-        "MESH_DM_MAX_WAITING_POLLS",
-        "max_waiting_polls",
-    ),
-    ("store_cache_mb", "MESH_DM_STORE_CACHE_MB", "store_cache_mb"),
-    (
-        "storage_budget_mb",
-        "MESH_DM_STORAGE_BUDGET_MB",
-        "storage_budget_mb",
-    ),
-    (
-        "client_rate_per_s",
-        "MESH_DM_CLIENT_RATE_PER_S",
-        "client_rate_per_s",
-    ),
-    (
-        "client_rate_burst",
-        "MESH_DM_CLIENT_RATE_BURST",
-        "client_rate_burst",
-    ),
-];
+impl FromEnv for f64 {
+    fn from_env(text: &str) -> Option<Self> {
+        text.trim().parse().ok()
+    }
+}
+
+impl FromEnv for String {
+    fn from_env(text: &str) -> Option<Self> {
+        Some(text.to_string())
+    }
+}
+
+impl FromEnv for PathBuf {
+    fn from_env(text: &str) -> Option<Self> {
+        Some(PathBuf::from(text))
+    }
+}
+
+fn env_value<T: FromEnv>(
+    env: &HashMap<String, String>,
+    name: &str,
+    what: &str,
+) -> Result<Option<T>, ConfigError> {
+    match env.get(name) {
+        None => Ok(None),
+        Some(text) => T::from_env(text)
+            .map(Some)
+            .ok_or_else(|| bad(name, format!("{text:?} is not {what}"))),
+    }
+}
+
+fn layer<T>(
+    env: Option<T>,
+    env_name: &str,
+    file: Option<T>,
+    file_name: &str,
+    key: &str,
+) -> Option<Sourced<T>> {
+    match (env, file) {
+        (Some(value), _) => Some(Sourced {
+            value,
+            setting: env_name.to_string(),
+            from_env: true,
+        }),
+        (None, Some(value)) => Some(Sourced {
+            value,
+            setting: format!("{file_name}: {key}"),
+            from_env: false,
+        }),
+        (None, None) => None,
+    }
+}
+
+/// The configured value, or the default (named by its bare key).
+fn or_default<T>(value: Option<Sourced<T>>, key: &str, default: T) -> Sourced<T> {
+    value.unwrap_or_else(|| Sourced {
+        value: default,
+        setting: key.to_string(),
+        from_env: false,
+    })
+}
 
 fn read_secret_file(setting: &str, path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path)
@@ -266,26 +332,40 @@ fn read_secret_file(setting: &str, path: &Path) -> Result<String, ConfigError> {
         .map_err(|e| bad(setting, format!("cannot read {}: {e}", path.display())))
 }
 
-fn positive_duration(raw: &Raw, key: &str, default_s: f64) -> Result<Duration, ConfigError> {
-    let seconds: f64 = raw.parse(key, default_s, "a number of seconds")?;
-    if !(seconds > 0.0 && seconds <= 86_400.0 * 365.0) {
-        let source = raw.get(key).map_or(key, |(s, _)| s.as_str());
-        return Err(bad(source, "must be a positive number of seconds"));
+fn parse_text<T: std::str::FromStr>(text: &Sourced<String>, what: &str) -> Result<T, ConfigError> {
+    let value = &text.value;
+    value
+        .trim()
+        .parse()
+        .map_err(|_| bad(&text.setting, format!("{value:?} is not {what}")))
+}
+
+fn positive_duration(
+    value: Option<Sourced<f64>>,
+    key: &str,
+    default_s: f64,
+) -> Result<Duration, ConfigError> {
+    let seconds = or_default(value, key, default_s);
+    if !(seconds.value > 0.0 && seconds.value <= 86_400.0 * 365.0) {
+        return Err(bad(
+            &seconds.setting,
+            "must be a positive number of seconds",
+        ));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(Duration::from_secs_f64(seconds.value))
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
-    raw: &Raw,
+    value: Option<Sourced<T>>,
     key: &str,
-    value: T,
+    default: T,
     min: T,
     max: T,
 ) -> Result<T, ConfigError> {
+    let Sourced { value, setting, .. } = or_default(value, key, default);
     if value < min || value > max {
-        let source = raw.get(key).map_or(key, |(s, _)| s.as_str());
         return Err(bad(
-            source,
+            &setting,
             format!("must be between {min} and {max}, got {value}"),
         ));
     }
@@ -330,86 +410,46 @@ impl Settings {
         file_name: &str,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut raw = Raw {
-            values: HashMap::new(),
-        };
-        let file_value = |key: &str| -> Option<String> {
-            let f = &file;
-            match key {
-                "listen" => f.listen.clone(),
-                "peer_listen" => f.peer_listen.clone(),
-                "self_peer_url" => f.self_peer_url.clone(),
-                "peer_push_secret" => f.peer_push_secret.clone(),
-                "data_dir" => f.data_dir.as_ref().map(|p| p.display().to_string()),
-                "persist" => f.persist.clone(),
-                "pending_per_sender_limit" => f.pending_per_sender_limit.map(|v| v.to_string()),
-                "mailbox_limit" => f.mailbox_limit.map(|v| v.to_string()),
-                "max_msg_bytes" => f.max_msg_bytes.map(|v| v.to_string()),
-                "max_ttl_s" => f.max_ttl_s.map(|v| v.to_string()),
-                "push_timeout_s" => f.push_timeout_s.map(|v| v.to_string()),
-                "max_failures" => f.max_failures.map(|v| v.to_string()),
-                "failure_cooldown_s" => f.failure_cooldown_s.map(|v| v.to_string()),
-                "sync_interval_s" => f.sync_interval_s.map(|v| v.to_string()),
-                "push_rate" => f.push_rate.map(|v| v.to_string()),
-                "mailbox_idle_s" => f.mailbox_idle_s.map(|v| v.to_string()),
-                "tls_cert" => f.tls_cert.as_ref().map(|p| p.display().to_string()),
-                "tls_key" => f.tls_key.as_ref().map(|p| p.display().to_string()),
-                "peer_ca_file" => f.peer_ca_file.as_ref().map(|p| p.display().to_string()),
-                "shards" => f.shards.map(|v| v.to_string()),
-                "http_workers" => f.http_workers.map(|v| v.to_string()),
-                "max_waiting_polls" => f.max_waiting_polls.map(|v| v.to_string()),
-                "store_cache_mb" => f.store_cache_mb.map(|v| v.to_string()),
-                "storage_budget_mb" => f.storage_budget_mb.map(|v| v.to_string()),
-                "client_rate_per_s" => f.client_rate_per_s.map(|v| v.to_string()),
-                "client_rate_burst" => f.client_rate_burst.map(|v| v.to_string()),
-                _ => None,
-            }
-        };
-        for &(key, env_name, file_key) in SCALARS {
-            if let Some(value) = env.get(env_name) {
-                raw.set(key, env_name.to_string(), value.clone());
-            } else if let Some(value) = file_value(file_key) {
-                raw.set(key, format!("{file_name}: {file_key}"), value);
-            }
-        }
+        let env = EnvSettings::read(env)?;
+        Layered::merge(file, file_name, env).validate()
+    }
+}
 
-        let listen: SocketAddr = raw.parse(
-            "listen",
-            DEFAULT_LISTEN
+impl Layered {
+    /// Applies the defaults and checks every setting, naming the first bad one.
+    fn validate(self) -> Result<Settings, ConfigError> {
+        let listen: SocketAddr = match &self.listen {
+            Some(text) => parse_text(text, "a socket address like 127.0.0.1:8787")?,
+            None => DEFAULT_LISTEN
                 .parse()
                 .map_err(|_| bad("listen", "bad default"))?,
-            "a socket address like 127.0.0.1:8787",
-        )?;
-        let peer_listen = match raw.get("peer_listen") {
-            Some((_, v)) if v.trim().is_empty() => None,
-            Some(_) => Some(raw.parse(
-                "peer_listen",
-                listen,
-                "a socket address like 127.0.0.1:8788",
-            )?),
+        };
+        let peer_listen: Option<SocketAddr> = match &self.peer_listen {
+            Some(text) if text.value.trim().is_empty() => None,
+            Some(text) => Some(parse_text(text, "a socket address like 127.0.0.1:8788")?),
             None => None,
         };
-        let tls = match (raw.get("tls_cert"), raw.get("tls_key")) {
+        let tls = match (&self.tls_cert, &self.tls_key) {
             (None, None) => None,
-            (Some((source, cert)), Some((_, key))) => Some(Arc::new(
-                crate::tls::server_config(Path::new(cert), Path::new(key))
-                    .map_err(|problem| bad(source, problem))?,
+            (Some(cert), Some(key)) => Some(Arc::new(
+                crate::tls::server_config(&cert.value, &key.value)
+                    .map_err(|problem| bad(&cert.setting, problem))?,
             )),
-            (Some((source, _)), None) | (None, Some((source, _))) => {
+            (Some(Sourced { setting, .. }), None) | (None, Some(Sourced { setting, .. })) => {
                 return Err(bad(
-                    source,
+                    setting,
                     "TLS needs both MESH_DM_TLS_CERT and MESH_DM_TLS_KEY",
                 ));
             }
         };
-        let peer_tls = Arc::new(match raw.get("peer_ca_file") {
-            Some((source, path)) => crate::tls::client_config(Some(Path::new(path)))
-                .map_err(|problem| bad(source, problem))?,
+        let peer_tls = Arc::new(match &self.peer_ca_file {
+            Some(ca) => crate::tls::client_config(Some(&ca.value))
+                .map_err(|problem| bad(&ca.setting, problem))?,
             None => crate::tls::client_config(None).map_err(|problem| bad("TLS", problem))?,
         });
-        let self_peer_url = match raw.get("self_peer_url") {
-            Some((source, value)) => {
-                normalize_peer_url(value).map_err(|problem| bad(source, problem))?
+        let self_peer_url = match &self.self_peer_url {
+            Some(url) => {
+                normalize_peer_url(&url.value).map_err(|problem| bad(&url.setting, problem))?
             }
             None => format!(
                 "{}://{}",
@@ -417,25 +457,23 @@ impl Settings {
                 peer_listen.unwrap_or(listen)
             ),
         };
-        let mesh_secret = match (
-            env.get("MESH_PEER_PUSH_SECRET_FILE"),
-            raw.get("peer_push_secret"),
-            &file.peer_push_secret_file,
-        ) {
-            (Some(path), _, _) => Some(read_secret_file(
-                "MESH_PEER_PUSH_SECRET_FILE",
-                Path::new(path),
-            )?),
-            (None, Some((_, secret)), _) => Some(secret.clone()),
-            (None, None, Some(path)) => Some(read_secret_file("peer_push_secret_file", path)?),
-            (None, None, None) => None,
+        // A secret file named in the environment wins over any secret; a secret (from either
+        // layer) wins over a secret file named in the file.
+        let mesh_secret = match (&self.peer_push_secret_file, &self.peer_push_secret) {
+            (Some(path), _) if path.from_env => {
+                Some(read_secret_file("MESH_PEER_PUSH_SECRET_FILE", &path.value)?)
+            }
+            (_, Some(secret)) => Some(secret.value.clone()),
+            (Some(path), None) => Some(read_secret_file("peer_push_secret_file", &path.value)?),
+            (None, None) => None,
         }
         .filter(|s| !s.is_empty());
 
         // Per-peer secrets come from the file; the peer list from MESH_RELAY_PEERS if set.
+        let file_name = &self.file_name;
         let mut file_secrets: HashMap<String, String> = HashMap::new();
         let mut file_peers = Vec::new();
-        for peer in &file.peers {
+        for peer in &self.peers {
             let setting = format!("{file_name}: peers.url");
             let url = normalize_peer_url(&peer.url).map_err(|problem| bad(&setting, problem))?;
             let secret = match (&peer.secret, &peer.secret_file) {
@@ -448,7 +486,7 @@ impl Settings {
             }
             file_peers.push(url);
         }
-        let peer_urls: Vec<String> = match env.get("MESH_RELAY_PEERS") {
+        let peer_urls: Vec<String> = match &self.relay_peers {
             Some(list) => list
                 .split(',')
                 .map(str::trim)
@@ -475,55 +513,40 @@ impl Settings {
             peers.push(PeerSettings { url, secret });
         }
 
-        let data_dir = raw
-            .get("data_dir")
-            .map_or_else(|| PathBuf::from("./data"), |(_, v)| PathBuf::from(v));
-        let persist = match raw.get("persist") {
+        let data_dir = self
+            .data_dir
+            .map_or_else(|| PathBuf::from("./data"), |dir| dir.value);
+        let persist = match &self.persist {
             None => PersistMode::Fsync,
-            Some((_, v)) if v == "fsync" => PersistMode::Fsync,
-            Some((_, v)) if v == "memory" => PersistMode::Memory,
-            Some((source, v)) => {
+            Some(mode) if mode.value == "fsync" => PersistMode::Fsync,
+            Some(mode) if mode.value == "memory" => PersistMode::Memory,
+            Some(Sourced { value, setting, .. }) => {
                 return Err(bad(
-                    source,
-                    format!("{v:?} is neither \"fsync\" nor \"memory\""),
+                    setting,
+                    format!("{value:?} is neither \"fsync\" nor \"memory\""),
                 ));
             }
         };
-        let integer = "a whole number";
-        let pending_per_sender_limit: u64 = raw.parse("pending_per_sender_limit", 2, integer)?;
-        let mailbox_limit: u64 = raw.parse("mailbox_limit", 48, integer)?;
-        let max_msg_bytes: u64 = raw.parse("max_msg_bytes", 8192, integer)?;
-        let max_ttl_s: u64 = raw.parse("max_ttl_s", 604_800, integer)?;
-        let max_failures: u64 = raw.parse("max_failures", 3, integer)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-        let shards: u64 = raw.parse("shards", cores, integer)?;
-        let http_workers: u64 = raw.parse("http_workers", cores, integer)?;
-        let push_rate_per_s: f64 = raw.parse("push_rate", 5000.0, "a number")?;
-        let max_waiting_polls: u64 = raw.parse(
-            "max_waiting_polls",
-            crate::mailbox::waiting::DEFAULT_MAX_WAITING_POLLS as u64,
-            integer,
-        )?;
-        let store_cache_mb: u64 = raw.parse("store_cache_mb", 64, integer)?;
-        let storage_budget_bytes = match raw.get("storage_budget_mb") {
+        let storage_budget_bytes = match self.storage_budget_mb {
             None => None,
-            Some((source, _)) => {
-                let mb: f64 = raw.parse("storage_budget_mb", 0.0, "a number of MiB")?;
+            Some(Sourced {
+                value: mb, setting, ..
+            }) => {
                 if !(0.01..=1.0e9).contains(&mb) {
                     return Err(bad(
-                        source,
+                        &setting,
                         format!("must be a number of MiB between 0.01 and 1e9, got {mb}"),
                     ));
                 }
                 Some((mb * 1024.0 * 1024.0) as u64)
             }
         };
-        let client_rate_per_s: f64 = raw.parse("client_rate_per_s", 200.0, "a number")?;
-        let client_rate_burst: u64 = raw.parse("client_rate_burst", 400, integer)?;
-        Ok(Self {
+        let max_waiting_polls_default = crate::mailbox::waiting::DEFAULT_MAX_WAITING_POLLS as u64;
+        Ok(Settings {
             listen,
             peer_listen,
-            self_peer_url_configured: raw.get("self_peer_url").is_some(),
+            self_peer_url_configured: self.self_peer_url.is_some(),
             self_peer_url,
             config_source: if file_name.is_empty() {
                 "defaults + environment".to_string()
@@ -534,45 +557,59 @@ impl Settings {
             data_dir,
             persist,
             pending_per_sender_limit: in_range(
-                &raw,
+                self.pending_per_sender_limit,
                 "pending_per_sender_limit",
-                pending_per_sender_limit,
+                2,
                 1,
                 1_000,
             )? as u32,
-            mailbox_limit: in_range(&raw, "mailbox_limit", mailbox_limit, 1, 100_000)? as u32,
+            mailbox_limit: in_range(self.mailbox_limit, "mailbox_limit", 48, 1, 100_000)? as u32,
             max_msg_bytes: in_range(
-                &raw,
+                self.max_msg_bytes,
                 "max_msg_bytes",
-                max_msg_bytes,
+                8192,
                 1,
                 MAX_MSG_BYTES_CEILING as u64,
             )? as usize,
-            max_ttl_s: in_range(&raw, "max_ttl_s", max_ttl_s, 1, 10 * 365 * 86_400)?,
-            push_timeout: positive_duration(&raw, "push_timeout_s", 10.0)?,
-            max_failures: in_range(&raw, "max_failures", max_failures, 1, 1_000_000)? as u32,
-            failure_cooldown: positive_duration(&raw, "failure_cooldown_s", 120.0)?,
-            sync_interval: positive_duration(&raw, "sync_interval_s", 5.0)?,
-            push_rate_per_s: in_range(&raw, "push_rate", push_rate_per_s, 0.1, 1_000_000.0)?,
-            mailbox_idle: positive_duration(&raw, "mailbox_idle_s", 300.0)?,
-            shards: in_range(&raw, "shards", shards, 1, 256)? as usize,
-            http_workers: in_range(&raw, "http_workers", http_workers, 1, 256)? as usize,
-            max_waiting_polls: in_range(&raw, "max_waiting_polls", max_waiting_polls, 0, 1_000_000)?
-                as usize,
-            store_cache_bytes: in_range(&raw, "store_cache_mb", store_cache_mb, 1, 1 << 20)?
+            max_ttl_s: in_range(self.max_ttl_s, "max_ttl_s", 604_800, 1, 10 * 365 * 86_400)?,
+            push_timeout: positive_duration(self.push_timeout_s, "push_timeout_s", 10.0)?,
+            max_failures: in_range(self.max_failures, "max_failures", 3, 1, 1_000_000)? as u32,
+            failure_cooldown: positive_duration(
+                self.failure_cooldown_s,
+                "failure_cooldown_s",
+                120.0,
+            )?,
+            sync_interval: positive_duration(self.sync_interval_s, "sync_interval_s", 5.0)?,
+            push_rate_per_s: in_range(self.push_rate, "push_rate", 5000.0, 0.1, 1_000_000.0)?,
+            mailbox_idle: positive_duration(self.mailbox_idle_s, "mailbox_idle_s", 300.0)?,
+            shards: in_range(self.shards, "shards", cores, 1, 256)? as usize,
+            http_workers: in_range(self.http_workers, "http_workers", cores, 1, 256)? as usize,
+            max_waiting_polls: in_range(
+                self.max_waiting_polls,
+                "max_waiting_polls",
+                max_waiting_polls_default,
+                0,
+                1_000_000,
+            )? as usize,
+            store_cache_bytes: in_range(self.store_cache_mb, "store_cache_mb", 64, 1, 1 << 20)?
                 as usize
                 * 1024
                 * 1024,
             storage_budget_bytes,
             client_rate_per_s: in_range(
-                &raw,
+                self.client_rate_per_s,
                 "client_rate_per_s",
-                client_rate_per_s,
+                200.0,
                 0.0,
                 1_000_000.0,
             )?,
-            client_rate_burst: in_range(&raw, "client_rate_burst", client_rate_burst, 1, 1_000_000)?
-                as u32,
+            client_rate_burst: in_range(
+                self.client_rate_burst,
+                "client_rate_burst",
+                400,
+                1,
+                1_000_000,
+            )? as u32,
             tls,
             peer_tls,
         })

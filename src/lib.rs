@@ -15,7 +15,8 @@
 //!                                            peer plane (push to peers, pull their feeds)
 //! ```
 //!
-//! - [`protocol`]: envelope, poll and ack types, canonical strings, signatures (no I/O).
+//! - [`protocol`]: envelope, poll and ack types, canonical strings, signatures, peer URL
+//!   normalization (no I/O).
 //! - [`mailbox`]: the rules of SPEC §4 and the shard actors that own them.
 //! - [`store`]: the durable state behind a trait, and the group-commit writer thread.
 //! - [`peer`]: peer URLs, HMAC authentication, and the actors of the peer plane.

@@ -11,6 +11,7 @@
 pub mod ack;
 pub mod envelope;
 pub mod fields;
+pub mod peer_url;
 pub mod poll;
 
 pub use ack::AckObject;
