@@ -4,6 +4,7 @@
 //! checks everything; the first problem becomes a [`ConfigError`] whose one line names the
 //! setting, which `dmrelay serve` prints before exiting non-zero.
 
+use crate::peer::socks::parse_socks_proxy;
 use crate::peer::url::normalize_peer_url;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -51,6 +52,9 @@ pub struct PeerSettings {
     pub url: String,
     /// The shared secret for this peer (its own, or the mesh-wide one).
     pub secret: String,
+    /// SOCKS5 proxy (`host:port`) this peer is reached through, names resolved by the proxy:
+    /// its `[[peers]] socks_proxy`, else `MESH_RELAY_SOCKS_PROXY`; `None` is a direct link.
+    pub socks_proxy: Option<String>,
 }
 
 /// Everything a node is configured with.
@@ -84,6 +88,9 @@ pub struct Settings {
     pub max_ttl_s: u64,
     /// Timeout of one push or pull request to a peer (`MESH_RELAY_PUSH_TIMEOUT_S`, default 10).
     pub push_timeout: Duration,
+    /// Timeout of opening a connection to a peer, TCP, SOCKS and TLS handshakes included
+    /// (`MESH_RELAY_CONNECT_TIMEOUT_S`); unset: 5 s direct, 60 s through a SOCKS proxy.
+    pub connect_timeout: Option<Duration>,
     /// Consecutive failures that open a peer's circuit breaker (`MESH_RELAY_MAX_FAILURES`, default 3).
     pub max_failures: u32,
     /// How long an open breaker skips its peer (`MESH_RELAY_FAILURE_COOLDOWN_S`, default 120).
@@ -139,6 +146,8 @@ struct FileSettings {
     max_msg_bytes: Option<u64>,
     max_ttl_s: Option<u64>,
     push_timeout_s: Option<f64>,
+    connect_timeout_s: Option<f64>,
+    socks_proxy: Option<String>,
     max_failures: Option<u64>,
     failure_cooldown_s: Option<f64>,
     sync_interval_s: Option<f64>,
@@ -162,6 +171,7 @@ struct FilePeer {
     url: String,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    socks_proxy: Option<String>,
 }
 
 /// The raw values, each tagged with the setting name an error should show.
@@ -219,6 +229,12 @@ const SCALARS: &[(&str, &str, &str)] = &[
         "MESH_RELAY_PUSH_TIMEOUT_S",
         "push_timeout_s",
     ),
+    (
+        "connect_timeout_s",
+        "MESH_RELAY_CONNECT_TIMEOUT_S",
+        "connect_timeout_s",
+    ),
+    ("socks_proxy", "MESH_RELAY_SOCKS_PROXY", "socks_proxy"),
     ("max_failures", "MESH_RELAY_MAX_FAILURES", "max_failures"),
     (
         "failure_cooldown_s",
@@ -347,6 +363,8 @@ impl Settings {
                 "max_msg_bytes" => f.max_msg_bytes.map(|v| v.to_string()),
                 "max_ttl_s" => f.max_ttl_s.map(|v| v.to_string()),
                 "push_timeout_s" => f.push_timeout_s.map(|v| v.to_string()),
+                "connect_timeout_s" => f.connect_timeout_s.map(|v| v.to_string()),
+                "socks_proxy" => f.socks_proxy.clone(),
                 "max_failures" => f.max_failures.map(|v| v.to_string()),
                 "failure_cooldown_s" => f.failure_cooldown_s.map(|v| v.to_string()),
                 "sync_interval_s" => f.sync_interval_s.map(|v| v.to_string()),
@@ -434,6 +452,12 @@ impl Settings {
 
         // Per-peer secrets come from the file; the peer list from MESH_RELAY_PEERS if set.
         let mut file_secrets: HashMap<String, String> = HashMap::new();
+        // A peer's own proxy setting ("direct" included) wins over the node-wide one.
+        let default_proxy = match raw.get("socks_proxy") {
+            Some((source, value)) => parse_socks_proxy(value).map_err(|p| bad(source, p))?,
+            None => None,
+        };
+        let mut file_proxies: HashMap<String, Option<String>> = HashMap::new();
         let mut file_peers = Vec::new();
         for peer in &file.peers {
             let setting = format!("{file_name}: peers.url");
@@ -445,6 +469,11 @@ impl Settings {
             };
             if let Some(secret) = secret.filter(|s| !s.is_empty()) {
                 file_secrets.insert(url.clone(), secret);
+            }
+            if let Some(proxy) = &peer.socks_proxy {
+                let proxy = parse_socks_proxy(proxy)
+                    .map_err(|p| bad(&format!("{file_name}: peers.socks_proxy"), p))?;
+                file_proxies.insert(url.clone(), proxy);
             }
             file_peers.push(url);
         }
@@ -472,7 +501,15 @@ impl Settings {
                         format!("peer {url} has no secret: set MESH_PEER_PUSH_SECRET or a secret for it in the file"),
                     )
                 })?;
-            peers.push(PeerSettings { url, secret });
+            let socks_proxy = file_proxies
+                .get(&url)
+                .cloned()
+                .unwrap_or_else(|| default_proxy.clone());
+            peers.push(PeerSettings {
+                url,
+                secret,
+                socks_proxy,
+            });
         }
 
         let data_dir = raw
@@ -550,6 +587,10 @@ impl Settings {
             )? as usize,
             max_ttl_s: in_range(&raw, "max_ttl_s", max_ttl_s, 1, 10 * 365 * 86_400)?,
             push_timeout: positive_duration(&raw, "push_timeout_s", 10.0)?,
+            connect_timeout: match raw.get("connect_timeout_s") {
+                None => None,
+                Some(_) => Some(positive_duration(&raw, "connect_timeout_s", 5.0)?),
+            },
             max_failures: in_range(&raw, "max_failures", max_failures, 1, 1_000_000)? as u32,
             failure_cooldown: positive_duration(&raw, "failure_cooldown_s", 120.0)?,
             sync_interval: positive_duration(&raw, "sync_interval_s", 5.0)?,
@@ -650,11 +691,13 @@ mod tests {
             vec![
                 PeerSettings {
                     url: "http://b.example".into(),
-                    secret: "own".into()
+                    secret: "own".into(),
+                    socks_proxy: None,
                 },
                 PeerSettings {
                     url: "http://c.example".into(),
-                    secret: "mesh".into()
+                    secret: "mesh".into(),
+                    socks_proxy: None,
                 },
             ]
         );
@@ -672,9 +715,49 @@ mod tests {
             s.peers[1],
             PeerSettings {
                 url: "http://d.example".into(),
-                secret: "m".into()
+                secret: "m".into(),
+                socks_proxy: None,
             }
         );
+    }
+
+    #[test]
+    fn peers_use_the_node_proxy_unless_their_own_setting_says_otherwise() {
+        let file = "peer_push_secret = \"m\"\nsocks_proxy = \"socks5h://127.0.0.1:9050\"\n\
+            [[peers]]\nurl = \"http://abc.onion:8787\"\n\
+            [[peers]]\nurl = \"http://lan.example\"\nsocks_proxy = \"direct\"\n\
+            [[peers]]\nurl = \"http://c.example\"\nsocks_proxy = \"socks5h://other:1080\"";
+        let proxies = |s: Settings| -> Vec<Option<String>> {
+            s.peers.into_iter().map(|p| p.socks_proxy).collect()
+        };
+        let s = from_toml(file, &[]).unwrap();
+        assert_eq!(
+            s.connect_timeout, None,
+            "chosen per link: 5 s direct, 60 s proxied"
+        );
+        assert_eq!(
+            proxies(s),
+            [
+                Some("127.0.0.1:9050".into()),
+                None,
+                Some("other:1080".into())
+            ]
+        );
+        let s = from_toml(
+            file,
+            &[
+                ("MESH_RELAY_SOCKS_PROXY", "socks5h://tor:9150"),
+                ("MESH_RELAY_CONNECT_TIMEOUT_S", "90"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.connect_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(
+            proxies(s),
+            [Some("tor:9150".into()), None, Some("other:1080".into())]
+        );
+        let s = from_toml("", &[("MESH_RELAY_SOCKS_PROXY", "socks5h://tor:9150")]).unwrap();
+        assert!(s.peers.is_empty());
     }
 
     #[test]
@@ -754,6 +837,21 @@ mod tests {
                 "",
                 &[("MESH_DM_CLIENT_RATE_BURST", "0")],
                 "MESH_DM_CLIENT_RATE_BURST",
+            ),
+            (
+                "",
+                &[("MESH_RELAY_SOCKS_PROXY", "socks5://127.0.0.1:9050")],
+                "MESH_RELAY_SOCKS_PROXY",
+            ),
+            (
+                "[[peers]]\nurl = \"http://x\"\nsecret = \"s\"\nsocks_proxy = \"tor\"",
+                &[],
+                "node.toml: peers.socks_proxy",
+            ),
+            (
+                "",
+                &[("MESH_RELAY_CONNECT_TIMEOUT_S", "0")],
+                "MESH_RELAY_CONNECT_TIMEOUT_S",
             ),
         ];
         for (file, env_pairs, setting) in cases {
