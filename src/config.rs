@@ -4,7 +4,7 @@
 //! checks everything; the first problem becomes a [`ConfigError`] whose one line names the
 //! setting, which `dmrelay serve` prints before exiting non-zero.
 
-use crate::protocol::peer_url::normalize_peer_url;
+use crate::protocol::peer_url::{normalize_peer_url, parse_socks_proxy};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,6 +51,9 @@ pub struct PeerSettings {
     pub url: String,
     /// The shared secret for this peer (its own, or the mesh-wide one).
     pub secret: String,
+    /// SOCKS5 proxy (`host:port`) this peer is reached through, names resolved by the proxy:
+    /// its `[[peers]] socks_proxy`, else `MESH_RELAY_SOCKS_PROXY`; `None` is a direct link.
+    pub socks_proxy: Option<String>,
 }
 
 /// Everything a node is configured with.
@@ -84,6 +87,9 @@ pub struct Settings {
     pub max_ttl_s: u64,
     /// Timeout of one push or pull request to a peer (`MESH_RELAY_PUSH_TIMEOUT_S`, default 10).
     pub push_timeout: Duration,
+    /// Timeout of opening a connection to a peer, TCP, SOCKS and TLS handshakes included
+    /// (`MESH_RELAY_CONNECT_TIMEOUT_S`); unset: 5 s direct, 60 s through a SOCKS proxy.
+    pub connect_timeout: Option<Duration>,
     /// Consecutive failures that open a peer's circuit breaker (`MESH_RELAY_MAX_FAILURES`, default 3).
     pub max_failures: u32,
     /// How long an open breaker skips its peer (`MESH_RELAY_FAILURE_COOLDOWN_S`, default 120).
@@ -205,6 +211,10 @@ settings! {
     max_ttl_s: u64 = "MESH_DM_MAX_TTL_S", "a whole number";
     /// Timeout of one request to a peer, seconds.
     push_timeout_s: f64 = "MESH_RELAY_PUSH_TIMEOUT_S", "a number of seconds";
+    /// Timeout of opening a connection to a peer, seconds.
+    connect_timeout_s: f64 = "MESH_RELAY_CONNECT_TIMEOUT_S", "a number of seconds";
+    /// SOCKS5 proxy for peer links (`socks5h://host:port`).
+    socks_proxy: String = "MESH_RELAY_SOCKS_PROXY";
     /// Consecutive failures that open a peer's breaker.
     max_failures: u64 = "MESH_RELAY_MAX_FAILURES", "a whole number";
     /// How long an open breaker skips its peer, seconds.
@@ -243,6 +253,7 @@ struct FilePeer {
     url: String,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    socks_proxy: Option<String>,
 }
 
 /// One setting's value and the name an error about it shows: the environment variable, or
@@ -472,6 +483,14 @@ impl Layered {
         // Per-peer secrets come from the file; the peer list from MESH_RELAY_PEERS if set.
         let file_name = &self.file_name;
         let mut file_secrets: HashMap<String, String> = HashMap::new();
+        // A peer's own proxy setting ("direct" included) wins over the node-wide one.
+        let default_proxy = match &self.socks_proxy {
+            Some(proxy) => {
+                parse_socks_proxy(&proxy.value).map_err(|problem| bad(&proxy.setting, problem))?
+            }
+            None => None,
+        };
+        let mut file_proxies: HashMap<String, Option<String>> = HashMap::new();
         let mut file_peers = Vec::new();
         for peer in &self.peers {
             let setting = format!("{file_name}: peers.url");
@@ -483,6 +502,11 @@ impl Layered {
             };
             if let Some(secret) = secret.filter(|s| !s.is_empty()) {
                 file_secrets.insert(url.clone(), secret);
+            }
+            if let Some(proxy) = &peer.socks_proxy {
+                let proxy = parse_socks_proxy(proxy)
+                    .map_err(|problem| bad(&format!("{file_name}: peers.socks_proxy"), problem))?;
+                file_proxies.insert(url.clone(), proxy);
             }
             file_peers.push(url);
         }
@@ -510,7 +534,15 @@ impl Layered {
                         format!("peer {url} has no secret: set MESH_PEER_PUSH_SECRET or a secret for it in the file"),
                     )
                 })?;
-            peers.push(PeerSettings { url, secret });
+            let socks_proxy = file_proxies
+                .get(&url)
+                .cloned()
+                .unwrap_or_else(|| default_proxy.clone());
+            peers.push(PeerSettings {
+                url,
+                secret,
+                socks_proxy,
+            });
         }
 
         let data_dir = self
@@ -573,6 +605,10 @@ impl Layered {
             )? as usize,
             max_ttl_s: in_range(self.max_ttl_s, "max_ttl_s", 604_800, 1, 10 * 365 * 86_400)?,
             push_timeout: positive_duration(self.push_timeout_s, "push_timeout_s", 10.0)?,
+            connect_timeout: match self.connect_timeout_s {
+                None => None,
+                Some(value) => Some(positive_duration(Some(value), "connect_timeout_s", 5.0)?),
+            },
             max_failures: in_range(self.max_failures, "max_failures", 3, 1, 1_000_000)? as u32,
             failure_cooldown: positive_duration(
                 self.failure_cooldown_s,
@@ -687,11 +723,13 @@ mod tests {
             vec![
                 PeerSettings {
                     url: "http://b.example".into(),
-                    secret: "own".into()
+                    secret: "own".into(),
+                    socks_proxy: None,
                 },
                 PeerSettings {
                     url: "http://c.example".into(),
-                    secret: "mesh".into()
+                    secret: "mesh".into(),
+                    socks_proxy: None,
                 },
             ]
         );
@@ -709,9 +747,49 @@ mod tests {
             s.peers[1],
             PeerSettings {
                 url: "http://d.example".into(),
-                secret: "m".into()
+                secret: "m".into(),
+                socks_proxy: None,
             }
         );
+    }
+
+    #[test]
+    fn peers_use_the_node_proxy_unless_their_own_setting_says_otherwise() {
+        let file = "peer_push_secret = \"m\"\nsocks_proxy = \"socks5h://127.0.0.1:9050\"\n\
+            [[peers]]\nurl = \"http://abc.onion:8787\"\n\
+            [[peers]]\nurl = \"http://lan.example\"\nsocks_proxy = \"direct\"\n\
+            [[peers]]\nurl = \"http://c.example\"\nsocks_proxy = \"socks5h://other:1080\"";
+        let proxies = |s: Settings| -> Vec<Option<String>> {
+            s.peers.into_iter().map(|p| p.socks_proxy).collect()
+        };
+        let s = from_toml(file, &[]).unwrap();
+        assert_eq!(
+            s.connect_timeout, None,
+            "chosen per link: 5 s direct, 60 s proxied"
+        );
+        assert_eq!(
+            proxies(s),
+            [
+                Some("127.0.0.1:9050".into()),
+                None,
+                Some("other:1080".into())
+            ]
+        );
+        let s = from_toml(
+            file,
+            &[
+                ("MESH_RELAY_SOCKS_PROXY", "socks5h://tor:9150"),
+                ("MESH_RELAY_CONNECT_TIMEOUT_S", "90"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.connect_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(
+            proxies(s),
+            [Some("tor:9150".into()), None, Some("other:1080".into())]
+        );
+        let s = from_toml("", &[("MESH_RELAY_SOCKS_PROXY", "socks5h://tor:9150")]).unwrap();
+        assert!(s.peers.is_empty());
     }
 
     #[test]
@@ -791,6 +869,21 @@ mod tests {
                 "",
                 &[("MESH_DM_CLIENT_RATE_BURST", "0")],
                 "MESH_DM_CLIENT_RATE_BURST",
+            ),
+            (
+                "",
+                &[("MESH_RELAY_SOCKS_PROXY", "socks5://127.0.0.1:9050")],
+                "MESH_RELAY_SOCKS_PROXY",
+            ),
+            (
+                "[[peers]]\nurl = \"http://x\"\nsecret = \"s\"\nsocks_proxy = \"tor\"",
+                &[],
+                "node.toml: peers.socks_proxy",
+            ),
+            (
+                "",
+                &[("MESH_RELAY_CONNECT_TIMEOUT_S", "0")],
+                "MESH_RELAY_CONNECT_TIMEOUT_S",
             ),
         ];
         for (file, env_pairs, setting) in cases {

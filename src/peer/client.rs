@@ -66,6 +66,8 @@ pub struct PeerLink {
     /// This node's normalized URL (its identity in `X-Peer-Url` and the key derivation).
     pub self_url: String,
     pub timeout: Duration,
+    /// Connect timeout (TCP, SOCKS and TLS handshakes), longer for a peer behind a proxy.
+    pub connect_timeout: Duration,
     pub tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
@@ -89,6 +91,7 @@ impl PeerLink {
             &self.peer,
             &self.self_url,
             self.timeout,
+            self.connect_timeout,
             std::sync::Arc::clone(&self.tls),
         )
     }
@@ -110,13 +113,19 @@ impl PeerClient {
         peer: &PeerSettings,
         self_url: &str,
         timeout: Duration,
+        connect_timeout: Duration,
         tls: std::sync::Arc<rustls::ClientConfig>,
     ) -> Self {
         let path_prefix = url::Url::parse(&peer.url)
             .map(|u| u.path().trim_end_matches('/').to_string())
             .unwrap_or_default();
         Self {
-            http: crate::tls::http_client(tls, timeout),
+            http: super::socks::peer_http_client(
+                tls,
+                timeout,
+                connect_timeout,
+                peer.socks_proxy.as_deref(),
+            ),
             peer_url: peer.url.clone(),
             path_prefix,
             self_url: self_url.to_string(),

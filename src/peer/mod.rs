@@ -2,7 +2,8 @@
 //!
 //! - [`url`]: peer URL normalization; [`auth`]: key derivation and request HMACs (pure).
 //! - [`policy`]: backoff, token bucket, circuit breaker (pure, clock passed in).
-//! - [`client`]: signed HTTP calls to one peer.
+//! - [`client`]: signed HTTP calls to one peer; [`socks`]: its TCP connector through a SOCKS5
+//!   proxy (Tor) when the peer's settings name one.
 //! - [`pusher`]: one `PeerPusher` actor per peer, fed by [`PushFanout`] when a client's deposit
 //!   or ack is durable.
 //! - [`sync`]: one `PeerSync` actor per peer, pulling its change feed from a durable cursor.
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod client;
 pub mod policy;
 pub mod pusher;
+pub mod socks;
 pub mod sync;
 pub mod url;
 
@@ -34,6 +36,13 @@ fn link(settings: &Settings, peer: &PeerSettings) -> PeerLink {
         peer: peer.clone(),
         self_url: settings.self_peer_url.clone(),
         timeout: settings.push_timeout,
+        connect_timeout: settings
+            .connect_timeout
+            .unwrap_or(if peer.socks_proxy.is_some() {
+                socks::DEFAULT_PROXIED_CONNECT_TIMEOUT
+            } else {
+                socks::DEFAULT_DIRECT_CONNECT_TIMEOUT
+            }),
         tls: Arc::clone(&settings.peer_tls),
     }
 }

@@ -27,6 +27,35 @@ pub fn normalize_peer_url(input: &str) -> Result<String, String> {
     Ok(format!("{scheme}://{host}{port}{path}"))
 }
 
+/// The only proxy scheme accepted: SOCKS5 with names resolved by the proxy.
+pub const SOCKS_SCHEME: &str = "socks5h://";
+/// What a `[[peers]]` entry says to reach that peer directly although a proxy is set.
+pub const DIRECT: &str = "direct";
+
+/// Parses a proxy setting: `socks5h://host:port` gives `Some("host:port")`; `"direct"` or an
+/// empty value gives `None` (no proxy).
+pub fn parse_socks_proxy(input: &str) -> Result<Option<String>, String> {
+    let value = input.trim();
+    if value.is_empty() || value.eq_ignore_ascii_case(DIRECT) {
+        return Ok(None);
+    }
+    let Some(address) = value.strip_prefix(SOCKS_SCHEME) else {
+        return Err(format!(
+            "{value:?} must look like socks5h://127.0.0.1:9050 (or be \"direct\")"
+        ));
+    };
+    let address = address.trim_end_matches('/');
+    let port_ok = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok || address.contains('/') || address.contains('@') {
+        return Err(format!(
+            "{value:?} must be socks5h://HOST:PORT with a port, e.g. socks5h://127.0.0.1:9050"
+        ));
+    }
+    Ok(Some(address.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
