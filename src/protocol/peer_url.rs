@@ -1,6 +1,8 @@
 //! Peer URL normalization (SPEC §5.1): the name of a node, used in `X-Peer-Url`, key
 //! derivation and configuration. Pure (text in, normalized text or a sentence out), so the
 //! configuration can use it without depending on the peer plane; `peer::url` re-exports it.
+//! The SOCKS5 proxy setting of a peer link (`socks5h://HOST:PORT` or `direct`) is parsed here too,
+//! for the same reason; `peer::socks` re-exports it.
 
 /// Normalizes a peer URL: scheme and host lowercased, default port dropped, trailing `/` of the
 /// path removed, no query or fragment. Only `http` and `https` are peer schemes.
