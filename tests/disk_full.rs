@@ -62,18 +62,6 @@ impl Drop for TmpfsMount {
     }
 }
 
-/// The value of a metric line, which must be present (a misspelt name fails the test).
-async fn metric(node: &Node, name: &str) -> f64 {
-    let (_, text) = node.get("/metrics").await;
-    let text = text.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            (key == name).then(|| value.parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("metric {name} is not exposed"))
-}
-
 fn retry_after(headers: &[(String, String)]) -> u64 {
     let value = headers
         .iter()
@@ -126,7 +114,7 @@ async fn a_full_disk_gives_503_until_space_returns_then_the_node_recovers_on_its
             .env("MESH_DM_STORAGE_BUDGET_MB", 1000),
     );
     node.ready().await;
-    assert_eq!(metric(&node, "dm_store_degraded").await, 0.0);
+    assert_eq!(node.metric("dm_store_degraded").await, 0.0);
 
     // Deposit 8 KiB envelopes (each from a new sender, spread over owners so that no cap is
     // reached) until the disk is full.
@@ -190,7 +178,7 @@ async fn a_full_disk_gives_503_until_space_returns_then_the_node_recovers_on_its
         reason.contains("full"),
         "the reason names the full disk: {reason}"
     );
-    assert_eq!(metric(&node, "dm_store_degraded").await, 1.0);
+    assert_eq!(node.metric("dm_store_degraded").await, 1.0);
 
     // A poll spends its nonce durably and an ack removes durably: both must be refused now.
     let (first_owner, first_ids) = stored
@@ -223,8 +211,8 @@ async fn a_full_disk_gives_503_until_space_returns_then_the_node_recovers_on_its
         "recovered {:?} after the filler was deleted",
         started.elapsed()
     );
-    assert_eq!(metric(&node, "dm_store_degraded").await, 0.0);
-    assert!(metric(&node, "dm_store_recoveries_total").await >= 1.0);
+    assert_eq!(node.metric("dm_store_degraded").await, 0.0);
+    assert!(node.metric("dm_store_recoveries_total").await >= 1.0);
     let (status, body) = node
         .send(&Identity::new().envelope_to(owner, "after"))
         .await;

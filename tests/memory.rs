@@ -11,18 +11,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-/// The value of a metric line, which must be present (a misspelt name fails the test).
-async fn metric(node: &Node, name: &str) -> f64 {
-    let (_, text) = node.get("/metrics").await;
-    let text = text.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            (key == name).then(|| value.parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("metric {name} is not exposed"))
-}
-
 /// Resident set size of `pid` in MiB, from /proc/<pid>/status.
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -58,7 +46,7 @@ async fn burst(node: &Node, burst: usize, count: usize) {
 
 async fn wait_until_evicted(node: &Node) {
     wait_for(Duration::from_secs(30), || async {
-        metric(node, "dm_mailboxes_loaded").await == 0.0
+        node.metric("dm_mailboxes_loaded").await == 0.0
     })
     .await;
 }
@@ -84,7 +72,7 @@ async fn rss_returns_near_idle_after_bursts_once_mailboxes_are_evicted() {
         wait_until_evicted(&node).await;
         after.push(rss_mib(pid));
     }
-    let stored_mib = metric(&node, "dm_store_bytes").await / (1024.0 * 1024.0);
+    let stored_mib = node.metric("dm_store_bytes").await / (1024.0 * 1024.0);
     let file_mib = std::fs::metadata(node.data_dir.join("dmrelay.redb"))
         .map_or(0.0, |m| m.len() as f64 / (1024.0 * 1024.0));
     eprintln!(

@@ -8,18 +8,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-/// The value of a metric line, which must be present (a misspelt name fails the test).
-async fn metric(node: &Node, name: &str) -> f64 {
-    let (_, text) = node.get("/metrics").await;
-    let text = text.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            (key == name).then(|| value.parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("metric {name} is not exposed"))
-}
-
 fn big_envelope(to: &Identity, msg_id: &str) -> dmrelay::protocol::Envelope {
     let now = dmrelay::protocol::now_unix();
     Identity::new().envelope_with(to, msg_id, now, now + 3600, &[0x42; 8192])
@@ -37,8 +25,8 @@ async fn past_the_budget_deposits_and_replicas_get_503_while_polls_and_acks_work
     );
     node.ready().await;
     let budget = 100.0 * 1024.0;
-    assert_eq!(metric(&node, "dm_storage_budget_bytes").await, budget);
-    assert_eq!(metric(&node, "dm_store_bytes").await, 0.0);
+    assert_eq!(node.metric("dm_storage_budget_bytes").await, budget);
+    assert_eq!(node.metric("dm_store_bytes").await, 0.0);
 
     let bob = Identity::new();
     let mut accepted = Vec::new();
@@ -78,9 +66,9 @@ async fn past_the_budget_deposits_and_replicas_get_503_while_polls_and_acks_work
         "only {} fit in 100 KiB",
         accepted.len()
     );
-    let used = metric(&node, "dm_store_bytes").await;
+    let used = node.metric("dm_store_bytes").await;
     assert!(used <= budget && used > budget / 2.0, "{used} bytes stored");
-    assert!(metric(&node, "dm_storage_budget_refusals_total").await >= 1.0);
+    assert!(node.metric("dm_storage_budget_refusals_total").await >= 1.0);
     // The node is healthy: a budget is not a fault.
     assert_eq!(node.get("/health").await.0, 200);
 
@@ -107,7 +95,7 @@ async fn past_the_budget_deposits_and_replicas_get_503_while_polls_and_acks_work
     let freed: Vec<&str> = accepted[..3].iter().map(String::as_str).collect();
     let (status, body) = node.ack(&bob, &freed).await;
     assert_eq!((status, body["removed"].as_u64()), (200, Some(3)), "{body}");
-    assert!(metric(&node, "dm_store_bytes").await < used);
+    assert!(node.metric("dm_store_bytes").await < used);
 
     // Room again: deposits and replicas are taken.
     let (status, body) = node.send(&big_envelope(&bob, "again")).await;
