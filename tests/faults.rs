@@ -17,7 +17,10 @@
 
 mod common;
 
-use common::{Identity, Node, NodeConfig, Reserved, full_mesh_links, mesh, mesh_config, wait_for};
+use common::{
+    Identity, Node, NodeConfig, Reserved, full_mesh_links, mesh, mesh_config,
+    try_post_with as post, wait_for,
+};
 use dmrelay::protocol::Envelope;
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
@@ -38,31 +41,6 @@ const ACK: &str = "/api/mesh/dm/ack";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// POSTs `body` with a shared client (one connection pool, so that latencies measure the node,
-/// not connection setup). A transport error is an `Err`.
-async fn post(
-    client: &awc::Client,
-    base: &str,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(u16, Value), String> {
-    let mut response = client
-        .post(format!("{base}{path}"))
-        .insert_header(("content-type", "application/json"))
-        .send_body(body)
-        .await
-        .map_err(|e| format!("POST {base}{path}: {e}"))?;
-    let status = response.status().as_u16();
-    let bytes = response
-        .body()
-        .limit(8 << 20)
-        .await
-        .map_err(|e| format!("POST {base}{path}: reading the reply: {e}"))?;
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Ok((status, value))
-}
 
 /// The value of one metric line (`name{labels}` exactly as exposed), `None` while the line is
 /// absent (a labelled series appears with its first use).

@@ -543,7 +543,18 @@ async fn wait_for_mailbox(node: &Node, owner: &Identity, ids: &[&str], any_order
 /// Like [`post_raw`], but a transport error (node killed mid-request, connection reset) is an
 /// `Err` instead of a panic.
 pub async fn try_post_raw(base: &str, path: &str, body: Vec<u8>) -> Result<(u16, Value), String> {
-    let mut response = http()
+    try_post_with(&http(), base, path, body).await
+}
+
+/// [`try_post_raw`] with the caller's client (one connection pool, so that latencies measure the
+/// node, not connection setup).
+pub async fn try_post_with(
+    client: &awc::Client,
+    base: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Value), String> {
+    let mut response = client
         .post(format!("{base}{path}"))
         .insert_header(("content-type", "application/json"))
         .send_body(body)
