@@ -133,6 +133,22 @@ fn keygen_writes_a_0600_key_file_and_prints_the_public_key() {
 }
 
 #[test]
+fn keygen_force_makes_a_replaced_world_readable_file_private() {
+    // The mode given at open only applies to a created file: a replaced one must be set to 0600.
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("k.key");
+    std::fs::write(&key_path, "old").unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = keygen(
+        dir.path(),
+        &["--out", key_path.to_str().unwrap(), "--force"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "key file mode {mode:o}");
+}
+
+#[test]
 fn keygen_refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("k.key");

@@ -76,12 +76,12 @@ pub fn parse_secret_key(text: &str) -> Result<SigningKey, String> {
         [] => Err(format!("the file holds no key; {expected}")),
         [line] => {
             if let Some(seed_hex) = line.strip_prefix(SECRET_KEY_PREFIX) {
-                seed_from_hex(seed_hex.trim()).ok_or_else(|| {
+                crate::protocol::signing_key_from_hex(seed_hex.trim()).ok_or_else(|| {
                     format!(
                         "the `{SECRET_KEY_PREFIX}` line does not hold 64 hex characters; {expected}"
                     )
                 })
-            } else if let Some(as_seed) = seed_from_hex(line) {
+            } else if let Some(as_seed) = crate::protocol::signing_key_from_hex(line) {
                 Err(bare_hex_reason(&as_seed))
             } else {
                 Err(format!("it holds something else; {expected}"))
@@ -99,12 +99,6 @@ fn bare_hex_reason(as_seed: &SigningKey) -> String {
          (the key you published), convert it by writing `{SECRET_KEY_PREFIX}` in front of the hex; otherwise {HOW_TO_MAKE_ONE}.",
         hex::encode(as_seed.verifying_key().to_bytes())
     )
-}
-
-fn seed_from_hex(seed_hex: &str) -> Option<SigningKey> {
-    let bytes = hex::decode(seed_hex).ok()?;
-    let seed: [u8; 32] = bytes.try_into().ok()?;
-    Some(SigningKey::from_bytes(&seed))
 }
 
 /// Loads the secret key file at `path`.
@@ -128,8 +122,21 @@ pub fn load_secret_key(path: &Path) -> Result<SigningKey, KeyError> {
 /// Makes a new key and writes it to `path` (mode 0600, synced); `replace` allows overwriting
 /// an existing file. Returns the key, whose public half the caller publishes.
 pub fn generate_secret_key_file(path: &Path, replace: bool) -> Result<SigningKey, KeyError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let key = generate_signing_key().map_err(|e| KeyError::Randomness(e.to_string()))?;
+    write_private_file(path, secret_key_file_text(&key).as_bytes(), replace).map_err(|source| {
+        KeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(key)
+}
+
+/// Writes a secret to `path` with mode 0600 and syncs it: created new, or replaced only with
+/// `replace` (`AlreadyExists` otherwise). A replaced file gets 0600 too, since the mode given at
+/// open only applies to a file that is created. Key files and `dmrelay init`'s node.toml use it.
+pub fn write_private_file(path: &Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mut options = std::fs::OpenOptions::new();
     options.write(true).mode(0o600);
     if replace {
@@ -137,15 +144,10 @@ pub fn generate_secret_key_file(path: &Path, replace: bool) -> Result<SigningKey
     } else {
         options.create_new(true);
     }
-    let write_error = |source| KeyError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = options.open(path).map_err(write_error)?;
-    file.write_all(secret_key_file_text(&key).as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(write_error)?;
-    Ok(key)
+    let mut file = options.open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 #[cfg(test)]

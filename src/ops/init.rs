@@ -193,16 +193,7 @@ fn read_secret(path: &Path) -> Result<String, String> {
 
 /// Creates `path` with mode 0600 (replacing it only with `force`) and syncs it.
 fn write_private(path: &Path, text: &str, force: bool) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).mode(0o600);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let mut file = options.open(path).map_err(|e| {
+    crate::client::keys::write_private_file(path, text.as_bytes(), force).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             format!(
                 "{} already exists; use --force to replace it (its secret and settings are lost)",
@@ -211,12 +202,7 @@ fn write_private(path: &Path, text: &str, force: bool) -> Result<(), String> {
         } else {
             format!("cannot write {}: {e}", path.display())
         }
-    })?;
-    // An existing file replaced with --force keeps its old mode; the secret needs 0600.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| file.write_all(text.as_bytes()))
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    })
 }
 
 #[cfg(test)]
