@@ -129,7 +129,7 @@ fn finish(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("dmrelay: {}", failure.message);
+            tell!("dmrelay: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }
@@ -186,7 +186,7 @@ fn message_text(args: &SendArgs) -> Result<String, Failure> {
             .map_err(|e| local(format!("cannot read {}: {e}", path.display())))?
     } else {
         if std::io::stdin().is_terminal() {
-            eprintln!("Type the message, then Ctrl-D on a line of its own:");
+            tell!("Type the message, then Ctrl-D on a line of its own:");
         }
         let mut text = String::new();
         std::io::stdin()
@@ -230,7 +230,7 @@ async fn read_once(args: &InboxArgs, key: &SigningKey, client: &Client) -> Resul
         print_messages(&inbox.messages, args.json)?;
         if !args.ack {
             if inbox.has_more {
-                eprintln!(
+                tell!(
                     "{} more message(s) are waiting; acknowledge these with --ack to see the next ones.",
                     inbox.pending.saturating_sub(inbox.messages.len() as u64)
                 );
@@ -256,7 +256,7 @@ async fn follow(args: &InboxArgs, key: &SigningKey, client: &Client) -> Result<(
         .map_err(|e| local(format!("cannot watch for Ctrl-C: {e}")))?;
     let mut terminate = signal(SignalKind::terminate())
         .map_err(|e| local(format!("cannot watch for SIGTERM: {e}")))?;
-    eprintln!(
+    tell!(
         "Waiting for messages on {} (Ctrl-C to stop)…",
         client.node_url()
     );
@@ -286,7 +286,7 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
                     }
                     _ => retry_delay,
                 };
-                eprintln!("dmrelay: {err} Retrying in {} s.", delay.as_secs());
+                tell!("dmrelay: {err} Retrying in {} s.", delay.as_secs());
                 actix_rt::time::sleep(delay).await;
                 retry_delay = (retry_delay * 2).min(Duration::from_secs(30));
                 continue;
@@ -306,7 +306,7 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
                 Ok(_) => {}
                 // Not acknowledged: they stay pending and are acknowledged on a later poll.
                 Err(Failure { code, message }) if code == EXIT_UNREACHABLE => {
-                    eprintln!(
+                    tell!(
                         "dmrelay: {message} Retrying in {} s.",
                         retry_delay.as_secs()
                     );
@@ -349,7 +349,7 @@ async fn acknowledge(
         return Ok(0);
     }
     let report = client.ack(key, &ids).await?;
-    eprintln!(
+    tell!(
         "Acknowledged {} message(s) ({} removed on {}).",
         ids.len(),
         report.removed,

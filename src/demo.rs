@@ -27,6 +27,7 @@ use crate::protocol::{Envelope, MailboxKey, MsgId, generate_signing_key, now_uni
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,7 +63,10 @@ pub fn run(node_binary: &Path) -> Result<(), String> {
     let stopped = mesh.stop();
     match &outcome {
         Ok(()) => say(&style.dim(&stopped)),
-        Err(_) => eprintln!("{stopped}"),
+        // Not eprintln!: a closed stderr must not turn the demo's error into a panic.
+        Err(_) => {
+            let _ = writeln!(std::io::stderr(), "{stopped}");
+        }
     }
     outcome
 }

@@ -8,6 +8,15 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+/// `eprintln!` for the command's own messages, except that a closed stderr (`dmrelay … 2>&1 |
+/// head -1`) is ignored instead of panicking, which would turn exit 1/2/3 into 101.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod client_cli;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +26,6 @@ use dmrelay::node::{self, Listeners};
 use dmrelay::protocol::{
     AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix, random_hex,
 };
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -172,8 +180,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            // Not eprintln!: it panics when stderr is a closed pipe, turning exit 2 into 101.
-            let _ = writeln!(std::io::stderr(), "dmrelay: {message}");
+            tell!("dmrelay: {message}");
             ExitCode::from(2)
         }
     }
@@ -266,7 +273,7 @@ fn demo() -> Result<(), String> {
 fn keygen(out: &Path, force: bool) -> Result<(), String> {
     let key = generate_secret_key_file(out, force).map_err(|e| e.to_string())?;
     println!("{}", hex::encode(key.verifying_key().to_bytes()));
-    eprintln!("secret key written to {} (mode 0600)", out.display());
+    tell!("secret key written to {} (mode 0600)", out.display());
     Ok(())
 }
 
@@ -317,7 +324,7 @@ fn print_ack(key: &Path, msg_ids: &[String]) -> Result<(), String> {
 fn init(options: dmrelay::ops::init::InitOptions) -> Result<(), String> {
     let report = dmrelay::ops::init::init(&options)?;
     println!("{}", report.path.display());
-    eprintln!(
+    tell!(
         "wrote {} (mode 0600): self URL {}, data in {}, {} mesh secret",
         report.path.display(),
         report
@@ -331,7 +338,7 @@ fn init(options: dmrelay::ops::init::InitOptions) -> Result<(), String> {
             "the copied"
         }
     );
-    eprintln!(
+    tell!(
         "start it with: dmrelay serve --config {}",
         report.path.display()
     );

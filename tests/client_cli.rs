@@ -403,6 +403,18 @@ async fn an_unreachable_node_is_named_in_a_clear_error() {
             "{err}"
         );
     }
+    // The same failure with stderr a closed pipe (`dmrelay send … 2>&1 | head -0`): still exit 3,
+    // not a panic (101) while printing the sentence.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = dmrelay(dir.path())
+        .args(["send", "--node", &url, "--key", &alice.path])
+        .args(["--to", &bob.public, "--text", "x"])
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "closed stderr");
     // Not a URL at all.
     let output = run(
         dir.path(),
