@@ -12,6 +12,7 @@ use dmrelay::client::display::{safe_for_terminal, utc_time};
 use dmrelay::client::{
     Client, ClientError, ClientOptions, Content, DepositStatus, Received, load_secret_key,
 };
+use dmrelay::peer::policy;
 use dmrelay::protocol::{MailboxKey, MsgId};
 use ed25519_dalek::SigningKey;
 use std::io::{IsTerminal as _, Read as _, Write as _};
@@ -19,6 +20,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// First and longest wait before `--follow` polls again after a failure.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 /// `--follow` polls at most once a second while the node answers empty polls at once.
 const MIN_EMPTY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -271,24 +275,28 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
     let wait_s = args.wait.unwrap_or(dmrelay::client::http::MAX_WAIT_S);
     // Each message is shown once, even while it stays pending (without --ack).
     let mut seen: std::collections::HashSet<Option<MsgId>> = Default::default();
-    let mut retry_delay = Duration::from_secs(1);
+    // Failed polls in a row: the retry waits 1, 2, 4 … 30 s, never less than the node's
+    // Retry-After (capped), as the peer links do.
+    let mut failures = 0u32;
+    let retry_delay = |failures: u32, retry_after: Option<Duration>| {
+        policy::retry_delay(failures, retry_after, RETRY_BASE, RETRY_MAX, 1.0)
+    };
     loop {
         let asked_at = std::time::Instant::now();
         let inbox = match client.inbox(key, args.limit, wait_s).await {
             Ok(inbox) => {
-                retry_delay = Duration::from_secs(1);
+                failures = 0;
                 inbox
             }
             Err(err) if retryable(&err) => {
-                let delay = match &err {
-                    ClientError::Refused(spec) => {
-                        spec.retry_after_s.map_or(retry_delay, Duration::from_secs)
-                    }
-                    _ => retry_delay,
+                failures = failures.saturating_add(1);
+                let retry_after = match &err {
+                    ClientError::Refused(spec) => spec.retry_after_s.map(Duration::from_secs),
+                    _ => None,
                 };
+                let delay = retry_delay(failures, retry_after);
                 tell!("dmrelay: {err} Retrying in {} s.", delay.as_secs());
                 actix_rt::time::sleep(delay).await;
-                retry_delay = (retry_delay * 2).min(Duration::from_secs(30));
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -306,11 +314,9 @@ async fn follow_loop(args: &InboxArgs, key: &SigningKey, client: &Client) -> Res
                 Ok(_) => {}
                 // Not acknowledged: they stay pending and are acknowledged on a later poll.
                 Err(Failure { code, message }) if code == EXIT_UNREACHABLE => {
-                    tell!(
-                        "dmrelay: {message} Retrying in {} s.",
-                        retry_delay.as_secs()
-                    );
-                    actix_rt::time::sleep(retry_delay).await;
+                    let delay = retry_delay(1, None);
+                    tell!("dmrelay: {message} Retrying in {} s.", delay.as_secs());
+                    actix_rt::time::sleep(delay).await;
                 }
                 Err(failure) => return Err(failure),
             }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest long poll a node allows (SPEC §6.2).
-pub const MAX_WAIT_S: u64 = 30;
+pub const MAX_WAIT_S: u64 = crate::protocol::poll::MAX_POLL_WAIT_S;
 /// The largest reply body read (a poll of 100 envelopes of 8 KiB is about 1.1 MB).
 const MAX_REPLY_BYTES: usize = 32 << 20;
 
@@ -182,8 +182,9 @@ impl Client {
         let body = serde_json::to_vec(&body).map_err(|e| self.bad_reply(e))?;
         let timeout = self.timeout + Duration::from_secs(wait_s);
         let reply = self.post("/api/mesh/dm/poll", body, timeout).await?;
-        let messages = match reply.get("messages") {
-            Some(Value::Array(messages)) => messages.clone(),
+        let mut reply = reply;
+        let messages = match reply.get_mut("messages").map(Value::take) {
+            Some(Value::Array(messages)) => messages,
             _ => return Err(self.bad_reply("the poll reply has no `messages` list")),
         };
         Ok(PollPage {
@@ -270,7 +271,8 @@ impl Client {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
+            .and_then(|v| crate::peer::policy::parse_retry_after(v, now_unix()))
+            .map(|wait| wait.as_secs());
         let bytes = response
             .body()
             .limit(MAX_REPLY_BYTES)
