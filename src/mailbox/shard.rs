@@ -208,12 +208,16 @@ fn release_freed_memory() {
     {
         return;
     }
+    // On the blocking pool: a trim of a large heap can take milliseconds, which would stall every
+    // mailbox of this shard if it ran on its arbiter.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    actix_rt::task::spawn_blocking(|| {
+        // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    });
 }
 
 pub struct MailboxShard {
