@@ -134,7 +134,14 @@ impl ApiError {
 
 impl From<ShardError> for ApiError {
     fn from(err: ShardError) -> Self {
-        tracing::warn!(%err, "request refused with 503");
+        match &err {
+            // Lasting node-wide states, logged once where they begin (the writer) and counted
+            // in /metrics: a line per refused request would flood the log for hours.
+            ShardError::StoreDown { .. } | ShardError::OverBudget { .. } => {
+                tracing::debug!(%err, "request refused with 503");
+            }
+            _ => tracing::warn!(%err, "request refused with 503"),
+        }
         match err {
             ShardError::StoreDown {
                 reason,

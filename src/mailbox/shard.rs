@@ -566,7 +566,12 @@ impl MailboxShard {
                 // Refused by the budget: still parked in memory; only a restart before room
                 // frees would lose it. A storage outage makes the mailbox stale, and the reload
                 // forgets it too; the origin's feed still offers it to a resync.
-                tracing::warn!(%err, "parked replica not stored");
+                match err {
+                    WriterError::OverBudget { .. } => {
+                        tracing::debug!(%err, "parked replica not stored");
+                    }
+                    _ => tracing::warn!(%err, "parked replica not stored"),
+                }
             }
         });
     }

@@ -100,6 +100,7 @@ impl StoreHandle {
             metrics,
             status: Arc::clone(&status),
             budget,
+            budget_full: false,
             failures: 0,
         };
         let thread = std::thread::Builder::new()
@@ -170,6 +171,9 @@ struct Writer {
     metrics: Arc<Metrics>,
     status: Arc<StoreStatus>,
     budget: u64,
+    /// The budget refused a write and no envelope has been stored since: logged once when it
+    /// begins and once when it ends, not per refusal.
+    budget_full: bool,
     /// Failed commits and reopen attempts since the store last took writes.
     failures: u32,
 }
@@ -327,11 +331,27 @@ impl Writer {
             let cost = request_cost(&ops);
             if cost > 0 && used.saturating_add(cost) > self.budget {
                 self.metrics.budget_refusals_total.inc();
+                if !self.budget_full {
+                    self.budget_full = true;
+                    tracing::warn!(
+                        used,
+                        budget = self.budget,
+                        "the storage budget is used up: new deposits and replicas are refused until recipients read their mail"
+                    );
+                }
                 let _ = reply.send(Err(WriterError::OverBudget {
                     used,
                     budget: self.budget,
                 }));
                 continue;
+            }
+            if cost > 0 && self.budget_full {
+                self.budget_full = false;
+                tracing::info!(
+                    used,
+                    budget = self.budget,
+                    "the storage budget has room again"
+                );
             }
             used = used.saturating_add(cost);
             replies.push((ops.len(), reply));
