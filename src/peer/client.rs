@@ -5,7 +5,7 @@
 use super::auth::{
     HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL, derive_peer_key, sign_request,
 };
-use super::policy::{CallVerdict, parse_retry_after};
+use super::policy::{CallVerdict, RETRY_AFTER_MAX, parse_retry_after};
 use crate::config::PeerSettings;
 use crate::protocol::now_unix;
 use actix_web::web::Bytes;
@@ -51,11 +51,6 @@ impl PeerCallError {
             Self::BadReply(_) => CallVerdict::Advance,
         }
     }
-
-    /// The peer answered 403 `peer_auth`: it does not list our self URL, or the secrets differ.
-    pub fn is_peer_auth(&self) -> bool {
-        matches!(self, Self::Status { status: 403, .. })
-    }
 }
 
 /// Everything needed to reach one peer; `Send`, so actors take it and build their
@@ -77,12 +72,13 @@ impl PeerLink {
         &self.peer.url
     }
 
-    /// What to log when the peer answers 403 `peer_auth` (SPEC §5.2): its usual causes.
-    pub fn peer_auth_hint(&self) -> String {
-        format!(
-            "peer refused our HMAC (peer_auth): check that it lists our self URL {} and shares the secret",
-            self.self_url
-        )
+    /// Logs that the peer refused our signature (403 `peer_auth`, SPEC §5.2) on `op` ("push" or
+    /// "feed pull"), with its usual causes: loud, but only the first refusal of a run and then
+    /// every 20th, since the call is retried.
+    pub fn log_auth_refused(&self, op: &str, err: &PeerCallError, failures: u32) {
+        if failures == 1 || failures.is_multiple_of(20) {
+            tracing::error!(peer = %self.peer.url, %err, failures, "{op} refused: peer refused our HMAC (peer_auth): check that it lists our self URL {} and shares the secret; retrying", self.self_url);
+        }
     }
 
     /// A client for this link; call it on the arbiter that will use it.
@@ -179,11 +175,13 @@ impl PeerClient {
     {
         let mut response = response.map_err(|e| PeerCallError::Transport(e.to_string()))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(actix_web::http::header::RETRY_AFTER)
+        // Read (and capped) only for a refusal, so no caller can overflow an `Instant` with it.
+        let retry_after = (!(200..300).contains(&status))
+            .then(|| response.headers().get(actix_web::http::header::RETRY_AFTER))
+            .flatten()
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now_unix()));
+            .and_then(|v| parse_retry_after(v, now_unix()))
+            .map(|wait| wait.min(RETRY_AFTER_MAX));
         let body = response
             .body()
             .limit(MAX_PEER_RESPONSE_BYTES)

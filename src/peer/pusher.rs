@@ -342,10 +342,7 @@ impl PeerPusher {
                 .push_auth_refused_total
                 .with_label_values(&label)
                 .inc();
-            // Loud but not every retry: the first refusal, and then every 20th.
-            if failures == 1 || failures.is_multiple_of(20) {
-                tracing::error!(peer = %self.link.peer.url, %err, failures, "push refused: {}; retrying", self.link.peer_auth_hint());
-            }
+            self.link.log_auth_refused("push", err, failures);
         } else if opened {
             tracing::warn!(peer = %self.link.peer.url, %err, failures, "peer unreachable; circuit breaker open");
         } else {

@@ -8,7 +8,7 @@
 //! idempotent). A feed from another epoch restarts from 0.
 
 use super::client::{PeerCallError, PeerClient, PeerLink};
-use super::policy::{CallVerdict, RETRY_AFTER_MAX};
+use super::policy::CallVerdict;
 use crate::mailbox::shard::ShardError;
 use crate::mailbox::{MailboxRouter, Origin};
 use crate::metrics::Metrics;
@@ -302,15 +302,17 @@ impl PeerSync {
                         retry_after: Some(wait),
                     }) = verdict
                     {
-                        sync.not_before = Some(Instant::now() + wait.min(RETRY_AFTER_MAX));
+                        sync.not_before = Some(Instant::now() + wait);
                     }
-                    // Log the first failure and then every 20th, not every interval.
-                    if sync.failures == 1 || sync.failures % 20 == 0 {
-                        if verdict == Some(CallVerdict::AuthRefused) {
-                            tracing::error!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull refused: {}", sync.link.peer_auth_hint());
-                        } else {
+                    match (&err, verdict) {
+                        (SyncError::Call(call), Some(CallVerdict::AuthRefused)) => {
+                            sync.link.log_auth_refused("feed pull", call, sync.failures);
+                        }
+                        // The first failure and then every 20th, not every interval.
+                        _ if sync.failures == 1 || sync.failures.is_multiple_of(20) => {
                             tracing::warn!(peer = %sync.link.peer.url, %err, failures = sync.failures, "feed pull failed");
                         }
+                        _ => {}
                     }
                 }
             }
