@@ -52,7 +52,8 @@ pub fn peer_http_client(
             .connector(
                 awc::Connector::new()
                     .rustls_0_23(tls)
-                    .timeout(connect_timeout),
+                    .timeout(connect_timeout)
+                    .handshake_timeout(connect_timeout),
             )
             .finish(),
     }
