@@ -78,7 +78,11 @@ impl NodeStatus {
         // A panic while holding the lock cannot leave a PeerStatus half-written in a way that
         // matters (every field is independent), so a poisoned lock is used as it is.
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        change(peers.entry(peer_url.to_string()).or_default());
+        // The pushers call this on every enqueue: allocate the key only for a new peer.
+        match peers.get_mut(peer_url) {
+            Some(peer) => change(peer),
+            None => change(peers.entry(peer_url.to_string()).or_default()),
+        }
     }
 
     /// Every peer's status, by URL.

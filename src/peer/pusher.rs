@@ -130,19 +130,19 @@ impl PeerPusher {
 
     fn update_gauges(&self) {
         let label = self.label();
-        self.metrics
-            .peer_queue_depth
-            .with_label_values(&label)
-            .set(self.queue.len() as i64);
-        self.metrics
-            .peer_circuit_open
-            .with_label_values(&label)
-            .set(i64::from(self.breaker.is_open(Instant::now())));
         let (depth, open, failures) = (
             self.queue.len(),
             self.breaker.is_open(Instant::now()),
             self.breaker.failures(),
         );
+        self.metrics
+            .peer_queue_depth
+            .with_label_values(&label)
+            .set(depth as i64);
+        self.metrics
+            .peer_circuit_open
+            .with_label_values(&label)
+            .set(i64::from(open));
         self.metrics.status.update_peer(self.link.url(), |peer| {
             peer.queue_depth = depth;
             peer.breaker = if open { "open" } else { "closed" };
