@@ -382,21 +382,20 @@ impl MailboxShard {
 
     /// Drops a stale mailbox from memory once none of its writes is in flight; the next request
     /// loads what the store holds.
-    fn drop_if_stale(&mut self, mailbox: &MailboxKey) {
-        if let Some(Slot::Loaded(entry)) = self.mailboxes.get(mailbox)
-            && entry.stale
-            && entry.in_flight == 0
-        {
-            if let Some(Slot::Loaded(mut entry)) = self.mailboxes.remove(mailbox) {
-                // Its waiting polls get their normal reply now; their timers find nothing later.
-                let now = now_unix();
-                for poll in entry.waiting.take_all() {
-                    let _ = poll.answer(&entry.state, now);
-                }
-            }
-            self.metrics.mailboxes_loaded.dec();
-            tracing::info!(%mailbox, "mailbox dropped from memory after a failed write; it will be read again from the store");
+    fn drop_if_stale(&mut self, mailbox: &MailboxKey, ctx: &mut Context<Self>) {
+        let stale = matches!(self.mailboxes.get(mailbox),
+            Some(Slot::Loaded(entry)) if entry.stale && entry.in_flight == 0);
+        if !stale {
+            return;
         }
+        if let Some(Slot::Loaded(mut entry)) = self.mailboxes.remove(mailbox) {
+            // Its waiting polls get their normal reply now.
+            for timer in entry.waiting.answer_all(&entry.state, now_unix()) {
+                ctx.cancel_future(timer);
+            }
+        }
+        self.metrics.mailboxes_loaded.dec();
+        tracing::info!(%mailbox, "mailbox dropped from memory after a failed write; it will be read again from the store");
     }
 
     /// Commits `ops` for `mailbox`, keeping the mailbox in memory until the answer, then runs
@@ -430,7 +429,7 @@ impl MailboxShard {
             let failed = matches!(&result, Err(err) if leaves_memory_stale(err));
             shard.write_done(&mailbox, failed);
             done(shard, ctx, result);
-            shard.drop_if_stale(&mailbox);
+            shard.drop_if_stale(&mailbox, ctx);
         }));
     }
 
@@ -493,10 +492,8 @@ impl MailboxShard {
         let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox) else {
             return;
         };
-        for poll in entry.waiting.take_all() {
-            if let Some(timer) = poll.answer(&entry.state, now) {
-                ctx.cancel_future(timer);
-            }
+        for timer in entry.waiting.answer_all(&entry.state, now) {
+            ctx.cancel_future(timer);
         }
     }
 
@@ -506,10 +503,8 @@ impl MailboxShard {
         let now = now_unix();
         for slot in self.mailboxes.values_mut() {
             if let Slot::Loaded(entry) = slot {
-                for poll in entry.waiting.take_all() {
-                    if let Some(timer) = poll.answer(&entry.state, now) {
-                        ctx.cancel_future(timer);
-                    }
+                for timer in entry.waiting.answer_all(&entry.state, now) {
+                    ctx.cancel_future(timer);
                 }
             }
         }

@@ -113,9 +113,12 @@ impl WaitingPolls {
         Some(self.polls.remove(index))
     }
 
-    /// Takes every waiting poll out.
-    pub fn take_all(&mut self) -> Vec<WaitingPoll> {
-        std::mem::take(&mut self.polls)
+    /// Answers every waiting poll with the view of `state` now; returns their timers, to cancel.
+    pub fn answer_all(&mut self, state: &MailboxState, now: u64) -> Vec<SpawnHandle> {
+        self.polls
+            .drain(..)
+            .filter_map(|poll| poll.answer(state, now))
+            .collect()
     }
 
     /// Drops the polls whose client went away (nobody waits for their answer); returns their
@@ -174,9 +177,7 @@ mod tests {
         assert!(waiting.take(1).is_none(), "the abandoned poll is gone");
         assert_eq!(budget.waiting.load(Ordering::Acquire), 2);
         let state = MailboxState::default();
-        for poll in waiting.take_all() {
-            poll.answer(&state, 0);
-        }
+        assert!(waiting.answer_all(&state, 0).is_empty(), "no timers here");
         assert!(waiting.is_empty());
         assert_eq!(budget.waiting.load(Ordering::Acquire), 0);
         for mut answer in receivers {
