@@ -531,37 +531,31 @@ impl<'t> WriteTables<'t> {
         Ok(())
     }
 
-    /// Applies this transaction's byte delta to `meta/stored_bytes`; returns the new count.
+    /// Applies this transaction's stored-bytes delta to `meta/stored_bytes`; returns the total.
     fn save_stored_bytes(&mut self) -> Result<u64, StoreError> {
-        let current = self
-            .meta
-            .get("stored_bytes")
-            .map_err(StoreError::backend)?
-            .map(|v| read_u64(v.value()))
-            .transpose()?
-            .unwrap_or(0);
-        let updated = current.saturating_add_signed(self.bytes_delta);
-        self.meta
-            .insert("stored_bytes", updated.to_be_bytes().as_slice())
-            .map_err(StoreError::backend)?;
-        self.bytes_delta = 0;
-        Ok(updated)
+        let delta = std::mem::take(&mut self.bytes_delta);
+        self.add_to_counter("stored_bytes", delta)
     }
 
     /// Applies this transaction's pending delta to `meta/pending_count`; returns the new count.
     fn save_pending_count(&mut self) -> Result<u64, StoreError> {
+        let delta = std::mem::take(&mut self.pending_delta);
+        self.add_to_counter("pending_count", delta)
+    }
+
+    /// Adds `delta` to the big-endian counter `meta/{key}` (absent: 0); returns the new value.
+    fn add_to_counter(&mut self, key: &str, delta: i64) -> Result<u64, StoreError> {
         let current = self
             .meta
-            .get("pending_count")
+            .get(key)
             .map_err(StoreError::backend)?
             .map(|v| read_u64(v.value()))
             .transpose()?
             .unwrap_or(0);
-        let updated = current.saturating_add_signed(self.pending_delta);
+        let updated = current.saturating_add_signed(delta);
         self.meta
-            .insert("pending_count", updated.to_be_bytes().as_slice())
+            .insert(key, updated.to_be_bytes().as_slice())
             .map_err(StoreError::backend)?;
-        self.pending_delta = 0;
         Ok(updated)
     }
 
