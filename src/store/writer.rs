@@ -101,6 +101,7 @@ impl StoreHandle {
             status: Arc::clone(&status),
             budget,
             budget_full: false,
+            outage: None,
             failures: 0,
         };
         let thread = std::thread::Builder::new()
@@ -174,6 +175,8 @@ struct Writer {
     /// The budget refused a write and no envelope has been stored since: logged once when it
     /// begins and once when it ends, not per refusal.
     budget_full: bool,
+    /// The current outage (the writer's own copy; [`Self::set_outage`] publishes it).
+    outage: Option<Outage>,
     /// Failed commits and reopen attempts since the store last took writes.
     failures: u32,
 }
@@ -185,7 +188,7 @@ impl Writer {
         loop {
             let mut stop = false;
             // In an outage, wake up for the next reopen attempt even without requests.
-            let wait = match self.status.outage() {
+            let wait = match &self.outage {
                 Some(outage) => outage
                     .next_attempt
                     .saturating_duration_since(Instant::now())
@@ -219,7 +222,7 @@ impl Writer {
                 tracing::info!("store writer stopped; every queued write is committed");
                 return;
             }
-            if self.status.outage().is_none() && last_gc.elapsed() >= GC_INTERVAL {
+            if self.outage.is_none() && last_gc.elapsed() >= GC_INTERVAL {
                 last_gc = Instant::now();
                 let collected = self.store.collect_garbage(crate::protocol::now_unix());
                 update_gauges(self.store.as_ref(), &self.metrics);
@@ -243,18 +246,24 @@ impl Writer {
         }
         self.failures = self.failures.saturating_add(1);
         let delay = reopen_delay(self.failures);
-        let was_healthy = self.status.outage().is_none();
+        let was_healthy = self.outage.is_none();
         let reason = self.describe(err);
         if was_healthy {
             tracing::error!(%reason, "the store failed; writes are refused until it is reopened");
         } else {
             tracing::warn!(%reason, retry_in = ?delay, "the store is still unavailable");
         }
-        self.status.set(Some(Outage {
+        self.set_outage(Some(Outage {
             reason,
             next_attempt: Instant::now() + delay,
         }));
-        self.metrics.store_degraded.set(1);
+    }
+
+    /// Records the outage (or its end) here, for `/health` and 503s, and in the gauge.
+    fn set_outage(&mut self, outage: Option<Outage>) {
+        self.metrics.store_degraded.set(i64::from(outage.is_some()));
+        self.status.set(outage.clone());
+        self.outage = outage;
     }
 
     /// The reason shown in `/health`: a full disk says so, whatever redb's words for it.
@@ -275,7 +284,7 @@ impl Writer {
 
     /// In an outage whose next attempt is due: reopen the store, or schedule the next attempt.
     fn try_recovery(&mut self) {
-        let Some(outage) = self.status.outage() else {
+        let Some(outage) = self.outage.clone() else {
             return;
         };
         if Instant::now() < outage.next_attempt {
@@ -297,8 +306,7 @@ impl Writer {
             Ok(()) => {
                 tracing::info!(after = %outage.reason, "the store was reopened and takes writes again");
                 self.failures = 0;
-                self.status.set(None);
-                self.metrics.store_degraded.set(0);
+                self.set_outage(None);
                 self.metrics.store_recoveries_total.inc();
                 update_gauges(self.store.as_ref(), &self.metrics);
             }
@@ -314,10 +322,10 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Batch) {
-        if let Some(outage) = self.status.outage() {
+        if let Some(outage) = &self.outage {
             let refusal = WriterError::Degraded {
                 retry_after_s: outage.retry_after_s(),
-                reason: outage.reason,
+                reason: outage.reason.clone(),
             };
             for (_, reply) in batch.drain(..) {
                 let _ = reply.send(Err(refusal.clone()));
@@ -366,9 +374,6 @@ impl Writer {
             Ok(seqs) => {
                 self.metrics.store_commits_total.inc();
                 self.metrics.store_ops_total.inc_by(all_ops.len() as u64);
-                if !all_ops.is_empty() {
-                    self.failures = 0;
-                }
                 let mut seqs = seqs.into_iter();
                 for (len, reply) in replies {
                     let mine: Vec<Option<u64>> = seqs.by_ref().take(len).collect();
@@ -379,10 +384,10 @@ impl Writer {
                 self.metrics.store_errors_total.inc();
                 tracing::error!(%err, requests = replies.len(), "store commit failed");
                 self.failed(&err);
-                let refusal = match self.status.outage() {
+                let refusal = match &self.outage {
                     Some(outage) => WriterError::Degraded {
                         retry_after_s: outage.retry_after_s(),
-                        reason: outage.reason,
+                        reason: outage.reason.clone(),
                     },
                     None => WriterError::Store(err.to_string()),
                 };
