@@ -20,9 +20,6 @@
 
 use crate::client::display::{safe_for_terminal, utc_time};
 use crate::client::{Client, ClientError, ClientOptions, Content, DepositStatus, Received, seal};
-use crate::peer::auth::{
-    HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL, derive_peer_key, sign_request,
-};
 use crate::protocol::{Envelope, MailboxKey, MsgId, generate_signing_key, now_unix, random_hex};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
@@ -361,38 +358,34 @@ async fn wait_healthy(mesh: &Mesh) -> Result<(), String> {
     Ok(())
 }
 
-/// POSTs `body` to `node` as Mallory's relay (a configured peer that knows the mesh secret).
+/// POSTs `body` to `node` as Mallory's relay (a configured peer that knows the mesh secret),
+/// through the node's own peer client: the same signing a real relay does.
 async fn post_as_peer(
     mesh: &Mesh,
     node: &NodeProcess,
     path: &str,
     body: Vec<u8>,
 ) -> Result<Value, String> {
-    let key = derive_peer_key(mesh.mesh_secret.as_bytes(), &mesh.mallory_relay_url);
-    let ts = now_unix();
-    let hmac = sign_request(&key, "POST", path, ts, &body);
+    let peer = crate::config::PeerSettings {
+        url: node.url.clone(),
+        secret: mesh.mesh_secret.clone(),
+        socks_proxy: None,
+    };
+    let tls = crate::tls::client_config(None).map_err(|e| format!("TLS: {e}"))?;
+    let client = crate::peer::client::PeerClient::new(
+        &peer,
+        &mesh.mallory_relay_url,
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+        std::sync::Arc::new(tls),
+    );
     let url = format!("{}{path}", node.url);
-    let mut response = http()
-        .post(&url)
-        .insert_header(("content-type", "application/json"))
-        .insert_header((HEADER_PEER_URL, mesh.mallory_relay_url.as_str()))
-        .insert_header((HEADER_PEER_TIMESTAMP, ts.to_string()))
-        .insert_header((HEADER_PEER_HMAC, hmac))
-        .send_body(body)
+    let bytes = client
+        .post(path, body)
         .await
         .map_err(|e| format!("POST {url}: {e}"))?;
-    let status = response.status().as_u16();
-    let bytes = response
-        .body()
-        .limit(4 << 20)
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let reply: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| format!("POST {url} answered HTTP {status} with a body that is not JSON"))?;
-    if status != 200 {
-        return Err(format!("POST {url} answered HTTP {status}: {reply}"));
-    }
-    Ok(reply)
+    serde_json::from_slice(&bytes)
+        .map_err(|_| format!("POST {url} answered with a body that is not JSON"))
 }
 
 // ---------------------------------------------------------------------------------------------
