@@ -273,10 +273,15 @@ fn spawn_node(
 // ---------------------------------------------------------------------------------------------
 // Talking to the nodes.
 
+/// One client for every `/metrics` read (they come every few ms while the story waits for a
+/// node): its connections are kept, not opened anew per read. awc clients are per thread.
 fn http() -> awc::Client {
-    awc::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .finish()
+    thread_local! {
+        static CLIENT: awc::Client = awc::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .finish();
+    }
+    CLIENT.with(awc::Client::clone)
 }
 
 /// A node's `/metrics`, as `name{labels}` → value.
@@ -308,11 +313,6 @@ fn required(metrics: &HashMap<String, f64>, name: &str) -> Result<u64, String> {
         .get(name)
         .map(|v| *v as u64)
         .ok_or_else(|| format!("the node's /metrics has no {name}"))
-}
-
-/// One label of a counter vector: absent until the first event with that label.
-fn labelled(metrics: &HashMap<String, f64>, name: &str) -> u64 {
-    metrics.get(name).map_or(0, |v| *v as u64)
 }
 
 /// Reads `name` on `node` until `done(value)`; returns the time taken since `since`.
@@ -834,7 +834,7 @@ impl Style {
                 "{:<6} {:>7}   {:>18}  {:>8}   {:>13}   {:>4}",
                 i + 1,
                 required(&m, "dm_pending_envelopes")?,
-                labelled(&m, "dm_deposit_total{status=\"accepted\"}"),
+                required(&m, "dm_deposit_total{status=\"accepted\"}")?,
                 required(&m, "dm_replica_accepted_total")?,
                 refused,
                 required(&m, "dm_ack_total")?,
