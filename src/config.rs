@@ -383,7 +383,19 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(value)
 }
 
+/// The self URL of a node that does not configure one: `{scheme}://{address}`, normalized as
+/// peers write it (SPEC §5.1: no default port), since it keys the HMAC.
+pub fn derived_self_url(scheme: &str, address: SocketAddr) -> String {
+    let url = format!("{scheme}://{address}");
+    normalize_peer_url(&url).unwrap_or(url)
+}
+
 impl Settings {
+    /// `https` when this node serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Loads from `config_path` (or `config/node.toml` if present) and the process environment.
     pub fn load(config_path: Option<&Path>) -> Result<Self, ConfigError> {
         let env: HashMap<String, String> = std::env::vars().collect();
@@ -462,10 +474,9 @@ impl Layered {
             Some(url) => {
                 normalize_peer_url(&url.value).map_err(|problem| bad(&url.setting, problem))?
             }
-            None => format!(
-                "{}://{}",
+            None => derived_self_url(
                 if tls.is_some() { "https" } else { "http" },
-                peer_listen.unwrap_or(listen)
+                peer_listen.unwrap_or(listen),
             ),
         };
         // A secret file named in the environment wins over any secret; a secret (from either
@@ -790,6 +801,18 @@ mod tests {
         );
         let s = from_toml("", &[("MESH_RELAY_SOCKS_PROXY", "socks5h://tor:9150")]).unwrap();
         assert!(s.peers.is_empty());
+    }
+
+    #[test]
+    fn a_derived_self_url_is_normalized_like_the_one_made_after_binding() {
+        // SPEC §5.1: no default port. Load time and `adopt_bound_addresses` must agree, since the
+        // self URL keys the peer HMAC.
+        let s = from_toml("listen = \"127.0.0.1:80\"", &[]).unwrap();
+        assert_eq!(s.self_peer_url, "http://127.0.0.1");
+        let mut bound = s.clone();
+        bound.self_peer_url_configured = false;
+        bound.adopt_bound_addresses("127.0.0.1:80".parse().unwrap(), None);
+        assert_eq!(bound.self_peer_url, s.self_peer_url);
     }
 
     #[test]

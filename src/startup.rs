@@ -19,10 +19,7 @@ impl Settings {
         if self.self_peer_url_configured {
             return;
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let url = format!("{scheme}://{}", peer.unwrap_or(client));
-        // Normalized as peers write it (SPEC §5.1: no default port), since it keys the HMAC.
-        self.self_peer_url = crate::peer::url::normalize_peer_url(&url).unwrap_or(url);
+        self.self_peer_url = crate::config::derived_self_url(self.scheme(), peer.unwrap_or(client));
         let own = self.self_peer_url.clone();
         self.peers.retain(|p| p.url != own);
     }
@@ -56,11 +53,7 @@ pub fn startup_line(
     client: SocketAddr,
     peer: Option<SocketAddr>,
 ) -> StartupLine {
-    let scheme = if settings.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = settings.scheme();
     StartupLine {
         config: settings.config_source.clone(),
         client_listen: format!("{scheme}://{client}"),

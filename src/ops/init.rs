@@ -48,8 +48,7 @@ pub struct InitReport {
 pub fn init(options: &InitOptions) -> Result<InitReport, String> {
     let self_url = match &options.self_url {
         Some(url) => normalize_peer_url(url).map_err(|e| format!("--self-url: {e}"))?,
-        None => normalize_peer_url(&format!("http://{}", options.listen))
-            .map_err(|e| format!("--listen: {e}"))?,
+        None => crate::config::derived_self_url("http", options.listen),
     };
     // Port 0 picks a free port at each start: the self URL is then left to be derived from the
     // bound address (nothing to write that would stay true).
