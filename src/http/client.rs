@@ -129,7 +129,7 @@ pub async fn ack(
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     if let Some(outage) = state.store.status().outage() {
         use actix_web::ResponseError as _;
-        return ApiError::StorageUnavailable {
+        return ApiError::Unavailable {
             detail: outage.reason.clone(),
             retry_after_s: outage.retry_after_s(),
         }

@@ -35,12 +35,11 @@ pub enum ApiError {
     MailboxFull { limit: u32 },
     #[error("{detail}")]
     RateLimited { detail: String, retry_after_s: u64 },
-    #[error("{0}")]
-    Unavailable(String),
-    /// 503 `unavailable` with a known time to retry: the store is failing (and retries on its
-    /// own) or the node's storage budget is used up.
+    /// 503 `unavailable`, with the seconds after which a retry makes sense (`Retry-After`): the
+    /// writer's next reopen attempt when the store is failing, a minute when the storage budget
+    /// is used up, 1 for an overload or a shutdown.
     #[error("{detail}")]
-    StorageUnavailable { detail: String, retry_after_s: u64 },
+    Unavailable { detail: String, retry_after_s: u64 },
     #[error("No such endpoint. The client API is POST /api/mesh/dm/send, /poll and /ack.")]
     NotFound,
     #[error("This endpoint does not accept that method; see the protocol spec for the right one.")]
@@ -62,7 +61,7 @@ impl ApiError {
             Self::CapViolation { .. } => "cap_violation",
             Self::MailboxFull { .. } => "mailbox_full",
             Self::RateLimited { .. } => "rate_limited",
-            Self::Unavailable(_) | Self::StorageUnavailable { .. } => "unavailable",
+            Self::Unavailable { .. } => "unavailable",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
         }
@@ -77,10 +76,11 @@ impl ApiError {
 
     /// The node is shutting down or its store failed.
     pub fn unavailable() -> Self {
-        Self::Unavailable(
-            "The relay cannot take this request right now (overloaded, storage trouble or shutting down); retry in a few seconds."
+        Self::Unavailable {
+            detail: "The relay cannot take this request right now (overloaded, storage trouble or shutting down); retry in a few seconds."
                 .into(),
-        )
+            retry_after_s: 1,
+        }
     }
 }
 
@@ -123,7 +123,7 @@ impl ApiError {
     /// The store refuses writes until it is reopened; `retry_after_s` is the time to the
     /// writer's next attempt.
     pub fn store_down(reason: &str, retry_after_s: u64) -> Self {
-        Self::StorageUnavailable {
+        Self::Unavailable {
             detail: format!(
                 "This relay's storage is failing ({reason}); it recovers on its own. Retry in {retry_after_s} s."
             ),
@@ -150,7 +150,7 @@ impl From<ShardError> for ApiError {
             // 503, not a 429: the 429 codes of SPEC §6.5 speak of one mailbox or one caller,
             // while this is the whole node's storage; and peers retry a 503 later (SPEC §7.4)
             // where a per-item `rejected` would be final and break the convergence promise.
-            ShardError::OverBudget { used, budget } => Self::StorageUnavailable {
+            ShardError::OverBudget { used, budget } => Self::Unavailable {
                 detail: format!(
                     "This node's storage budget is used up ({} of {} KiB stored); it takes new messages again as recipients read theirs. Retry later or use another relay.",
                     used / 1024,
@@ -187,9 +187,7 @@ impl ResponseError for ApiError {
             Self::CapViolation { .. } | Self::MailboxFull { .. } | Self::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::Unavailable(_) | Self::StorageUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -203,13 +201,7 @@ impl ResponseError for ApiError {
         };
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            Self::RateLimited { retry_after_s, .. } => {
-                response.insert_header(("Retry-After", retry_after_s.to_string()));
-            }
-            Self::Unavailable(_) => {
-                response.insert_header(("Retry-After", "1"));
-            }
-            Self::StorageUnavailable { retry_after_s, .. } => {
+            Self::RateLimited { retry_after_s, .. } | Self::Unavailable { retry_after_s, .. } => {
                 response.insert_header(("Retry-After", retry_after_s.to_string()));
             }
             _ => {}
