@@ -115,24 +115,28 @@ fn unreachable_metric(name: &str, err: prometheus::Error) -> ! {
     panic!("invalid metric definition {name}: {err}")
 }
 
+/// Every `status` label of `dm_deposit_total`: the §4 decisions, the 4xx codes of an envelope
+/// refused before them, and `unavailable` (a test checks the list against both).
+pub const DEPOSIT_OUTCOMES: [&str; 12] = [
+    "accepted",
+    "duplicate",
+    "acked",
+    "conflict",
+    "cap_violation",
+    "mailbox_full",
+    "bad_request",
+    "too_large",
+    "bad_signature",
+    "stale",
+    "expired",
+    "unavailable",
+];
+
 impl Metrics {
     pub fn new() -> Self {
         let metrics = Self::unlabelled();
         // Every outcome a deposit can have is exported from the start, at 0.
-        for status in [
-            "accepted",
-            "duplicate",
-            "acked",
-            "conflict",
-            "cap_violation",
-            "mailbox_full",
-            "bad_request",
-            "too_large",
-            "bad_signature",
-            "stale",
-            "expired",
-            "unavailable",
-        ] {
+        for status in DEPOSIT_OUTCOMES {
             metrics.deposit_total.with_label_values(&[status]).inc_by(0);
         }
         metrics
@@ -323,6 +327,39 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_deposit_outcome_is_in_the_exported_list() {
+        use crate::http::error::ApiError;
+        use crate::mailbox::rules::Decision;
+        use crate::protocol::ProtocolError;
+        let decisions = [
+            Decision::Accept,
+            Decision::Duplicate,
+            Decision::Acked,
+            Decision::Conflict,
+            Decision::MailboxFull { limit: 1 },
+            Decision::CapViolation {
+                pending: 1,
+                limit: 1,
+            },
+        ];
+        let refusals = [
+            ProtocolError::BadRequest(String::new()),
+            ProtocolError::TooLarge(String::new()),
+            ProtocolError::BadSignature(String::new()),
+            ProtocolError::Stale(String::new()),
+            ProtocolError::Expired(String::new()),
+        ];
+        let labels = decisions
+            .into_iter()
+            .map(Decision::label)
+            .chain(refusals.into_iter().map(|e| ApiError::from(e).code()))
+            .chain([ApiError::unavailable().code()]);
+        for label in labels {
+            assert!(DEPOSIT_OUTCOMES.contains(&label), "{label}");
+        }
+    }
 
     #[test]
     fn every_spec_metric_is_exposed() {

@@ -92,9 +92,7 @@ pub fn deposit_outcome(
 ) -> Result<&'static str, ApiError> {
     use crate::mailbox::rules::Decision;
     match decision {
-        Decision::Accept => Ok("accepted"),
-        Decision::Duplicate => Ok("duplicate"),
-        Decision::Acked => Ok("acked"),
+        Decision::Accept | Decision::Duplicate | Decision::Acked => Ok(decision.label()),
         Decision::Conflict => Err(ApiError::Conflict(format!(
             "Another message with msg_id {msg_id} is already pending in this mailbox; choose a new msg_id."
         ))),

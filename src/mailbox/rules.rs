@@ -58,6 +58,21 @@ pub enum Decision {
     Accept,
 }
 
+impl Decision {
+    /// The outcome's name in SPEC §6.1 / §7.1 (a `status`, or the `error` code of a refusal);
+    /// also the `status` label of `dm_deposit_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Accept => "accepted",
+            Decision::Duplicate => "duplicate",
+            Decision::Acked => "acked",
+            Decision::Conflict => "conflict",
+            Decision::MailboxFull { .. } => "mailbox_full",
+            Decision::CapViolation { .. } => "cap_violation",
+        }
+    }
+}
+
 /// What an acknowledgement did to a mailbox.
 #[derive(Debug, Default)]
 pub struct AckEffect {

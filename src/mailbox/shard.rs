@@ -622,18 +622,10 @@ impl MailboxShard {
         let m = &self.metrics;
         match origin {
             Origin::Client => {
-                let status = match decision {
-                    Decision::Accept => "accepted",
-                    Decision::Duplicate => "duplicate",
-                    Decision::Acked => "acked",
-                    Decision::Conflict => "conflict",
-                    Decision::MailboxFull { .. } => "mailbox_full",
-                    Decision::CapViolation { .. } => {
-                        m.drop_per_sender_cap_total.inc();
-                        "cap_violation"
-                    }
-                };
-                m.deposit_total.with_label_values(&[status]).inc();
+                if let Decision::CapViolation { .. } = decision {
+                    m.drop_per_sender_cap_total.inc();
+                }
+                m.deposit_total.with_label_values(&[decision.label()]).inc();
             }
             Origin::Peer(_) => match decision {
                 Decision::Accept => m.replica_accepted_total.inc(),
