@@ -77,11 +77,13 @@ struct ReadPlaintext {
 /// `crypto_sign_ed25519_pk_to_curve25519`), or `None` where libsodium refuses it too: not a
 /// point, small order, or not in the prime-order subgroup.
 pub fn x25519_public(ed25519_public: &MailboxKey) -> Option<[u8; 32]> {
+    Some(usable_point(ed25519_public)?.to_montgomery().to_bytes())
+}
+
+/// The key as a point, unless libsodium would refuse to convert it (see [`x25519_public`]).
+fn usable_point(ed25519_public: &MailboxKey) -> Option<VerifyingKey> {
     let key = VerifyingKey::from_bytes(ed25519_public.as_bytes()).ok()?;
-    if key.is_weak() || !key.to_edwards().is_torsion_free() {
-        return None;
-    }
-    Some(key.to_montgomery().to_bytes())
+    (!key.is_weak() && key.to_edwards().is_torsion_free()).then_some(key)
 }
 
 /// The X25519 secret key of an Ed25519 key (libsodium's `crypto_sign_ed25519_sk_to_curve25519`:
@@ -101,11 +103,9 @@ pub fn x25519_secret(ed25519_secret: &SigningKey) -> [u8; 32] {
 /// `crypto_box_beforenm`: HSalsa20 of the X25519 shared secret; `None` for an unusable public
 /// key or an all-zero shared secret (libsodium refuses both).
 fn box_cipher(my_secret: &SigningKey, their_public: &MailboxKey) -> Option<XSalsa20Poly1305> {
-    let key = VerifyingKey::from_bytes(their_public.as_bytes()).ok()?;
-    if key.is_weak() || !key.to_edwards().is_torsion_free() {
-        return None;
-    }
-    let shared = key.to_montgomery().mul_clamped(x25519_secret(my_secret));
+    let shared = usable_point(their_public)?
+        .to_montgomery()
+        .mul_clamped(x25519_secret(my_secret));
     if shared.to_bytes() == [0u8; 32] {
         return None;
     }
