@@ -425,7 +425,7 @@ impl People {
 }
 
 fn mailbox_of(key: &SigningKey) -> MailboxKey {
-    MailboxKey::from_bytes(key.verifying_key().to_bytes())
+    MailboxKey::of(key)
 }
 
 fn short(hex: &str) -> String {

@@ -434,7 +434,7 @@ async fn an_envelope_with_a_broken_signature_is_shown_not_dropped() {
         keygen(dir.path(), "alice.key"),
         keygen(dir.path(), "bob.key"),
     );
-    let to = MailboxKey::from_bytes(bob.identity.key.verifying_key().to_bytes());
+    let to = MailboxKey::of(&bob.identity.key);
     let good = dmrelay::client::build_envelope(&alice.identity.key, &to, "intact", now_unix(), 60)
         .unwrap();
     let mut changed = serde_json::to_value(

@@ -92,7 +92,7 @@ fn key(seed: u8) -> SigningKey {
 }
 
 fn public(key: &SigningKey) -> MailboxKey {
-    MailboxKey::from_bytes(key.verifying_key().to_bytes())
+    MailboxKey::of(key)
 }
 
 fn id(text: &str) -> MsgId {

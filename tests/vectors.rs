@@ -195,7 +195,7 @@ mod payload_vectors {
     }
 
     fn mailbox(key: &SigningKey) -> MailboxKey {
-        MailboxKey::from_bytes(key.verifying_key().to_bytes())
+        MailboxKey::of(key)
     }
 
     fn unhex(v: &Value, field: &str) -> Vec<u8> {

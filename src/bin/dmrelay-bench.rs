@@ -119,7 +119,7 @@ fn envelopes(count: usize, bytes: usize) -> Vec<(String, Vec<u8>)> {
     // 40 envelopes per mailbox, under the default mailbox limit of 48.
     let mailbox_owners: Vec<MailboxKey> = (0..count.div_ceil(40).max(1))
         .map(|_| generate_signing_key().unwrap_or_else(|_| fail("no randomness")))
-        .map(|k| MailboxKey::from_bytes(k.verifying_key().to_bytes()))
+        .map(|k| MailboxKey::of(&k))
         .collect();
     let now = now_unix();
     let payload = vec![0xabu8; bytes];

@@ -126,7 +126,7 @@ fn check_and_open(owner: &SigningKey, value: &serde_json::Value) -> Content {
         Ok(envelope) => envelope,
         Err(err) => return Content::Rejected(EnvelopeProblem::Malformed(err.to_string())),
     };
-    let me = MailboxKey::from_bytes(owner.verifying_key().to_bytes());
+    let me = MailboxKey::of(owner);
     if envelope.mailbox != me {
         return Content::Rejected(EnvelopeProblem::WrongMailbox(envelope.mailbox));
     }
@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn mailbox(key: &SigningKey) -> MailboxKey {
-        MailboxKey::from_bytes(key.verifying_key().to_bytes())
+        MailboxKey::of(key)
     }
 
     #[test]

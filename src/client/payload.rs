@@ -226,7 +226,7 @@ mod tests {
     }
 
     fn mailbox(key: &SigningKey) -> MailboxKey {
-        MailboxKey::from_bytes(key.verifying_key().to_bytes())
+        MailboxKey::of(key)
     }
 
     #[test]

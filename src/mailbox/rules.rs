@@ -427,7 +427,7 @@ mod tests {
     }
 
     fn mailbox_of(owner: &SigningKey) -> MailboxKey {
-        MailboxKey::from_bytes(owner.verifying_key().to_bytes())
+        MailboxKey::of(owner)
     }
 
     fn envelope(sender: &SigningKey, to: &SigningKey, id: &str, created_at: u64) -> Arc<Envelope> {

@@ -155,7 +155,7 @@ impl AckObject {
     /// Builds and signs an ack (CLI, tests).
     pub fn sign(owner: &ed25519_dalek::SigningKey, ts: u64, msg_ids: Vec<MsgId>) -> Self {
         use ed25519_dalek::Signer as _;
-        let mailbox = MailboxKey::from_bytes(owner.verifying_key().to_bytes());
+        let mailbox = MailboxKey::of(owner);
         let mut ack = Self {
             mailbox,
             ts,

@@ -213,7 +213,7 @@ impl Envelope {
         use base64::Engine as _;
         use ed25519_dalek::Signer as _;
         let ciphertext = base64::engine::general_purpose::STANDARD.encode(plaintext_or_ciphertext);
-        let sender_key = MailboxKey::from_bytes(sender.verifying_key().to_bytes());
+        let sender_key = MailboxKey::of(sender);
         let ciphertext_sha256_hex =
             hex::encode(Sha256::digest(plaintext_or_ciphertext)).into_boxed_str();
         let mut envelope = Self {

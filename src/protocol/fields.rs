@@ -15,6 +15,11 @@ impl MailboxKey {
         Self(bytes)
     }
 
+    /// The public key of `key`: its owner's mailbox, or its sender key.
+    pub fn of(key: &ed25519_dalek::SigningKey) -> Self {
+        Self(key.verifying_key().to_bytes())
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

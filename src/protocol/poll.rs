@@ -110,7 +110,7 @@ impl PollRequest {
     /// Builds and signs a poll request (CLI, tests); it does not wait (see [`Self::with_wait`]).
     pub fn sign(owner: &ed25519_dalek::SigningKey, ts: u64, nonce: String, limit: u64) -> Self {
         use ed25519_dalek::Signer as _;
-        let mailbox = MailboxKey::from_bytes(owner.verifying_key().to_bytes());
+        let mailbox = MailboxKey::of(owner);
         let mut request = Self {
             mailbox,
             ts,

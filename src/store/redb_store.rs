@@ -860,7 +860,7 @@ mod tests {
         let bob = SigningKey::from_bytes(&[2; 32]);
         Arc::new(Envelope::sign(
             &alice,
-            MailboxKey::from_bytes(bob.verifying_key().to_bytes()),
+            MailboxKey::of(&bob),
             MsgId::parse("m", id).unwrap(),
             NOW,
             expires_at,

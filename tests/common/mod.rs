@@ -338,7 +338,7 @@ impl Identity {
     }
 
     pub fn mailbox(&self) -> MailboxKey {
-        MailboxKey::from_bytes(self.key.verifying_key().to_bytes())
+        MailboxKey::of(&self.key)
     }
 
     pub fn hex(&self) -> String {
