@@ -7,19 +7,22 @@
 //!                                                           │ try_send to the owning shard
 //!                                                           ▼
 //!                                            mailbox::shard::MailboxShard  (rules: mailbox::rules)
-//!                                                           │ StoreOp, group commit
+//!                                                           │ StoreOp (tagged: from a client or a peer)
 //!                                                           ▼
-//!                                            store::writer ─▶ store::RedbStore (fsync)
-//!                                                           │ durable: reply, then ChangeSink
+//!                                            store::writer ─▶ store::RedbStore (fsync, one log)
+//!                                                           │ durable: reply; announce the seq
 //!                                                           ▼
-//!                                            peer plane (push to peers, pull their feeds)
+//!  peer::pusher (one per peer) reads the client changes after its durable cursor ─HTTP─▶ peer
+//!  peer ─HTTP─▶ http::peer ─┐
+//!  peer::sync (pull feed) ──┴─▶ peer::apply (one replica applier) ─▶ the same shards and rules
 //! ```
 //!
 //! - [`protocol`]: envelope, poll and ack types, canonical strings, signatures, peer URL
-//!   normalization (no I/O).
+//!   normalization, the peer plane's wire constants (no I/O).
 //! - [`mailbox`]: the rules of SPEC §4 and the shard actors that own them.
 //! - [`store`]: the durable state behind a trait, and the group-commit writer thread.
-//! - [`peer`]: peer URLs, HMAC authentication, and the actors of the peer plane.
+//! - [`peer`]: peer URLs, HMAC authentication, the pushers (from the log), the pullers, and the
+//!   one replica applier both directions share.
 //! - [`http`]: routes, body limits, the error table.
 //! - [`client`]: the client library (keys, Appendix A payload, signed requests, HTTP) behind
 //!   `dmrelay send` and `dmrelay inbox`.

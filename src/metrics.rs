@@ -29,14 +29,13 @@ pub struct Metrics {
     /// Push attempts that failed (transport, 5xx, 429) and will be retried.
     pub push_error_total: IntCounterVec,
     /// Items dropped from a full push queue (the change feed repairs them).
-    pub push_queue_overflow_total: IntCounterVec,
     /// Ack objects applied (client and replica).
     pub ack_total: IntCounter,
     /// Envelopes pending on this node.
     pub pending_envelopes: IntGauge,
     /// Mailboxes whose state is in memory (the others are only in the store).
     pub mailboxes_loaded: IntGauge,
-    /// Items waiting in each peer's push queue.
+    /// Client changes read from the log and not yet sent to each peer.
     pub peer_queue_depth: IntGaugeVec,
     /// 1 while a peer's circuit breaker is open.
     pub peer_circuit_open: IntGaugeVec,
@@ -44,6 +43,8 @@ pub struct Metrics {
     pub peer_sync_lag_seconds: IntGaugeVec,
     /// Feed entries applied from each peer.
     pub sync_applied_total: IntCounterVec,
+    pub sync_known_total: IntCounterVec,
+    pub sync_rounds_total: IntCounterVec,
     /// Store transactions committed (each one fsync in fsync mode).
     pub store_commits_total: IntCounter,
     /// Store operations committed (ops / commits = group-commit batch size).
@@ -194,12 +195,6 @@ impl Metrics {
                 "Push attempts that failed and will be retried.",
                 "peer",
             ),
-            push_queue_overflow_total: counter_vec(
-                &r,
-                "dm_replication_queue_overflow_total",
-                "Items dropped from a full push queue (the change feed repairs them).",
-                "peer",
-            ),
             ack_total: counter(&r, "dm_ack_total", "Ack objects applied."),
             pending_envelopes: gauge(
                 &r,
@@ -214,7 +209,7 @@ impl Metrics {
             peer_queue_depth: gauge_vec(
                 &r,
                 "dm_peer_queue_depth",
-                "Items waiting in a peer's push queue.",
+                "Client changes read from the log and not yet sent to a peer (the look-ahead, at most 1024).",
                 "peer",
             ),
             peer_circuit_open: gauge_vec(
@@ -232,7 +227,19 @@ impl Metrics {
             sync_applied_total: counter_vec(
                 &r,
                 "dm_sync_applied_total",
-                "Change-feed entries pulled from a peer and applied.",
+                "Change-feed entries pulled from a peer and applied (checked and sent to their mailbox).",
+                "peer",
+            ),
+            sync_rounds_total: counter_vec(
+                &r,
+                "dm_sync_rounds_total",
+                "Pull rounds of a peer's change feed that read it to its end (or the round's page budget).",
+                "peer",
+            ),
+            sync_known_total: counter_vec(
+                &r,
+                "dm_sync_known_total",
+                "Change-feed entries pulled from a peer that this node had applied already (by push), recognized without a check.",
                 "peer",
             ),
             store_commits_total: counter(

@@ -8,11 +8,11 @@
 use crate::config::{PersistMode, Settings};
 use crate::http::rate_limit::ClientRateLimit;
 use crate::http::{self, AppState};
+use crate::mailbox::MailboxRouter;
 use crate::mailbox::rules::MailboxLimits;
-use crate::mailbox::{ChangeSink, MailboxRouter};
 use crate::metrics::Metrics;
 use crate::peer::auth::derive_peer_key;
-use crate::peer::{PushFanout, start_sync};
+use crate::peer::{PeerPlane, pushed::PushedThrough, replica_applier};
 use crate::protocol::EnvelopeLimits;
 use crate::store::{RedbStore, Store, StoreHandle};
 use actix_web::middleware::from_fn;
@@ -106,7 +106,6 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
     );
     let (store_handle, writer) =
         StoreHandle::start(Arc::clone(&store), Arc::clone(&metrics), budget)?;
-    let sink: Arc<dyn ChangeSink> = Arc::new(PushFanout::start(&settings, Arc::clone(&metrics)));
     let limits = MailboxLimits {
         pending_per_sender: settings.pending_per_sender_limit,
         mailbox: settings.mailbox_limit,
@@ -119,7 +118,6 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         settings.mailbox_idle,
         store_handle.clone(),
         Arc::clone(&metrics),
-        sink,
         parked_mailboxes,
         settings.max_waiting_polls,
     )
@@ -128,13 +126,9 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         max_msg_bytes: settings.max_msg_bytes,
         max_ttl_s: settings.max_ttl_s,
     };
-    let _pullers = start_sync(
-        &settings,
-        &store_handle,
-        &mailboxes,
-        envelope_limits,
-        &metrics,
-    );
+    let applier = replica_applier(&mailboxes, envelope_limits);
+    let pushed = Arc::new(PushedThrough::default());
+    let peers = PeerPlane::start(&settings, &store_handle, &applier, &pushed, &metrics);
     // A request from peer P is signed with the key derived from P's own URL.
     let peer_keys = settings
         .peers
@@ -154,6 +148,8 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         peer_keys,
         store: store_handle.clone(),
         client_rate: Arc::clone(&client_rate),
+        applier,
+        pushed,
     });
 
     // Each waiting long poll holds a connection: actix's per-worker cap (25k by default) must not
@@ -226,6 +222,9 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
     for result in futures_util::future::join_all(servers).await {
         result?;
     }
+    // In order: intake stopped and long polls released (above), then the peers (each pusher
+    // saves its cursor), then the store commits what is queued and stops.
+    peers.stop().await;
     store_handle.shutdown();
     // Joining blocks this thread, which serves nothing any more.
     writer.join();

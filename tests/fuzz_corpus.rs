@@ -87,11 +87,12 @@ fn the_seed_corpus_reaches_the_signature_checks() {
     let applied = page
         .changes
         .into_iter()
-        .map(|c| dmrelay::peer::sync::FeedItem::from_change(c, &limits, targets::NOW))
-        .filter(|item| {
+        .filter_map(dmrelay::peer::apply::Replica::from_change)
+        .map(|replica| replica.check(&limits, targets::NOW))
+        .filter(|checked| {
             matches!(
-                item,
-                dmrelay::peer::sync::FeedItem::Envelope(_) | dmrelay::peer::sync::FeedItem::Ack(_)
+                checked,
+                dmrelay::peer::apply::Checked::Envelope(_) | dmrelay::peer::apply::Checked::Ack(_)
             )
         })
         .count();

@@ -341,7 +341,10 @@ impl StoredNode {
         match decision {
             Decision::Accept => {
                 state.insert(Arc::clone(envelope), false);
-                self.commit(vec![StoreOp::PutEnvelope(Arc::clone(envelope))]);
+                self.commit(vec![StoreOp::PutEnvelope {
+                    envelope: Arc::clone(envelope),
+                    from_client: !replica,
+                }]);
                 self.state(envelope.mailbox, now)
                     .mark_committed(&envelope.msg_id);
             }
@@ -370,12 +373,10 @@ impl StoredNode {
                 msg_id: e.msg_id.clone(),
             })
             .collect();
-        ops.extend(
-            unparked
-                .accepted
-                .iter()
-                .map(|e| StoreOp::PutEnvelope(Arc::clone(e))),
-        );
+        ops.extend(unparked.accepted.iter().map(|e| StoreOp::PutEnvelope {
+            envelope: Arc::clone(e),
+            from_client: false,
+        }));
         self.commit(ops);
         let state = self.state(mailbox, now);
         for envelope in &unparked.accepted {
@@ -405,6 +406,7 @@ impl StoredNode {
                 removed: effect.removed.iter().map(|e| e.msg_id.clone()).collect(),
                 tombstones: effect.tombstones.clone(),
                 live_until,
+                from_client: !replica,
             }]);
         }
         let removed = effect

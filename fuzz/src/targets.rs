@@ -14,8 +14,9 @@ use actix_web::web::Bytes;
 use dmrelay::http::body::{declared_length, read_limited};
 use dmrelay::http::error::ApiError;
 use dmrelay::http::peer::{ack_batch_items, envelope_batch_items};
-use dmrelay::peer::pusher::MAX_ITEMS_PER_BATCH;
-use dmrelay::peer::sync::{FeedItem, FeedReply};
+use dmrelay::peer::apply::{Checked, Replica};
+use dmrelay::peer::sync::FeedReply;
+use dmrelay::protocol::wire::MAX_ITEMS_PER_BATCH;
 use dmrelay::protocol::{AckObject, Envelope, EnvelopeLimits, PollRequest};
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
@@ -102,9 +103,9 @@ fn check_ack(ack: &AckObject) {
 /// split into items and each item checked as the handlers do.
 pub fn peer_batch(data: &[u8]) {
     let limits = EnvelopeLimits::default();
-    if let Ok(items) = envelope_batch_items(data) {
-        assert!(items.len() <= MAX_ITEMS_PER_BATCH);
-        for item in items {
+    if let Ok(batch) = envelope_batch_items(data) {
+        assert!(batch.items.len() <= MAX_ITEMS_PER_BATCH);
+        for item in batch.items {
             let parsed = Envelope::from_value(item.clone(), &limits);
             let replica = Envelope::replica(item, &limits, NOW);
             if let Ok(replica) = &replica {
@@ -119,9 +120,9 @@ pub fn peer_batch(data: &[u8]) {
             }
         }
     }
-    if let Ok(items) = ack_batch_items(data) {
-        assert!(items.len() <= MAX_ITEMS_PER_BATCH);
-        for item in items {
+    if let Ok(batch) = ack_batch_items(data) {
+        assert!(batch.items.len() <= MAX_ITEMS_PER_BATCH);
+        for item in batch.items {
             if let Ok(ack) = AckObject::from_value(item.clone()) {
                 check_ack(&ack);
             }
@@ -137,19 +138,22 @@ pub fn feed_page(data: &[u8]) {
     };
     let limits = EnvelopeLimits::default();
     for change in page.changes {
-        match FeedItem::from_change(change, &limits, NOW) {
-            FeedItem::Envelope(envelope) => {
+        let Some(replica) = Replica::from_change(change) else {
+            continue;
+        };
+        match replica.check(&limits, NOW) {
+            Checked::Envelope(envelope) => {
                 envelope
                     .verify(NOW, &limits)
                     .expect("an applied feed envelope verifies");
                 check_envelope(&envelope, &limits);
             }
-            FeedItem::Ack(ack) => {
+            Checked::Ack(ack) => {
                 ack.verify_replica(NOW, MAX_TTL_S)
                     .expect("an applied feed ack verifies");
                 check_ack(&ack);
             }
-            FeedItem::Refused(_) | FeedItem::Unknown => {}
+            Checked::Refused(_) => {}
         }
     }
 }

@@ -20,11 +20,6 @@ use futures_util::{Stream, StreamExt as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Largest client-plane body and largest single-envelope body (SPEC §6.5).
-pub const MAX_CLIENT_BODY_BYTES: usize = 64 * 1024;
-/// Largest peer batch body (SPEC §6.5).
-pub const MAX_PEER_BATCH_BYTES: usize = 1024 * 1024;
-
 /// The declared `Content-Length`, if any and well formed.
 pub fn declared_length(req: &HttpRequest) -> Option<u64> {
     req.headers()

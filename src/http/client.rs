@@ -4,10 +4,11 @@
 //! [`crate::protocol`]), ask the owning mailbox shard, map the outcome to status and JSON.
 
 use super::AppState;
-use super::body::{MAX_CLIENT_BODY_BYTES, read_limited, require_body};
+use super::body::{read_limited, require_body};
 use super::error::{ApiError, deposit_outcome};
 use crate::mailbox::Origin;
 use crate::mailbox::rules::NonceRefusal;
+use crate::protocol::wire::MAX_CLIENT_BODY_BYTES;
 use crate::protocol::{AckObject, Envelope, PollRequest, now_unix};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;

@@ -15,6 +15,7 @@ pub mod status;
 use crate::mailbox::MailboxRouter;
 use crate::metrics::Metrics;
 use crate::protocol::EnvelopeLimits;
+use crate::protocol::wire::{PATH_CHANGES, PATH_REPLICATE_ACK, PATH_REPLICATE_ENVELOPE};
 use actix_web::{HttpResponse, web};
 use error::ApiError;
 use std::sync::Arc;
@@ -31,6 +32,10 @@ pub struct AppState {
     pub store: crate::store::StoreHandle,
     /// The client plane's per-address rate limit.
     pub client_rate: Arc<rate_limit::ClientRateLimit>,
+    /// Checks and applies what peers push.
+    pub applier: crate::peer::apply::ReplicaApplier,
+    /// How far each peer's pushes reached (read by its puller).
+    pub pushed: Arc<crate::peer::pushed::PushedThrough>,
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -63,17 +68,14 @@ pub fn client_routes(cfg: &mut web::ServiceConfig) {
 /// The peer plane (SPEC §7.1–7.3); every route authenticates with the peer HMAC.
 pub fn peer_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource(
-        "/api/mesh/dm/replicate-envelope",
+        PATH_REPLICATE_ENVELOPE,
         web::post().to(peer::replicate_envelope),
     ))
     .service(resource(
-        "/api/mesh/dm/replicate-ack",
+        PATH_REPLICATE_ACK,
         web::post().to(peer::replicate_ack),
     ))
-    .service(resource(
-        "/api/mesh/dm/changes",
-        web::get().to(peer::changes),
-    ));
+    .service(resource(PATH_CHANGES, web::get().to(peer::changes)));
 }
 
 /// `/health` and `/metrics` (SPEC §6.4), and `/status` (the node's view, for operators),

@@ -7,15 +7,20 @@
 //! mailbox shards and rules as the client plane.
 
 use super::AppState;
-use super::body::{MAX_CLIENT_BODY_BYTES, MAX_PEER_BATCH_BYTES, read_limited, require_body};
+use super::body::{read_limited, require_body};
 use super::error::{ApiError, deposit_outcome};
 use crate::mailbox::Origin;
 use crate::mailbox::shard::ShardError;
-use crate::peer::auth::{HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL, verify_request};
-use crate::peer::pusher::MAX_ITEMS_PER_BATCH;
+use crate::peer::apply::{Applied, Replica};
+use crate::peer::auth::verify_request;
 use crate::peer::url::normalize_peer_url;
-use crate::protocol::{AckObject, Envelope, ProtocolError, SKEW_S, now_unix};
-use crate::store::FeedEntry;
+use crate::protocol::wire::LogPosition;
+use crate::protocol::wire::{
+    FEED_DEFAULT_LIMIT, FEED_MAX_LIMIT, HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL,
+    MAX_CLIENT_BODY_BYTES, MAX_ITEMS_PER_BATCH, MAX_PEER_BATCH_BYTES,
+};
+use crate::protocol::{ProtocolError, SKEW_S, now_unix};
+use crate::store::{FeedEntry, LogFilter};
 use actix_web::dev::Payload;
 use actix_web::web::Bytes;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
@@ -23,10 +28,6 @@ use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Default and largest `limit` of the change feed (SPEC §7.3).
-pub const FEED_DEFAULT_LIMIT: u64 = 256;
-pub const FEED_MAX_LIMIT: u64 = 1000;
 
 /// A request whose peer HMAC verified, with its body.
 pub struct AuthenticatedPeer {
@@ -166,36 +167,51 @@ fn service_error(err: ShardError) -> ApiError {
     ApiError::from(err)
 }
 
+/// A replicate body's items and, when the sender is a dmrelay node, its log position.
+pub struct Batch {
+    pub items: Vec<serde_json::Value>,
+    pub position: Option<LogPosition>,
+}
+
+/// The optional `"feed"` member (a dmrelay extension): ignored when it is not one, since it only
+/// spares a later pull some work.
+fn log_position(json: &mut serde_json::Value) -> Option<LogPosition> {
+    serde_json::from_value(json.get_mut("feed")?.take()).ok()
+}
+
 /// The envelopes of a `replicate-envelope` body (SPEC §7.1): `{"envelope": {…}}` (at most
 /// 64 KiB) or `{"envelopes": […]}` (at most [`MAX_ITEMS_PER_BATCH`]), each still unparsed.
-pub fn envelope_batch_items(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
+pub fn envelope_batch_items(body: &[u8]) -> Result<Batch, ApiError> {
     let mut json = body_json(
         body,
         "{\"envelope\": {...}} or {\"envelopes\": [...]} of SPEC §7.1",
     )?;
-    if let Some(one) = json.get_mut("envelope") {
+    let position = log_position(&mut json);
+    let items = if let Some(one) = json.get_mut("envelope") {
         if body.len() > MAX_CLIENT_BODY_BYTES {
             return Err(ApiError::body_too_large(MAX_CLIENT_BODY_BYTES));
         }
-        Ok(vec![one.take()])
+        vec![one.take()]
     } else if let Some(serde_json::Value::Array(many)) = json.get_mut("envelopes") {
         if many.len() > MAX_ITEMS_PER_BATCH {
             return Err(ApiError::BadRequest(format!(
                 "A batch holds at most {MAX_ITEMS_PER_BATCH} envelopes; split it."
             )));
         }
-        Ok(std::mem::take(many))
+        std::mem::take(many)
     } else {
-        Err(ApiError::BadRequest(
+        return Err(ApiError::BadRequest(
             "Expected {\"envelope\": {...}} or {\"envelopes\": [...]}.".into(),
-        ))
-    }
+        ));
+    };
+    Ok(Batch { items, position })
 }
 
 /// The ack objects of a `replicate-ack` body (SPEC §7.2): `{"acks": […]}` (at most
 /// [`MAX_ITEMS_PER_BATCH`]), each still unparsed.
-pub fn ack_batch_items(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
+pub fn ack_batch_items(body: &[u8]) -> Result<Batch, ApiError> {
     let mut json = body_json(body, "{\"acks\": [...]} of SPEC §7.2")?;
+    let position = log_position(&mut json);
     let Some(serde_json::Value::Array(acks)) = json.get_mut("acks") else {
         return Err(ApiError::BadRequest("Expected {\"acks\": [...]}.".into()));
     };
@@ -204,7 +220,24 @@ pub fn ack_batch_items(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> 
             "A batch holds at most {MAX_ITEMS_PER_BATCH} acks; split it."
         )));
     }
-    Ok(std::mem::take(acks))
+    Ok(Batch {
+        items: std::mem::take(acks),
+        position,
+    })
+}
+
+/// The reply to a replicate request; the batch's log position is recorded once every item has
+/// its answer (so the pull of that peer may skip them).
+fn results_reply(
+    state: &AppState,
+    peer: &AuthenticatedPeer,
+    position: Option<LogPosition>,
+    results: Vec<ItemResult>,
+) -> HttpResponse {
+    if let Some(position) = position {
+        state.pushed.pushed(&peer.peer, &position);
+    }
+    HttpResponse::Ok().json(ResultsReply { ok: true, results })
 }
 
 /// `POST /api/mesh/dm/replicate-envelope`
@@ -212,33 +245,27 @@ pub async fn replicate_envelope(
     peer: AuthenticatedPeer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let items = envelope_batch_items(&peer.body)?;
-    let now = now_unix();
+    let Batch { items, position } = envelope_batch_items(&peer.body)?;
+    let msg_ids: Vec<Option<String>> = items
+        .iter()
+        .map(|item| {
+            item.get("msg_id")
+                .and_then(|v| v.as_str())
+                .map(|s| s.chars().take(128).collect::<String>())
+        })
+        .collect();
     let origin = Origin::Peer(Arc::clone(&peer.peer));
-    // Send every valid envelope to its shard first (in order), then collect the answers.
-    let mut pending = Vec::with_capacity(items.len());
-    for item in items {
-        let msg_id = item
-            .get("msg_id")
-            .and_then(|v| v.as_str())
-            .map(|s| s.chars().take(128).collect::<String>());
-        match Envelope::replica(item, &state.envelope_limits, now) {
-            Ok(envelope) => {
-                let envelope = Arc::new(envelope);
-                let answer = state
-                    .mailboxes
-                    .deposit(Arc::clone(&envelope), origin.clone());
-                pending.push((msg_id, Ok((envelope, answer))));
-            }
-            Err(err) => pending.push((msg_id, Err(parse_error(err)))),
-        }
-    }
-    let mut results = Vec::with_capacity(pending.len());
-    for (msg_id, item) in pending {
-        let result = match item {
-            Err(err) => ItemResult::rejected(msg_id, err),
-            Ok((envelope, answer)) => {
-                let decision = answer.await.map_err(service_error)?;
+    let items = items.into_iter().map(Replica::Envelope).collect();
+    let applied = state
+        .applier
+        .apply(items, &origin, now_unix(), false)
+        .await
+        .map_err(service_error)?;
+    let results = applied
+        .into_iter()
+        .zip(msg_ids)
+        .map(|(applied, msg_id)| match applied {
+            Applied::Envelope(Ok((envelope, decision))) => {
                 match deposit_outcome(decision, &envelope.msg_id) {
                     Ok(status) => ItemResult {
                         msg_id,
@@ -248,10 +275,18 @@ pub async fn replicate_envelope(
                     Err(refusal) => ItemResult::rejected(msg_id, refusal),
                 }
             }
-        };
-        results.push(result);
-    }
-    Ok(HttpResponse::Ok().json(ResultsReply { ok: true, results }))
+            Applied::Envelope(Err(err)) | Applied::Ack(Err(err)) => {
+                ItemResult::rejected(msg_id, parse_error(err))
+            }
+            // Not asked for (no skipping on push), and an envelope batch holds no acks.
+            Applied::Known | Applied::Ack(Ok(_)) => ItemResult {
+                msg_id,
+                status: "duplicate",
+                ..ItemResult::default()
+            },
+        })
+        .collect();
+    Ok(results_reply(&state, &peer, position, results))
 }
 
 /// `POST /api/mesh/dm/replicate-ack`
@@ -259,39 +294,42 @@ pub async fn replicate_ack(
     peer: AuthenticatedPeer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let acks = ack_batch_items(&peer.body)?;
-    let now = now_unix();
+    let Batch { items, position } = ack_batch_items(&peer.body)?;
     let origin = Origin::Peer(Arc::clone(&peer.peer));
-    let mut pending = Vec::with_capacity(acks.len());
-    for item in acks {
-        let checked = AckObject::replica(item, now, state.envelope_limits.max_ttl_s);
-        pending.push(match checked {
-            Ok(ack) => Ok(state.mailboxes.acknowledge(Arc::new(ack), origin.clone())),
-            Err(err) => Err(parse_error(err)),
-        });
-    }
-    let mut results = Vec::with_capacity(pending.len());
-    for item in pending {
-        results.push(match item {
-            Err(err) => ItemResult::rejected(None, err),
-            Ok(answer) => {
-                let report = answer.await.map_err(service_error)?;
-                ItemResult {
-                    status: "applied",
-                    removed: Some(report.removed),
-                    unknown: Some(report.unknown),
-                    ..ItemResult::default()
-                }
+    let items = items.into_iter().map(Replica::Ack).collect();
+    let applied = state
+        .applier
+        .apply(items, &origin, now_unix(), false)
+        .await
+        .map_err(service_error)?;
+    let results = applied
+        .into_iter()
+        .map(|applied| match applied {
+            Applied::Ack(Ok(report)) => ItemResult {
+                status: "applied",
+                removed: Some(report.removed),
+                unknown: Some(report.unknown),
+                ..ItemResult::default()
+            },
+            Applied::Ack(Err(err)) | Applied::Envelope(Err(err)) => {
+                ItemResult::rejected(None, parse_error(err))
             }
-        });
-    }
-    Ok(HttpResponse::Ok().json(ResultsReply { ok: true, results }))
+            // Not asked for (no skipping on push), and an ack batch holds no envelopes.
+            Applied::Known | Applied::Envelope(Ok(_)) => ItemResult {
+                status: "applied",
+                ..ItemResult::default()
+            },
+        })
+        .collect();
+    Ok(results_reply(&state, &peer, position, results))
 }
 
 #[derive(Deserialize)]
 struct FeedQuery {
     since: Option<u64>,
     limit: Option<u64>,
+    /// A dmrelay extension: the caller got this node's own clients' changes up to here by push.
+    pushed_through: Option<u64>,
 }
 
 /// `GET /api/mesh/dm/changes?since=<seq>&limit=<n>`
@@ -302,7 +340,7 @@ pub async fn changes(
 ) -> Result<HttpResponse, ApiError> {
     let query: FeedQuery = serde_urlencoded::from_str(req.query_string()).map_err(|e| {
         ApiError::BadRequest(format!(
-            "Query must be since=<seq>&limit=<1..={FEED_MAX_LIMIT}>: {e}."
+            "Query must be since=<seq>&limit=<1..={FEED_MAX_LIMIT}> (and optionally pushed_through=<seq>): {e}."
         ))
     })?;
     let since = query.since.unwrap_or(0);
@@ -312,15 +350,20 @@ pub async fn changes(
             "limit must be between 1 and {FEED_MAX_LIMIT}."
         )));
     }
+    let filter = match query.pushed_through {
+        Some(through) if through > since => LogFilter::SkipClientsThrough(through),
+        _ => LogFilter::All,
+    };
     let store = Arc::clone(state.store.store());
-    let page = web::block(move || store.changes_since(since, limit as usize, now_unix()))
+    let page = web::block(move || store.read_log(since, limit as usize, now_unix(), filter))
         .await
         .map_err(|_| ApiError::unavailable())?
         .map_err(|err| {
             tracing::error!(%err, "change feed read failed");
             ApiError::unavailable()
         })?;
-    let next = page.changes.last().map_or(since, |(seq, _)| *seq);
+    // The last seq looked at: past expired entries and skipped ones too.
+    let next = page.through.max(since);
     let mut body = String::with_capacity(
         128 + page
             .changes

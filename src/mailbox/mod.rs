@@ -4,9 +4,10 @@
 //! keyed hash of the mailbox key ([`MailboxRouter`]). Every request for a mailbox — a client's
 //! deposit, poll or ack, a peer's replica or ack — goes to the one shard that owns it, through
 //! a bounded queue (`try_send`; full means 503). There is no lock around cap state: a shard
-//! processes one message at a time. When a client's change is durable the shard tells the
-//! [`ChangeSink`] (the peer pushers), without delaying the client's reply. Long polls wait in
-//! their mailbox's shard until mail is durable there ([`waiting`]).
+//! processes one message at a time. A change is stored with its origin (a client of this node or
+//! a peer); the peer pushers read the client changes from the store's log, so the shards know
+//! nothing of peers. Long polls wait in their mailbox's shard until mail is durable there
+//! ([`waiting`]).
 
 pub mod rules;
 pub mod shard;
@@ -24,24 +25,11 @@ use std::sync::Arc;
 /// Where a deposit or ack came from: decides the metrics it counts in and whether it is pushed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// A client of this node: pushed to every peer once durable.
+    /// A client of this node: stored as a client change, which the pushers send to every peer.
     Client,
-    /// A peer relay (by its normalized URL), pushed or pulled: never pushed on.
+    /// A peer relay (by its normalized URL), pushed or pulled: never pushed on (the feeds carry
+    /// it further).
     Peer(Arc<str>),
-}
-
-/// Told about every client change once it is durable (the peer plane's push queues).
-pub trait ChangeSink: Send + Sync + 'static {
-    fn envelope_stored(&self, envelope: &Arc<Envelope>);
-    fn ack_applied(&self, ack: &Arc<AckObject>);
-}
-
-/// A sink for a node without peers.
-pub struct NoPeers;
-
-impl ChangeSink for NoPeers {
-    fn envelope_stored(&self, _: &Arc<Envelope>) {}
-    fn ack_applied(&self, _: &Arc<AckObject>) {}
 }
 
 /// Finds the shard that owns a mailbox.
@@ -65,7 +53,6 @@ impl MailboxRouter {
         idle: std::time::Duration,
         store: StoreHandle,
         metrics: Arc<Metrics>,
-        sink: Arc<dyn ChangeSink>,
         preload: Vec<MailboxKey>,
         max_waiting_polls: usize,
     ) -> Result<Self, MailboxError> {
@@ -74,14 +61,13 @@ impl MailboxRouter {
         let shards: Vec<Addr<MailboxShard>> = (0..count)
             .map(|_| {
                 let arbiter = Arbiter::new();
-                let (store, metrics, sink, wait_budget) = (
+                let (store, metrics, wait_budget) = (
                     store.clone(),
                     Arc::clone(&metrics),
-                    Arc::clone(&sink),
                     Arc::clone(&wait_budget),
                 );
                 MailboxShard::start_in_arbiter(&arbiter.handle(), move |_| {
-                    MailboxShard::new(limits, max_ttl_s, idle, store, metrics, sink, wait_budget)
+                    MailboxShard::new(limits, max_ttl_s, idle, store, metrics, wait_budget)
                 })
             })
             .collect();

@@ -20,9 +20,9 @@
 //! leaves memory as soon as none of its writes is in flight, so the next request reads it back
 //! from the store — memory never holds as done what the disk does not.
 
+use super::Origin;
 use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView};
 use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
-use super::{ChangeSink, Origin};
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
 use crate::store::{Recovered, StoreHandle, StoreOp, WriterError};
@@ -232,7 +232,6 @@ pub struct MailboxShard {
     idle: Duration,
     store: StoreHandle,
     metrics: Arc<Metrics>,
-    sink: Arc<dyn ChangeSink>,
     /// The node-wide bound on waiting long polls.
     wait_budget: Arc<WaitBudget>,
     /// Id of the next parked poll (its timer finds it by id).
@@ -249,7 +248,6 @@ impl MailboxShard {
         idle: Duration,
         store: StoreHandle,
         metrics: Arc<Metrics>,
-        sink: Arc<dyn ChangeSink>,
         wait_budget: Arc<WaitBudget>,
     ) -> Self {
         Self {
@@ -262,7 +260,6 @@ impl MailboxShard {
             idle,
             store,
             metrics,
-            sink,
             wait_budget,
             next_wait_id: 0,
             releasing: false,
@@ -405,7 +402,7 @@ impl MailboxShard {
         mailbox: MailboxKey,
         ops: Vec<StoreOp>,
         ctx: &mut Context<Self>,
-        done: impl FnOnce(&mut Self, Result<Vec<Option<u64>>, WriterError>) + 'static,
+        done: impl FnOnce(&mut Self, Result<(), WriterError>) + 'static,
     ) {
         self.write_then(mailbox, ops, ctx, move |shard, _, result| {
             done(shard, result)
@@ -418,8 +415,7 @@ impl MailboxShard {
         mailbox: MailboxKey,
         ops: Vec<StoreOp>,
         ctx: &mut Context<Self>,
-        done: impl FnOnce(&mut Self, &mut Context<Self>, Result<Vec<Option<u64>>, WriterError>)
-        + 'static,
+        done: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), WriterError>) + 'static,
     ) {
         if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(&mailbox) {
             entry.in_flight += 1;
@@ -593,7 +589,10 @@ impl MailboxShard {
             unparked
                 .accepted
                 .iter()
-                .map(|envelope| StoreOp::PutEnvelope(Arc::clone(envelope))),
+                .map(|envelope| StoreOp::PutEnvelope {
+                    envelope: Arc::clone(envelope),
+                    from_client: false,
+                }),
         );
         if ops.is_empty() {
             return;
@@ -674,7 +673,10 @@ impl MailboxShard {
         }
         // Reserve the slot now, so that the next deposit already sees it.
         entry.state.insert(Arc::clone(&envelope), false);
-        let op = StoreOp::PutEnvelope(Arc::clone(&envelope));
+        let op = StoreOp::PutEnvelope {
+            envelope: Arc::clone(&envelope),
+            from_client: origin == Origin::Client,
+        };
         self.write_then(mailbox, vec![op], ctx, move |shard, ctx, result| {
             let Some(Slot::Loaded(entry)) = shard.mailboxes.get_mut(&mailbox) else {
                 let _ = reply.send(Err(not_loaded()));
@@ -691,9 +693,6 @@ impl MailboxShard {
                     for (copy_origin, copy_reply) in copies {
                         shard.count_decision(Decision::Duplicate, &copy_origin);
                         let _ = copy_reply.send(Ok(Decision::Duplicate));
-                    }
-                    if origin == Origin::Client {
-                        shard.sink.envelope_stored(&envelope);
                     }
                     // Durable now: polls waiting on this mailbox may deliver it.
                     shard.wake_waiting(&mailbox, ctx);
@@ -798,15 +797,11 @@ impl MailboxShard {
             removed: effect.removed.iter().map(|e| e.msg_id.clone()).collect(),
             tombstones: effect.tombstones,
             live_until,
+            from_client: origin == Origin::Client,
         };
-        self.write(mailbox, vec![op], ctx, move |shard, result| {
+        self.write(mailbox, vec![op], ctx, move |_, result| {
             let outcome = match result {
-                Ok(_) => {
-                    if origin == Origin::Client {
-                        shard.sink.ack_applied(&ack);
-                    }
-                    Ok(report)
-                }
+                Ok(()) => Ok(report),
                 // The ack was applied in memory only: the mailbox is now stale and is read again
                 // from the store (`drop_if_stale`); the client's retry applies it again.
                 Err(err) => Err(ShardError::from(err)),

@@ -5,13 +5,6 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Header carrying the caller's normalized `self_url`.
-pub const HEADER_PEER_URL: &str = "x-peer-url";
-/// Header carrying the request's Unix time.
-pub const HEADER_PEER_TIMESTAMP: &str = "x-peer-timestamp";
-/// Header carrying the lowercase hex HMAC.
-pub const HEADER_PEER_HMAC: &str = "x-peer-hmac";
-
 fn hmac(key: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length, so this cannot fail.
     match HmacSha256::new_from_slice(key) {

@@ -2,12 +2,11 @@
 //!
 //! `awc::Client` is `!Send`: each actor builds its own `PeerClient` in `started()`.
 
-use super::auth::{
-    HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL, derive_peer_key, sign_request,
-};
+use super::auth::{derive_peer_key, sign_request};
 use super::policy::{CallVerdict, RETRY_AFTER_MAX, parse_retry_after};
 use crate::config::PeerSettings;
 use crate::protocol::now_unix;
+use crate::protocol::wire::{HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL};
 use actix_web::web::Bytes;
 use std::time::Duration;
 

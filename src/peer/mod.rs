@@ -4,31 +4,36 @@
 //! - [`policy`]: backoff, token bucket, circuit breaker (pure, clock passed in).
 //! - [`client`]: signed HTTP calls to one peer; [`socks`]: its TCP connector through a SOCKS5
 //!   proxy (Tor) when the peer's settings name one.
-//! - [`pusher`]: one `PeerPusher` actor per peer, fed by [`PushFanout`] when a client's deposit
-//!   or ack is durable.
+//! - [`pusher`]: one `PeerPusher` actor per peer, sending this node's clients' changes from the
+//!   store's log, from a durable cursor.
 //! - [`sync`]: one `PeerSync` actor per peer, pulling its change feed from a durable cursor.
+//! - [`apply`]: the one replica applier behind the push route and the puller.
+//! - [`pushed`]: how far each peer's pushes reached, so its pull skips them.
 //!
 //! The inbound side (HMAC extractor, replicate and changes routes) is in `crate::http::peer`;
 //! everything it receives goes through the same mailbox shards and rules as a client's request.
 
+pub mod apply;
 pub mod auth;
 pub mod client;
 pub mod policy;
+pub mod pushed;
 pub mod pusher;
 pub mod socks;
 pub mod sync;
 pub mod url;
 
 use crate::config::{PeerSettings, Settings};
-use crate::mailbox::{ChangeSink, MailboxRouter};
+use crate::mailbox::MailboxRouter;
 use crate::metrics::Metrics;
-use crate::protocol::{AckObject, Envelope, EnvelopeLimits};
 use crate::store::StoreHandle;
 use actix::prelude::*;
+use apply::ReplicaApplier;
 use client::PeerLink;
-use pusher::{Enqueue, OutItem, PeerPusher};
+use pushed::PushedThrough;
+use pusher::{PeerPusher, StopPushing};
 use std::sync::Arc;
-use sync::PeerSync;
+use sync::{PeerSync, StopPulling};
 
 /// How to reach `peer` from this node.
 fn link(settings: &Settings, peer: &PeerSettings) -> PeerLink {
@@ -47,76 +52,69 @@ fn link(settings: &Settings, peer: &PeerSettings) -> PeerLink {
     }
 }
 
-/// Hands every durable client change to each peer's pusher, never waiting: a pusher whose
-/// mailbox is full loses the item (counted) and the peer's pull repairs it.
-pub struct PushFanout {
-    pushers: Vec<(String, Addr<PeerPusher>)>,
-    metrics: Arc<Metrics>,
+/// The running peer plane: one pusher and one puller per configured peer.
+pub struct PeerPlane {
+    pushers: Vec<Addr<PeerPusher>>,
+    pullers: Vec<Addr<PeerSync>>,
 }
 
-impl PushFanout {
-    /// Starts one pusher per configured peer (on the current arbiter).
-    pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Self {
-        let pushers = settings
-            .peers
-            .iter()
-            .map(|peer| {
-                let pusher = PeerPusher::new(
-                    link(settings, peer),
+impl PeerPlane {
+    /// Starts every peer's pusher and puller (on the current arbiter).
+    pub fn start(
+        settings: &Settings,
+        store: &StoreHandle,
+        applier: &ReplicaApplier,
+        pushed: &Arc<PushedThrough>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let mut plane = Self {
+            pushers: Vec::new(),
+            pullers: Vec::new(),
+        };
+        for peer in &settings.peers {
+            let link = link(settings, peer);
+            plane.pushers.push(
+                PeerPusher::new(
+                    link.clone(),
+                    store.clone(),
                     settings.max_failures,
                     settings.failure_cooldown,
                     settings.push_rate_per_s,
-                    Arc::clone(&metrics),
-                );
-                (peer.url.clone(), pusher.start())
-            })
-            .collect();
-        Self { pushers, metrics }
+                    Arc::clone(metrics),
+                )
+                .start(),
+            );
+            plane.pullers.push(
+                PeerSync::new(
+                    link,
+                    settings.sync_interval,
+                    store.clone(),
+                    applier.clone(),
+                    Arc::clone(pushed),
+                    Arc::clone(metrics),
+                )
+                .start(),
+            );
+        }
+        plane
     }
 
-    fn fan_out(&self, item: &OutItem) {
-        for (url, pusher) in &self.pushers {
-            if pusher.try_send(Enqueue(item.clone())).is_err() {
-                self.metrics
-                    .push_queue_overflow_total
-                    .with_label_values(&[url])
-                    .inc();
-            }
+    /// Stops pulling and pushing; each pusher saves its cursor first. Call before the store is
+    /// flushed.
+    pub async fn stop(self) {
+        for puller in &self.pullers {
+            let _ = puller.send(StopPulling).await;
+        }
+        for pusher in &self.pushers {
+            let _ = pusher.send(StopPushing).await;
         }
     }
 }
 
-impl ChangeSink for PushFanout {
-    fn envelope_stored(&self, envelope: &Arc<Envelope>) {
-        self.fan_out(&OutItem::Envelope(Arc::clone(envelope)));
-    }
-
-    fn ack_applied(&self, ack: &Arc<AckObject>) {
-        self.fan_out(&OutItem::Ack(Arc::clone(ack)));
-    }
-}
-
-/// Starts one feed puller per configured peer (on the current arbiter).
-pub fn start_sync(
-    settings: &Settings,
-    store: &StoreHandle,
+/// The applier shared by the push route and the pullers.
+pub fn replica_applier(
     mailboxes: &MailboxRouter,
-    limits: EnvelopeLimits,
-    metrics: &Arc<Metrics>,
-) -> Vec<Addr<PeerSync>> {
-    settings
-        .peers
-        .iter()
-        .map(|peer| {
-            PeerSync::new(
-                link(settings, peer),
-                settings.sync_interval,
-                store.clone(),
-                mailboxes.clone(),
-                limits,
-                Arc::clone(metrics),
-            )
-            .start()
-        })
-        .collect()
+    limits: crate::protocol::EnvelopeLimits,
+) -> ReplicaApplier {
+    ReplicaApplier::new(mailboxes.clone(), limits)
 }

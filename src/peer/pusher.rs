@@ -1,59 +1,73 @@
 //! `PeerPusher`: one per peer; sends what this node's clients deposited and acknowledged to
-//! that peer, in order, in batches (SPEC §7.4 "Push").
+//! that peer, in log order, in batches (SPEC §7.4 "Push").
 //!
-//! Items wait in a bounded queue (overflow is dropped and counted: the peer's pull of our feed
-//! repairs it). The head of the queue goes out as one batch of same-kind items, limited by the
-//! token bucket. Each reply is classified by [`CallVerdict`]: a failure (transport, 5xx, 429,
-//! and 403, which is also counted and logged as an auth problem) leaves the batch at the head and
-//! retries it after [`retry_delay`] (exponential, jittered, growing to its maximum, never before
-//! the peer's `Retry-After`); enough failures in a row open the circuit breaker for the cooldown.
-//! `rejected` results, any other 4xx and replies that are not the protocol's are final (counted as
-//! rejected; the peer's pull of our feed repairs them). Nothing here touches another peer's queue.
+//! The source is the store's change log, not a queue: the pusher reads the client changes after
+//! its own durable cursor (`push/{peer url}` in the store's metadata), so nothing is lost to a
+//! restart, a kill -9 or a burst. The writer announces each commit on a watch channel
+//! ([`StoreHandle::last_seq`]); a pusher that has caught up waits on it, so a push starts the
+//! moment a commit is durable. A new peer starts at the head of the log (its pull of our feed
+//! repairs the history).
+//!
+//! What was read waits in a small look-ahead (at most [`READ_AHEAD_MAX`] changes). Its head goes
+//! out as one batch of same-kind items, limited by the token bucket, and carrying its place in
+//! the log ([`LogPosition`]) so that the peer's pull can skip what the push delivered. Each reply
+//! is classified by [`CallVerdict`]: a failure (transport, 5xx, 429, and 403, which is also
+//! counted and logged as an auth problem) keeps the batch and retries it after [`retry_delay`]
+//! (exponential, jittered, growing to its maximum, never before the peer's `Retry-After`);
+//! enough failures in a row open the circuit breaker for the cooldown. `rejected` results, any
+//! other 4xx and replies that are not the protocol's are final (counted as rejected; the peer's
+//! pull of our feed repairs them). The cursor moves past a batch once it is final; it is saved
+//! at most once per [`CURSOR_SAVE_INTERVAL`] and when the pusher stops, so a kill -9 sends at
+//! most that much again (replicas are idempotent). Nothing here touches another peer's pusher.
 
 use super::client::{PeerCallError, PeerClient, PeerLink};
 use super::policy::{
     BACKOFF_BASE, BACKOFF_MAX, CallVerdict, CircuitBreaker, TokenBucket, retry_delay,
 };
-use crate::http::body::MAX_PEER_BATCH_BYTES;
 use crate::metrics::Metrics;
-use crate::protocol::{AckObject, Envelope};
+use crate::protocol::now_unix;
+use crate::protocol::wire::{
+    LogPosition, MAX_ITEMS_PER_BATCH, MAX_PEER_BATCH_BYTES, PATH_REPLICATE_ACK,
+    PATH_REPLICATE_ENVELOPE,
+};
+use crate::store::{FeedEntry, LogFilter, StoreHandle, StoreOp};
 use actix::prelude::*;
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
-/// Most items in one push request (SPEC §7.1–7.2).
-pub const MAX_ITEMS_PER_BATCH: usize = 50;
-/// Most items waiting for one peer; more are dropped and counted.
-pub const MAX_QUEUE_ITEMS: usize = 20_000;
-/// Messages that may wait in the pusher's actor mailbox.
-const PUSHER_MAILBOX_CAPACITY: usize = 4096;
+/// Most client changes read from the log and not yet sent (the look-ahead).
+pub const READ_AHEAD_MAX: usize = 1024;
+/// How often, at most, the cursor is written to the store while pushing.
+pub const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Wait before reading the log again after a failed read (the store is in an outage).
+const READ_RETRY: Duration = Duration::from_secs(1);
 
-/// Something to send to a peer.
-#[derive(Debug, Clone)]
-pub enum OutItem {
-    Envelope(Arc<Envelope>),
-    Ack(Arc<AckObject>),
+/// One client change read from the log.
+#[derive(Debug)]
+struct LogItem {
+    seq: u64,
+    entry: FeedEntry,
 }
 
-impl OutItem {
+impl LogItem {
     fn is_envelope(&self) -> bool {
-        matches!(self, Self::Envelope(_))
+        matches!(self.entry, FeedEntry::Envelope(_))
     }
 
-    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        match self {
-            Self::Envelope(envelope) => serde_json::to_vec(envelope.as_ref()),
-            Self::Ack(ack) => serde_json::to_vec(ack.as_ref()),
+    fn json(&self) -> &str {
+        match &self.entry {
+            FeedEntry::Envelope(json) | FeedEntry::Ack(json) => json,
         }
     }
 }
 
-/// Queue an item for this peer.
+/// Saves the cursor and stops the pusher (node shutdown, before the store is flushed).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Enqueue(pub OutItem);
+pub struct StopPushing;
 
 #[derive(Deserialize)]
 struct BatchReply {
@@ -67,11 +81,31 @@ struct ItemResult {
     error: Option<String>,
 }
 
+/// A batch on its way: how many items of the look-ahead, and the log position it completes.
+struct InFlight {
+    count: usize,
+    through: u64,
+}
+
 pub struct PeerPusher {
     link: PeerLink,
     client: Option<PeerClient>,
-    queue: VecDeque<OutItem>,
-    in_flight: bool,
+    store: StoreHandle,
+    /// The writer's highest committed seq.
+    last_seq: watch::Receiver<u64>,
+    /// Every client change with a seq up to this one is final for this peer.
+    cursor: u64,
+    /// The cursor as last written to the store (`None`: never, for a new peer).
+    saved_cursor: Option<u64>,
+    last_save: Instant,
+    saving: bool,
+    /// Client changes read from the log after `cursor`, not yet final.
+    ahead: VecDeque<LogItem>,
+    /// `ahead` holds every client change up to this seq.
+    read_through: u64,
+    reading: bool,
+    waiting_for_commit: bool,
+    in_flight: Option<InFlight>,
     wake_scheduled: bool,
     retry_at: Option<Instant>,
     breaker: CircuitBreaker,
@@ -80,11 +114,21 @@ pub struct PeerPusher {
     backoff_max: Duration,
     bucket: TokenBucket,
     metrics: Arc<Metrics>,
+    /// Failed log reads in a row (logged on the first and every 20th).
+    read_failures: u32,
+    /// Shutting down: no new batch goes out.
+    stopping: bool,
+}
+
+/// The store key of the push cursor for `peer_url`.
+fn cursor_key(peer_url: &str) -> String {
+    format!("push/{peer_url}")
 }
 
 impl PeerPusher {
     pub fn new(
         link: PeerLink,
+        store: StoreHandle,
         max_failures: u32,
         cooldown: Duration,
         rate_per_s: f64,
@@ -105,22 +149,55 @@ impl PeerPusher {
             &metrics.push_rejected_total,
             &metrics.push_error_total,
             &metrics.push_auth_refused_total,
-            &metrics.push_queue_overflow_total,
         ] {
             counter.with_label_values(&[link.url()]).inc_by(0);
         }
         metrics.status.update_peer(link.url(), |_| {});
+        let saved_cursor = Self::load_cursor(&store, link.url());
+        // A new peer starts at the head of the log: its pull of our feed repairs the history.
+        let cursor = saved_cursor.unwrap_or_else(|| *store.last_seq().borrow());
         Self {
-            link,
+            last_seq: store.last_seq(),
             client: None,
-            queue: VecDeque::new(),
-            in_flight: false,
+            store,
+            cursor,
+            saved_cursor,
+            last_save: Instant::now(),
+            saving: false,
+            ahead: VecDeque::new(),
+            read_through: cursor,
+            reading: false,
+            waiting_for_commit: false,
+            in_flight: None,
             wake_scheduled: false,
             retry_at: None,
             breaker: CircuitBreaker::new(max_failures, cooldown),
             backoff_max: BACKOFF_MAX.min(cooldown).max(BACKOFF_BASE),
             bucket: TokenBucket::new(rate_per_s, burst, Instant::now()),
             metrics,
+            link,
+            read_failures: 0,
+            stopping: false,
+        }
+    }
+
+    fn load_cursor(store: &StoreHandle, peer_url: &str) -> Option<u64> {
+        match store.store().get_meta(&cursor_key(peer_url)) {
+            Ok(Some(bytes)) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+                Ok(seq) => Some(u64::from_be_bytes(seq)),
+                Err(_) => {
+                    tracing::warn!(
+                        peer = peer_url,
+                        "unreadable push cursor; starting at the head of the log"
+                    );
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(peer = peer_url, %err, "cannot read the push cursor; starting at the head of the log");
+                None
+            }
         }
     }
 
@@ -131,7 +208,7 @@ impl PeerPusher {
     fn update_gauges(&self) {
         let label = self.label();
         let (depth, open, failures) = (
-            self.queue.len(),
+            self.ahead.len(),
             self.breaker.is_open(Instant::now()),
             self.breaker.failures(),
         );
@@ -167,10 +244,81 @@ impl PeerPusher {
         });
     }
 
+    /// Reads more client changes from the log into the look-ahead, or waits for the next
+    /// commit when there are none.
+    fn read_more(&mut self, ctx: &mut Context<Self>) {
+        if self.reading || self.ahead.len() >= READ_AHEAD_MAX {
+            return;
+        }
+        let head = *self.last_seq.borrow_and_update();
+        if self.read_through >= head {
+            self.wait_for_commit(ctx);
+            return;
+        }
+        self.reading = true;
+        let store = Arc::clone(self.store.store());
+        let (after, limit) = (self.read_through, READ_AHEAD_MAX - self.ahead.len());
+        let read = actix_web::rt::task::spawn_blocking(move || {
+            store.read_log(after, limit, now_unix(), LogFilter::FromClients)
+        });
+        ctx.spawn(read.into_actor(self).map(move |result, pusher, ctx| {
+            pusher.reading = false;
+            match result {
+                Ok(Ok(page)) => {
+                    pusher.read_failures = 0;
+                    pusher.ahead.extend(
+                        page.changes
+                            .into_iter()
+                            .map(|(seq, entry)| LogItem { seq, entry }),
+                    );
+                    // A read that reached the end saw every commit up to `head`.
+                    pusher.read_through = if page.more {
+                        page.through
+                    } else {
+                        page.through.max(head)
+                    };
+                    pusher.pump(ctx);
+                }
+                Ok(Err(err)) => pusher.read_failed(&err, ctx),
+                Err(err) => pusher.read_failed(&err, ctx),
+            }
+        }));
+    }
+
+    fn read_failed(&mut self, err: &dyn std::fmt::Display, ctx: &mut Context<Self>) {
+        self.read_failures += 1;
+        if self.read_failures == 1 || self.read_failures.is_multiple_of(20) {
+            tracing::warn!(peer = %self.link.peer.url, %err, failures = self.read_failures, "cannot read the change log to push; retrying");
+        }
+        self.wake_after(READ_RETRY, ctx);
+    }
+
+    /// Pumps again once the writer commits a newer seq.
+    fn wait_for_commit(&mut self, ctx: &mut Context<Self>) {
+        if self.waiting_for_commit {
+            return;
+        }
+        self.waiting_for_commit = true;
+        let mut commits = self.last_seq.clone();
+        let changed = async move { commits.changed().await.is_ok() };
+        ctx.spawn(changed.into_actor(self).map(|open, pusher, ctx| {
+            pusher.waiting_for_commit = false;
+            // A closed channel: the writer has stopped, nothing more will be committed.
+            if open {
+                pusher.pump(ctx);
+            }
+        }));
+    }
+
     /// Sends the next batch if nothing stops it (in flight, breaker, backoff, rate limit).
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight.is_none() && self.ahead.is_empty() {
+            // Only replicas (or nothing) since the cursor: nothing to send up to here.
+            self.advance_cursor(self.read_through, ctx);
+        }
+        self.read_more(ctx);
         self.update_gauges();
-        if self.in_flight || self.queue.is_empty() {
+        if self.in_flight.is_some() || self.ahead.is_empty() || self.stopping {
             return;
         }
         let now = Instant::now();
@@ -187,78 +335,141 @@ impl PeerPusher {
         let Some(client) = self.client.clone() else {
             return;
         };
-        let envelopes = self.queue.front().is_some_and(OutItem::is_envelope);
-        let same_kind = self
-            .queue
-            .iter()
-            .take(MAX_ITEMS_PER_BATCH)
-            .take_while(|item| item.is_envelope() == envelopes)
-            .count();
+        let envelopes = self.ahead.front().is_some_and(LogItem::is_envelope);
+        let (count, body_len) = self.batch_extent(envelopes);
         // A batch goes whole: under the rate limit, items gather into full batches instead of
         // trickling out one per token.
-        let granted = same_kind;
-        if !self.bucket.try_take(granted, now) {
-            let wait = self.bucket.wait_for(granted, now);
+        if !self.bucket.try_take(count, now) {
+            let wait = self.bucket.wait_for(count, now);
             self.wake_after(wait, ctx);
             return;
         }
-        let (count, body) = match self.batch_body(granted, envelopes) {
-            Ok(batch) => batch,
-            Err(err) => {
-                tracing::error!(peer = %self.link.peer.url, %err, "cannot encode push batch; dropping it");
-                self.queue.pop_front();
-                self.wake_after(Duration::ZERO, ctx);
-                return;
-            }
-        };
-        let path = if envelopes {
-            "/api/mesh/dm/replicate-envelope"
+        // The batch completes the log up to its last item, or up to what was read when it
+        // takes the whole look-ahead.
+        let through = if count == self.ahead.len() {
+            self.read_through
         } else {
-            "/api/mesh/dm/replicate-ack"
+            self.ahead[count - 1].seq
         };
-        self.in_flight = true;
+        let position = LogPosition {
+            epoch: self.store.store().epoch().to_string(),
+            after: self.cursor,
+            through,
+        };
+        let body = self.batch_body(count, body_len, envelopes, &position);
+        let path = if envelopes {
+            PATH_REPLICATE_ENVELOPE
+        } else {
+            PATH_REPLICATE_ACK
+        };
+        self.in_flight = Some(InFlight { count, through });
         let call = async move { client.post(path, body).await };
         ctx.spawn(call.into_actor(self).map(move |result, pusher, ctx| {
-            pusher.in_flight = false;
-            pusher.on_reply(result, count, ctx);
+            if let Some(batch) = pusher.in_flight.take() {
+                pusher.on_reply(result, batch, ctx);
+            }
             pusher.pump(ctx);
         }));
     }
 
-    /// The JSON body of the first `wanted` items, kept under the peer batch limit.
-    fn batch_body(
-        &self,
-        wanted: usize,
-        envelopes: bool,
-    ) -> Result<(usize, Vec<u8>), serde_json::Error> {
-        let mut body = Vec::from(if envelopes {
-            &b"{\"envelopes\":["[..]
-        } else {
-            &b"{\"acks\":["[..]
-        });
+    /// How many items from the head of the look-ahead go in the next batch (same kind, at most
+    /// [`MAX_ITEMS_PER_BATCH`], the body under [`MAX_PEER_BATCH_BYTES`]; the first item always
+    /// goes, it fits in 64 KiB), and the bytes of their JSON.
+    fn batch_extent(&self, envelopes: bool) -> (usize, usize) {
+        // Room for the wrapper and the position, with margin.
+        let mut len = 256;
         let mut count = 0;
-        for item in self.queue.iter().take(wanted) {
-            let json = item.to_json()?;
-            // Leave room for the closing bytes; the first item always goes (it fits in 64 KiB).
-            if count > 0 && body.len() + json.len() + 4 > MAX_PEER_BATCH_BYTES {
+        for item in self.ahead.iter().take(MAX_ITEMS_PER_BATCH) {
+            if item.is_envelope() != envelopes {
                 break;
             }
-            if count > 0 {
-                body.push(b',');
+            let json = item.json().len() + 1;
+            if count > 0 && len + json > MAX_PEER_BATCH_BYTES {
+                break;
             }
-            body.extend_from_slice(&json);
+            len += json;
             count += 1;
         }
-        body.extend_from_slice(b"]}");
-        Ok((count, body))
+        (count, len)
+    }
+
+    /// The JSON body of the first `count` items (stored JSON, spliced as it is: it was written
+    /// by serde_json from validated values), with their log position.
+    fn batch_body(
+        &self,
+        count: usize,
+        len: usize,
+        envelopes: bool,
+        position: &LogPosition,
+    ) -> Vec<u8> {
+        let mut body = Vec::with_capacity(len);
+        body.extend_from_slice(if envelopes {
+            b"{\"envelopes\":["
+        } else {
+            b"{\"acks\":["
+        });
+        for (i, item) in self.ahead.iter().take(count).enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item.json().as_bytes());
+        }
+        body.extend_from_slice(b"],\"feed\":");
+        // A struct of a string and two numbers: serializing it cannot fail.
+        if serde_json::to_writer(&mut body, position).is_err() {
+            body.extend_from_slice(b"null");
+        }
+        body.push(b'}');
+        body
+    }
+
+    /// The batch is final: drop it from the look-ahead and move the cursor past it.
+    fn batch_done(&mut self, batch: &InFlight, ctx: &mut Context<Self>) {
+        self.ahead.drain(..batch.count.min(self.ahead.len()));
+        self.breaker.on_success();
+        self.retry_at = None;
+        self.advance_cursor(batch.through, ctx);
+    }
+
+    fn advance_cursor(&mut self, to: u64, ctx: &mut Context<Self>) {
+        if to > self.cursor {
+            self.cursor = to;
+        }
+        if self.last_save.elapsed() >= CURSOR_SAVE_INTERVAL || self.saved_cursor.is_none() {
+            self.save_cursor(ctx);
+        }
+    }
+
+    /// Writes the cursor to the store unless it is saved already or a save is under way.
+    fn save_cursor(&mut self, ctx: &mut Context<Self>) {
+        if self.saving || self.saved_cursor == Some(self.cursor) {
+            return;
+        }
+        self.saving = true;
+        self.last_save = Instant::now();
+        let seq = self.cursor;
+        let commit = self.store.commit(vec![StoreOp::PutMeta {
+            key: cursor_key(self.link.url()),
+            value: seq.to_be_bytes().to_vec(),
+        }]);
+        ctx.spawn(commit.into_actor(self).map(move |result, pusher, _| {
+            pusher.saving = false;
+            match result {
+                Ok(()) => pusher.saved_cursor = Some(seq),
+                Err(err) => {
+                    tracing::debug!(peer = %pusher.link.peer.url, %err, "push cursor not saved; will retry")
+                }
+            }
+        }));
     }
 
     fn on_reply(
         &mut self,
         result: Result<actix_web::web::Bytes, PeerCallError>,
-        count: usize,
-        _: &mut Context<Self>,
+        batch: InFlight,
+        ctx: &mut Context<Self>,
     ) {
+        let count = batch.count;
         let label = self.label();
         let parsed = result.and_then(|bytes| {
             let reply: BatchReply = serde_json::from_slice(&bytes)
@@ -293,9 +504,7 @@ impl PeerPusher {
                         self.metrics.push_ok_total.with_label_values(&label).inc();
                     }
                 }
-                self.queue.drain(..count.min(self.queue.len()));
-                self.breaker.on_success();
-                self.retry_at = None;
+                self.batch_done(&batch, ctx);
             }
             Err(err) => match err.verdict() {
                 CallVerdict::Retry { retry_after } => {
@@ -314,17 +523,13 @@ impl PeerPusher {
                         .push_rejected_total
                         .with_label_values(&label)
                         .inc_by(count as u64);
-                    self.queue.drain(..count.min(self.queue.len()));
-                    self.breaker.on_success();
-                    self.retry_at = None;
+                    self.batch_done(&batch, ctx);
                 }
             },
         }
         self.update_gauges();
     }
-}
 
-impl PeerPusher {
     /// A failed push that keeps its batch: count it, feed the breaker, and schedule the retry
     /// after the backoff (never before the peer's `Retry-After`).
     fn on_failure(&mut self, err: &PeerCallError, retry_after: Option<Duration>, auth: bool) {
@@ -364,23 +569,36 @@ impl Actor for PeerPusher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(PUSHER_MAILBOX_CAPACITY);
         self.client = Some(self.link.client());
+        // A new peer's starting point is saved at once; later moves at most once per interval.
+        self.save_cursor(ctx);
+        ctx.run_interval(CURSOR_SAVE_INTERVAL, |pusher, ctx| pusher.save_cursor(ctx));
+        self.pump(ctx);
     }
 }
 
-impl Handler<Enqueue> for PeerPusher {
-    type Result = ();
+impl Handler<StopPushing> for PeerPusher {
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
-        if self.queue.len() >= MAX_QUEUE_ITEMS {
-            self.metrics
-                .push_queue_overflow_total
-                .with_label_values(&self.label())
-                .inc();
-            return;
-        }
-        self.queue.push_back(msg.0);
-        self.pump(ctx);
+    fn handle(&mut self, _: StopPushing, _: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let seq = self.cursor;
+        let commit = (self.saved_cursor != Some(seq)).then(|| {
+            self.store.commit(vec![StoreOp::PutMeta {
+                key: cursor_key(self.link.url()),
+                value: seq.to_be_bytes().to_vec(),
+            }])
+        });
+        Box::pin(
+            async move {
+                if let Some(commit) = commit
+                    && let Err(err) = commit.await
+                {
+                    tracing::warn!(%err, "push cursor not saved at shutdown; the next start sends some changes again");
+                }
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.stop()),
+        )
     }
 }

@@ -1,5 +1,11 @@
 //! `PeerSync`: one per peer; pulls the peer's change feed (SPEC §7.3) from a durable cursor and
-//! applies every entry exactly as if it had been pushed (SPEC §7.4 "Pull").
+//! applies every entry exactly as if it had been pushed (SPEC §7.4 "Pull"), through the same
+//! [`ReplicaApplier`] as the push route.
+//!
+//! Pull is the repair path, not a second copy of the traffic: the request names how far the
+//! peer's own pushes reached ([`PushedThrough`], the `pushed_through` extension), so a dmrelay
+//! peer leaves those out of the page, and entries this node applied already (replicas that came
+//! from a third node, say) are recognized by signature before any check.
 //!
 //! The cursor is `(epoch, seq)`, stored in the node's store under `cursor/{peer url}`. A page is
 //! applied in feed order (entries are sent to the mailbox shards eagerly, so per-mailbox order
@@ -7,12 +13,14 @@
 //! shard leaves it where it was, and the page is simply applied again (every operation is
 //! idempotent). A feed from another epoch restarts from 0.
 
+use super::apply::{Applied, Replica, ReplicaApplier};
 use super::client::{PeerCallError, PeerClient, PeerLink};
 use super::policy::CallVerdict;
-use crate::mailbox::shard::ShardError;
-use crate::mailbox::{MailboxRouter, Origin};
+use super::pushed::PushedThrough;
+use crate::mailbox::Origin;
 use crate::metrics::Metrics;
-use crate::protocol::{AckObject, Envelope, EnvelopeLimits, now_unix};
+use crate::protocol::now_unix;
+use crate::protocol::wire::{PATH_CHANGES, QUERY_PUSHED_THROUGH};
 use crate::store::{StoreHandle, StoreOp};
 use actix::prelude::*;
 use serde::Deserialize;
@@ -79,43 +87,21 @@ impl FeedReply {
     }
 }
 
-/// One feed entry, checked exactly like a pushed replica.
-#[derive(Debug)]
-pub enum FeedItem {
-    Envelope(Envelope),
-    Ack(AckObject),
-    /// An envelope or ack that fails parsing, its signature or its time window.
-    Refused(crate::protocol::ProtocolError),
-    /// Neither `envelope` nor `ack`.
-    Unknown,
-}
-
-impl FeedItem {
-    /// Takes the entry's `envelope` or `ack` out of `change` and validates it at `now`.
-    pub fn from_change(mut change: serde_json::Value, limits: &EnvelopeLimits, now: u64) -> Self {
-        if let Some(value) = change.get_mut("envelope").map(serde_json::Value::take) {
-            Envelope::replica(value, limits, now).map_or_else(Self::Refused, Self::Envelope)
-        } else if let Some(value) = change.get_mut("ack").map(serde_json::Value::take) {
-            AckObject::replica(value, now, limits.max_ttl_s).map_or_else(Self::Refused, Self::Ack)
-        } else {
-            Self::Unknown
-        }
-    }
-}
-
 /// Everything one pull round needs; cloned into the round's future.
 #[derive(Clone)]
 struct Puller {
     peer_url: Arc<str>,
     client: PeerClient,
     store: StoreHandle,
-    mailboxes: MailboxRouter,
-    limits: EnvelopeLimits,
+    applier: ReplicaApplier,
+    pushed: Arc<PushedThrough>,
     metrics: Arc<Metrics>,
 }
 
-/// A shard's answer to one applied feed entry; only failure matters here.
-type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ShardError>>>>;
+/// Stops the puller (node shutdown); a round in flight is dropped, its cursor not moved.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopPulling;
 
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
@@ -145,10 +131,16 @@ impl Puller {
     }
 
     async fn page(&self, cursor: &Cursor) -> Result<(Cursor, bool), SyncError> {
-        let path = format!(
-            "/api/mesh/dm/changes?since={}&limit={FEED_PAGE_LIMIT}",
+        let mut path = format!(
+            "{PATH_CHANGES}?since={}&limit={FEED_PAGE_LIMIT}",
             cursor.seq
         );
+        if let Some(through) =
+            self.pushed
+                .skip_for(&self.peer_url, cursor.epoch.as_deref(), cursor.seq)
+        {
+            path.push_str(&format!("&{QUERY_PUSHED_THROUGH}={through}"));
+        }
         let bytes = self.client.get(&path).await?;
         let feed = FeedReply::parse(&bytes).map_err(|e| SyncError::BadFeed(e.to_string()))?;
         if cursor.epoch.as_deref().is_some_and(|e| e != feed.epoch) {
@@ -166,6 +158,9 @@ impl Puller {
             epoch: Some(feed.epoch),
             seq: feed.next.max(cursor.seq),
         };
+        if let Some(epoch) = &next.epoch {
+            self.pushed.pulled(&self.peer_url, epoch, next.seq);
+        }
         if next != *cursor {
             self.store
                 .commit(vec![StoreOp::PutMeta {
@@ -180,38 +175,44 @@ impl Puller {
 
     /// Applies feed entries in order, as if pushed.
     async fn apply(&self, changes: Vec<serde_json::Value>) -> Result<(), SyncError> {
-        let now = now_unix();
+        let mut unknown = 0usize;
+        let replicas: Vec<Replica> = changes
+            .into_iter()
+            .filter_map(|change| {
+                let replica = Replica::from_change(change);
+                unknown += usize::from(replica.is_none());
+                replica
+            })
+            .collect();
         let origin = Origin::Peer(Arc::clone(&self.peer_url));
-        let mut answers = Vec::with_capacity(changes.len());
-        let mut invalid = 0usize;
-        for change in changes {
-            match FeedItem::from_change(change, &self.limits, now) {
-                FeedItem::Envelope(envelope) => {
-                    let answer = self.mailboxes.deposit(Arc::new(envelope), origin.clone());
-                    answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);
-                }
-                FeedItem::Ack(ack) => {
-                    let answer = self.mailboxes.acknowledge(Arc::new(ack), origin.clone());
-                    answers.push(Box::pin(async move { answer.await.map(drop) }) as Answer);
-                }
-                FeedItem::Refused(err) => {
-                    invalid += 1;
+        let applied = self
+            .applier
+            .apply(replicas, &origin, now_unix(), true)
+            .await
+            .map_err(|e| SyncError::Local(e.to_string()))?;
+        let (mut taken, mut known, mut refused) = (0u64, 0u64, unknown);
+        for outcome in &applied {
+            match outcome {
+                Applied::Known => known += 1,
+                Applied::Envelope(Ok(_)) | Applied::Ack(Ok(_)) => taken += 1,
+                Applied::Envelope(Err(err)) | Applied::Ack(Err(err)) => {
+                    refused += 1;
                     tracing::debug!(peer = %self.peer_url, %err, "feed entry refused");
                 }
-                FeedItem::Unknown => invalid += 1,
             }
         }
-        let applied = answers.len();
-        for answer in answers {
-            answer.await.map_err(|e| SyncError::Local(e.to_string()))?;
+        if refused > 0 {
+            tracing::warn!(peer = %self.peer_url, refused, "feed entries refused (bad shape, signature or time)");
         }
-        if invalid > 0 {
-            tracing::warn!(peer = %self.peer_url, invalid, "feed entries refused (bad shape, signature or time)");
-        }
+        let label = [&*self.peer_url];
         self.metrics
             .sync_applied_total
-            .with_label_values(&[&self.peer_url])
-            .inc_by(applied as u64);
+            .with_label_values(&label)
+            .inc_by(taken);
+        self.metrics
+            .sync_known_total
+            .with_label_values(&label)
+            .inc_by(known);
         Ok(())
     }
 }
@@ -220,8 +221,8 @@ pub struct PeerSync {
     link: PeerLink,
     interval: Duration,
     store: StoreHandle,
-    mailboxes: MailboxRouter,
-    limits: EnvelopeLimits,
+    applier: ReplicaApplier,
+    pushed: Arc<PushedThrough>,
     metrics: Arc<Metrics>,
     cursor: Cursor,
     puller: Option<Puller>,
@@ -233,26 +234,31 @@ pub struct PeerSync {
 }
 
 impl PeerSync {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         link: PeerLink,
         interval: Duration,
         store: StoreHandle,
-        mailboxes: MailboxRouter,
-        limits: EnvelopeLimits,
+        applier: ReplicaApplier,
+        pushed: Arc<PushedThrough>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let cursor = Cursor::load(&store, link.url());
-        metrics
-            .sync_applied_total
-            .with_label_values(&[link.url()])
-            .inc_by(0);
+        if let Some(epoch) = &cursor.epoch {
+            pushed.pulled(link.url(), epoch, cursor.seq);
+        }
+        for counter in [
+            &metrics.sync_applied_total,
+            &metrics.sync_known_total,
+            &metrics.sync_rounds_total,
+        ] {
+            counter.with_label_values(&[link.url()]).inc_by(0);
+        }
         Self {
             link,
             interval,
             store,
-            mailboxes,
-            limits,
+            applier,
+            pushed,
             metrics,
             cursor,
             puller: None,
@@ -281,6 +287,10 @@ impl PeerSync {
             sync.cursor = cursor;
             match result {
                 Ok(()) => {
+                    sync.metrics
+                        .sync_rounds_total
+                        .with_label_values(&[sync.link.url()])
+                        .inc();
                     sync.failures = 0;
                     sync.not_before = None;
                     sync.last_success = Instant::now();
@@ -328,11 +338,19 @@ impl Actor for PeerSync {
             peer_url: Arc::from(self.link.peer.url.as_str()),
             client: self.link.client(),
             store: self.store.clone(),
-            mailboxes: self.mailboxes.clone(),
-            limits: self.limits,
+            applier: self.applier.clone(),
+            pushed: Arc::clone(&self.pushed),
             metrics: Arc::clone(&self.metrics),
         });
         self.tick(ctx);
         ctx.run_interval(self.interval, |sync, ctx| sync.tick(ctx));
+    }
+}
+
+impl Handler<StopPulling> for PeerSync {
+    type Result = ();
+
+    fn handle(&mut self, _: StopPulling, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }

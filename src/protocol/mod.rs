@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod fields;
 pub mod peer_url;
 pub mod poll;
+pub mod wire;
 
 pub use ack::AckObject;
 pub use envelope::Envelope;

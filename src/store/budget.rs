@@ -65,7 +65,9 @@ pub fn envelope_cost(envelope: &Envelope) -> u64 {
 pub fn request_cost(ops: &[StoreOp]) -> u64 {
     ops.iter()
         .map(|op| match op {
-            StoreOp::PutEnvelope(envelope) | StoreOp::Park(envelope) => envelope_cost(envelope),
+            StoreOp::PutEnvelope { envelope, .. } | StoreOp::Park(envelope) => {
+                envelope_cost(envelope)
+            }
             _ => 0,
         })
         .sum()

@@ -3,11 +3,13 @@
 //! Mailbox actors never touch the disk. They send [`StoreOp`]s to the single [`writer`]
 //! thread through a bounded channel; the writer takes every request that arrived while the
 //! previous commit was running, applies them in one transaction (one fsync), assigns each
-//! stored change its `seq` in commit order, then answers every request. A 200 on deposit or ack
+//! stored change its `seq` in commit order, then answers every request and announces the highest
+//! seq on a watch channel ([`StoreHandle::last_seq`]), which wakes the pushers. A 200 on deposit or ack
 //! is sent only after that answer, so it means "on disk".
 //!
 //! What is stored (see [`redb_store`] for the tables): every accepted envelope and every applied
-//! ack object as a *change* numbered by a strictly increasing `seq`; tombstones; an expiry index
+//! ack object as a *change* numbered by a strictly increasing `seq` and tagged with its origin
+//! (a client of this node, or a peer: the log the pushers read, [`LogFilter`]); tombstones; an expiry index
 //! that lets garbage collection drop expired changes and tombstones without a scan; and small
 //! metadata (the store's epoch, the next seq, peer cursors). `MESH_DM_PERSIST=memory` runs the
 //! very same code on redb's in-memory backend.
@@ -30,8 +32,12 @@ pub use writer::{StoreHandle, WriterError};
 /// One change to apply in a commit.
 #[derive(Debug, Clone)]
 pub enum StoreOp {
-    /// An envelope accepted by its mailbox (gets a seq).
-    PutEnvelope(Arc<Envelope>),
+    /// An envelope accepted by its mailbox (gets a seq). `from_client`: deposited by a client
+    /// of this node, so this node's pushers send it to every peer.
+    PutEnvelope {
+        envelope: Arc<Envelope>,
+        from_client: bool,
+    },
     /// An ack object applied to its mailbox (gets a seq): removes the listed envelopes and writes
     /// the tombstones. The ack stays in the change feed until `live_until`.
     ApplyAck {
@@ -39,6 +45,8 @@ pub enum StoreOp {
         removed: Vec<MsgId>,
         tombstones: Vec<(MsgId, u64)>,
         live_until: u64,
+        /// Sent by a client of this node (pushed to every peer).
+        from_client: bool,
     },
     /// A replica refused for want of room (cap or full mailbox), kept until the mailbox frees a
     /// slot (SPEC §7.4's convergence promise). Not pending, not in the feed.
@@ -55,6 +63,9 @@ pub enum StoreOp {
     /// Small metadata, e.g. a peer cursor.
     PutMeta { key: String, value: Vec<u8> },
 }
+
+/// Most changes one [`Store::read_log`] steps over, so that one read stays short.
+pub const MAX_SCANNED_PER_READ: usize = 8192;
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +100,24 @@ pub enum FeedEntry {
     Ack(String),
 }
 
-/// A page of the change feed.
+/// Which changes a read of the log returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFilter {
+    /// Every live change: the feed of SPEC §7.3.
+    All,
+    /// Only what this node's clients sent: what a pusher sends.
+    FromClients,
+    /// The feed without this node's clients' changes up to this seq: a puller that already got
+    /// them by push asks for the rest only.
+    SkipClientsThrough(u64),
+}
+
+/// A page of the change log.
 #[derive(Debug, Default)]
 pub struct FeedPage {
     pub changes: Vec<(u64, FeedEntry)>,
+    /// The last seq this read looked at (returned or stepped over): where the next read starts.
+    pub through: u64,
     pub more: bool,
 }
 
@@ -101,8 +126,10 @@ pub struct FeedPage {
 pub trait Store: Send + Sync + 'static {
     /// The id of this store, created with it (SPEC §7.3).
     fn epoch(&self) -> &str;
-    /// Applies `ops` in one durable transaction; returns the seq given to each op (if any).
-    fn commit(&self, ops: &[StoreOp]) -> Result<Vec<Option<u64>>, StoreError>;
+    /// Applies `ops` in one durable transaction; returns the highest seq given so far (0: none).
+    fn commit(&self, ops: &[StoreOp]) -> Result<u64, StoreError>;
+    /// The highest seq given so far (0: none).
+    fn last_seq(&self) -> Result<u64, StoreError>;
     /// Drops changes and tombstones whose time has come; returns how many records went.
     fn collect_garbage(&self, now: u64) -> Result<usize, StoreError>;
     /// Reads back the live state of every mailbox (tests and tools; a node loads mailboxes one
@@ -123,8 +150,15 @@ pub trait Store: Send + Sync + 'static {
     /// Mailboxes that hold parked replicas (loaded at start-up, so that room freed by expiry
     /// reaches them).
     fn parked_mailboxes(&self) -> Result<Vec<MailboxKey>, StoreError>;
-    /// The live changes after `since`, in seq order.
-    fn changes_since(&self, since: u64, limit: usize, now: u64) -> Result<FeedPage, StoreError>;
+    /// At most `limit` live changes after `since` that pass `filter`, in seq order; stops early
+    /// (`more`) after stepping over [`MAX_SCANNED_PER_READ`] changes the filter leaves out.
+    fn read_log(
+        &self,
+        since: u64,
+        limit: usize,
+        now: u64,
+        filter: LogFilter,
+    ) -> Result<FeedPage, StoreError>;
     /// Small metadata written with [`StoreOp::PutMeta`].
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -2,7 +2,8 @@
 //!
 //! Tables:
 //! - `meta`: `epoch`, `next_seq`, peer cursors (`cursor/...`).
-//! - `changes`: `seq -> until(8, BE) ‖ kind(1: 'E' envelope, 'A' ack) ‖ JSON`.
+//! - `changes`: `seq -> until(8, BE) ‖ kind(1) ‖ JSON`, kind 'E' an envelope, 'A' an ack, and
+//!   'e', 'a' the same sent by a client of this node (what the pushers send).
 //! - `envelope_index`: `mailbox(32) ‖ msg_id -> seq` of its pending envelope.
 //! - `tombstones`: `mailbox(32) ‖ msg_id -> until`.
 //! - `parked`: `mailbox(32) ‖ msg_id -> envelope JSON` of replicas waiting for room.
@@ -17,7 +18,9 @@
 //! cell for the instant it takes to begin a transaction; while it is being reopened they get an
 //! error (a 503), never a half-opened database.
 
-use super::{FeedEntry, FeedPage, Recovered, Store, StoreError, StoreOp};
+use super::{
+    FeedEntry, FeedPage, LogFilter, MAX_SCANNED_PER_READ, Recovered, Store, StoreError, StoreOp,
+};
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::ops::Bound;
@@ -35,6 +38,29 @@ const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
 
 const KIND_ENVELOPE: u8 = b'E';
 const KIND_ACK: u8 = b'A';
+const KIND_CLIENT_ENVELOPE: u8 = b'e';
+const KIND_CLIENT_ACK: u8 = b'a';
+
+/// The kind byte of a change record.
+fn change_kind(envelope: bool, from_client: bool) -> u8 {
+    match (envelope, from_client) {
+        (true, false) => KIND_ENVELOPE,
+        (true, true) => KIND_CLIENT_ENVELOPE,
+        (false, false) => KIND_ACK,
+        (false, true) => KIND_CLIENT_ACK,
+    }
+}
+
+/// `(is an envelope, sent by a client of this node)` of a kind byte.
+fn parse_change_kind(kind: u8) -> Result<(bool, bool), StoreError> {
+    match kind {
+        KIND_ENVELOPE => Ok((true, false)),
+        KIND_CLIENT_ENVELOPE => Ok((true, true)),
+        KIND_ACK => Ok((false, false)),
+        KIND_CLIENT_ACK => Ok((false, true)),
+        other => Err(StoreError::Corrupt(format!("unknown change kind {other}"))),
+    }
+}
 const EXPIRY_CHANGE: u8 = b'C';
 const EXPIRY_TOMBSTONE: u8 = b'T';
 const EXPIRY_PARKED: u8 = b'P';
@@ -295,7 +321,7 @@ impl RedbStore {
                 continue;
             };
             let (until, kind, json) = parse_change_record(record.value())?;
-            if kind != KIND_ENVELOPE || until <= now {
+            if !parse_change_kind(kind)?.0 || until <= now {
                 continue;
             }
             let envelope: Envelope = serde_json::from_slice(json)
@@ -390,14 +416,19 @@ impl<'t> WriteTables<'t> {
         })
     }
 
-    fn put_envelope(&mut self, seq: u64, envelope: &Envelope) -> Result<(), StoreError> {
+    fn put_envelope(
+        &mut self,
+        seq: u64,
+        envelope: &Envelope,
+        from_client: bool,
+    ) -> Result<(), StoreError> {
         // An id can be stored again once its earlier envelope expired (and its tombstone, if
         // any): the earlier record goes first.
         self.remove_envelope(&envelope.mailbox, &envelope.msg_id)?;
         self.pending_delta += 1;
         let json = serde_json::to_vec(envelope).map_err(StoreError::backend)?;
         let key = envelope_key(&envelope.mailbox, &envelope.msg_id);
-        let record = change_record(envelope.expires_at, KIND_ENVELOPE, &json);
+        let record = change_record(envelope.expires_at, change_kind(true, from_client), &json);
         self.bytes_delta += record.len() as i64;
         self.changes
             .insert(seq, record.as_slice())
@@ -511,6 +542,7 @@ impl<'t> WriteTables<'t> {
         removed: &[MsgId],
         tombstones: &[(MsgId, u64)],
         live_until: u64,
+        from_client: bool,
     ) -> Result<(), StoreError> {
         for msg_id in removed {
             self.remove_envelope(&ack.mailbox, msg_id)?;
@@ -519,7 +551,7 @@ impl<'t> WriteTables<'t> {
             self.put_tombstone(&ack.mailbox, msg_id, *until)?;
         }
         let json = serde_json::to_vec(ack).map_err(StoreError::backend)?;
-        let record = change_record(live_until, KIND_ACK, &json);
+        let record = change_record(live_until, change_kind(false, from_client), &json);
         self.bytes_delta += record.len() as i64;
         self.changes
             .insert(seq, record.as_slice())
@@ -626,10 +658,9 @@ impl Store for RedbStore {
         &self.epoch
     }
 
-    fn commit(&self, ops: &[StoreOp]) -> Result<Vec<Option<u64>>, StoreError> {
+    fn commit(&self, ops: &[StoreOp]) -> Result<u64, StoreError> {
         let txn = self.begin_write()?;
-        let mut seqs = Vec::with_capacity(ops.len());
-        let (pending, stored);
+        let (pending, stored, last_seq);
         {
             let mut tables = WriteTables::open(&txn)?;
             let mut next_seq = tables
@@ -641,9 +672,11 @@ impl Store for RedbStore {
                 .unwrap_or(1);
             for op in ops {
                 match op {
-                    StoreOp::PutEnvelope(envelope) => {
-                        tables.put_envelope(next_seq, envelope)?;
-                        seqs.push(Some(next_seq));
+                    StoreOp::PutEnvelope {
+                        envelope,
+                        from_client,
+                    } => {
+                        tables.put_envelope(next_seq, envelope, *from_client)?;
                         next_seq += 1;
                     }
                     StoreOp::ApplyAck {
@@ -651,19 +684,24 @@ impl Store for RedbStore {
                         removed,
                         tombstones,
                         live_until,
+                        from_client,
                     } => {
-                        tables.apply_ack(next_seq, ack, removed, tombstones, *live_until)?;
-                        seqs.push(Some(next_seq));
+                        tables.apply_ack(
+                            next_seq,
+                            ack,
+                            removed,
+                            tombstones,
+                            *live_until,
+                            *from_client,
+                        )?;
                         next_seq += 1;
                     }
                     StoreOp::Park(envelope) => {
                         tables.park(envelope)?;
-                        seqs.push(None);
                     }
                     StoreOp::Unpark { mailbox, msg_id } => {
                         let key = envelope_key(mailbox, msg_id);
                         tables.unpark(&key)?;
-                        seqs.push(None);
                     }
                     StoreOp::PutNonce {
                         mailbox,
@@ -682,14 +720,12 @@ impl Store for RedbStore {
                             .expiry
                             .insert(expiry.as_slice(), ())
                             .map_err(StoreError::backend)?;
-                        seqs.push(None);
                     }
                     StoreOp::PutMeta { key, value } => {
                         tables
                             .meta
                             .insert(key.as_str(), value.as_slice())
                             .map_err(StoreError::backend)?;
-                        seqs.push(None);
                     }
                 }
             }
@@ -697,13 +733,26 @@ impl Store for RedbStore {
                 .meta
                 .insert("next_seq", next_seq.to_be_bytes().as_slice())
                 .map_err(StoreError::backend)?;
+            last_seq = next_seq - 1;
             pending = tables.save_pending_count()?;
             stored = tables.save_stored_bytes()?;
         }
         txn.commit().map_err(StoreError::backend)?;
         self.pending.store(pending, Ordering::Relaxed);
         self.stored.store(stored, Ordering::Relaxed);
-        Ok(seqs)
+        Ok(last_seq)
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.begin_read()?;
+        let meta = txn.open_table(META).map_err(StoreError::backend)?;
+        let next = meta
+            .get("next_seq")
+            .map_err(StoreError::backend)?
+            .map(|v| read_u64(v.value()))
+            .transpose()?
+            .unwrap_or(1);
+        Ok(next.saturating_sub(1))
     }
 
     fn collect_garbage(&self, now: u64) -> Result<usize, StoreError> {
@@ -809,17 +858,41 @@ impl Store for RedbStore {
         Ok(mailboxes)
     }
 
-    fn changes_since(&self, since: u64, limit: usize, now: u64) -> Result<FeedPage, StoreError> {
+    fn read_log(
+        &self,
+        since: u64,
+        limit: usize,
+        now: u64,
+        filter: LogFilter,
+    ) -> Result<FeedPage, StoreError> {
         let txn = self.begin_read()?;
         let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
-        let mut page = FeedPage::default();
+        let mut page = FeedPage {
+            through: since,
+            ..FeedPage::default()
+        };
+        let mut stepped_over = 0usize;
         for item in changes
             .range(since.saturating_add(1)..)
             .map_err(StoreError::backend)?
         {
             let (seq, record) = item.map_err(StoreError::backend)?;
+            let seq = seq.value();
             let (until, kind, json) = parse_change_record(record.value())?;
-            if until <= now {
+            let (envelope, from_client) = parse_change_kind(kind)?;
+            let wanted = match filter {
+                LogFilter::All => true,
+                LogFilter::FromClients => from_client,
+                LogFilter::SkipClientsThrough(through) => !(from_client && seq <= through),
+            };
+            if until <= now || !wanted {
+                stepped_over += 1;
+                if stepped_over == MAX_SCANNED_PER_READ {
+                    page.through = seq;
+                    page.more = true;
+                    break;
+                }
+                page.through = seq;
                 continue;
             }
             if page.changes.len() == limit {
@@ -828,12 +901,15 @@ impl Store for RedbStore {
             }
             let json = String::from_utf8(json.to_vec())
                 .map_err(|_| StoreError::Corrupt("change is not UTF-8".into()))?;
-            let entry = match kind {
-                KIND_ENVELOPE => FeedEntry::Envelope(json),
-                KIND_ACK => FeedEntry::Ack(json),
-                other => return Err(StoreError::Corrupt(format!("unknown change kind {other}"))),
-            };
-            page.changes.push((seq.value(), entry));
+            page.changes.push((
+                seq,
+                if envelope {
+                    FeedEntry::Envelope(json)
+                } else {
+                    FeedEntry::Ack(json)
+                },
+            ));
+            page.through = seq;
         }
         Ok(page)
     }
@@ -877,6 +953,20 @@ mod tests {
         ))
     }
 
+    fn replica_op(envelope: Arc<Envelope>) -> StoreOp {
+        StoreOp::PutEnvelope {
+            envelope,
+            from_client: false,
+        }
+    }
+
+    fn client_op(envelope: Arc<Envelope>) -> StoreOp {
+        StoreOp::PutEnvelope {
+            envelope,
+            from_client: true,
+        }
+    }
+
     fn ids(page: &FeedPage) -> Vec<u64> {
         page.changes.iter().map(|(seq, _)| *seq).collect()
     }
@@ -888,24 +978,26 @@ mod tests {
         {
             let store = RedbStore::open(dir.path()).unwrap();
             epoch = store.epoch().to_string();
-            let seqs = store
+            let last = store
                 .commit(&[
-                    StoreOp::PutEnvelope(envelope("a", NOW + 100)),
+                    replica_op(envelope("a", NOW + 100)),
                     StoreOp::PutMeta {
                         key: "cursor/x".into(),
                         value: vec![1],
                     },
-                    StoreOp::PutEnvelope(envelope("b", NOW + 100)),
+                    replica_op(envelope("b", NOW + 100)),
                 ])
                 .unwrap();
-            assert_eq!(seqs, vec![Some(1), None, Some(2)]);
+            assert_eq!(last, 2, "the meta record takes no seq");
+            assert_eq!(store.last_seq().unwrap(), 2);
         }
         let store = RedbStore::open(dir.path()).unwrap();
         assert_eq!(store.epoch(), epoch, "the epoch belongs to the store file");
-        let seqs = store
-            .commit(&[StoreOp::PutEnvelope(envelope("c", NOW + 100))])
+        assert_eq!(store.last_seq().unwrap(), 2, "durable");
+        let last = store
+            .commit(&[replica_op(envelope("c", NOW + 100))])
             .unwrap();
-        assert_eq!(seqs, vec![Some(3)]);
+        assert_eq!(last, 3);
         assert_eq!(store.get_meta("cursor/x").unwrap(), Some(vec![1]));
         let recovered = store.recover(NOW).unwrap();
         assert_eq!(recovered.envelopes.len(), 3);
@@ -921,8 +1013,8 @@ mod tests {
         let store = RedbStore::in_memory().unwrap();
         store
             .commit(&[
-                StoreOp::PutEnvelope(envelope("a", NOW + 100)),
-                StoreOp::PutEnvelope(envelope("b", NOW + 100)),
+                replica_op(envelope("a", NOW + 100)),
+                replica_op(envelope("b", NOW + 100)),
             ])
             .unwrap();
         let ack = ack_of(&["a", "zz"]);
@@ -934,9 +1026,10 @@ mod tests {
                 removed: vec![a.clone()],
                 tombstones: vec![(a, NOW + 100), (zz, NOW + 500)],
                 live_until: NOW + 500,
+                from_client: false,
             }])
             .unwrap();
-        let page = store.changes_since(0, 10, NOW).unwrap();
+        let page = store.read_log(0, 10, NOW, LogFilter::All).unwrap();
         assert_eq!(ids(&page), vec![2, 3]);
         assert!(matches!(page.changes[1].1, FeedEntry::Ack(_)));
         let recovered = store.recover(NOW).unwrap();
@@ -946,12 +1039,18 @@ mod tests {
         // At NOW+100 the envelope and one tombstone expire; the ack lives on until NOW+500.
         store.collect_garbage(NOW + 100).unwrap();
         assert_eq!(
-            ids(&store.changes_since(0, 10, NOW + 100).unwrap()),
+            ids(&store.read_log(0, 10, NOW + 100, LogFilter::All).unwrap()),
             vec![3]
         );
         assert_eq!(store.recover(NOW + 100).unwrap().tombstones.len(), 1);
         store.collect_garbage(NOW + 500).unwrap();
-        assert!(store.changes_since(0, 10, NOW).unwrap().changes.is_empty());
+        assert!(
+            store
+                .read_log(0, 10, NOW, LogFilter::All)
+                .unwrap()
+                .changes
+                .is_empty()
+        );
         assert!(store.recover(NOW).unwrap().tombstones.is_empty());
     }
 
@@ -965,10 +1064,14 @@ mod tests {
             .unwrap();
         assert_eq!(store.recover(NOW).unwrap().parked.len(), 2);
         assert!(
-            store.changes_since(0, 10, NOW).unwrap().changes.is_empty(),
+            store
+                .read_log(0, 10, NOW, LogFilter::All)
+                .unwrap()
+                .changes
+                .is_empty(),
             "parked is not in the feed"
         );
-        store.commit(&[StoreOp::PutEnvelope(a)]).unwrap();
+        store.commit(&[replica_op(a)]).unwrap();
         let recovered = store.recover(NOW).unwrap();
         assert_eq!(recovered.parked.len(), 1, "accepting unparks");
         assert_eq!(recovered.envelopes.len(), 1);
@@ -1017,11 +1120,11 @@ mod tests {
             let store = RedbStore::open(dir.path()).unwrap();
             store
                 .commit(&[
-                    StoreOp::PutEnvelope(envelope("a", NOW + 100)),
-                    StoreOp::PutEnvelope(envelope("b", NOW + 50)),
-                    StoreOp::PutEnvelope(Arc::clone(&other)),
+                    replica_op(envelope("a", NOW + 100)),
+                    replica_op(envelope("b", NOW + 50)),
+                    replica_op(Arc::clone(&other)),
                     // The same id again replaces, it does not add.
-                    StoreOp::PutEnvelope(envelope("b", NOW + 60)),
+                    replica_op(envelope("b", NOW + 60)),
                 ])
                 .unwrap();
             assert_eq!(store.pending_count(), 3);
@@ -1032,6 +1135,7 @@ mod tests {
                     removed: vec![a.clone()],
                     tombstones: vec![(a, NOW + 100)],
                     live_until: NOW + 100,
+                    from_client: false,
                 }])
                 .unwrap();
             assert_eq!(store.pending_count(), 2);
@@ -1051,22 +1155,74 @@ mod tests {
     }
 
     #[test]
+    fn the_log_tells_client_changes_from_replicas() {
+        let store = RedbStore::in_memory().unwrap();
+        assert_eq!(store.last_seq().unwrap(), 0);
+        let ack = ack_of(&["zz"]);
+        store
+            .commit(&[
+                client_op(envelope("a", NOW + 100)),
+                replica_op(envelope("b", NOW + 100)),
+                StoreOp::ApplyAck {
+                    ack,
+                    removed: vec![],
+                    tombstones: vec![],
+                    live_until: NOW + 100,
+                    from_client: true,
+                },
+                replica_op(envelope("c", NOW + 100)),
+                client_op(envelope("d", NOW + 100)),
+            ])
+            .unwrap();
+        let all = store.read_log(0, 10, NOW, LogFilter::All).unwrap();
+        assert_eq!(
+            (ids(&all), all.through, all.more),
+            (vec![1, 2, 3, 4, 5], 5, false)
+        );
+        let pushed = store.read_log(0, 10, NOW, LogFilter::FromClients).unwrap();
+        assert_eq!(ids(&pushed), vec![1, 3, 5]);
+        assert!(matches!(pushed.changes[1].1, FeedEntry::Ack(_)));
+        let tail = store.read_log(3, 10, NOW, LogFilter::FromClients).unwrap();
+        assert_eq!((ids(&tail), tail.through), (vec![5], 5));
+        // A puller that got 1 and 3 by push: the rest only, and its cursor still reaches 5.
+        let rest = store
+            .read_log(0, 10, NOW, LogFilter::SkipClientsThrough(3))
+            .unwrap();
+        assert_eq!((ids(&rest), rest.through), (vec![2, 4, 5], 5));
+        // Nothing left after stepping over replicas: the read still moves past them.
+        let replicas_only = store.read_log(3, 10, NOW, LogFilter::SkipClientsThrough(5));
+        let replicas_only = replicas_only.unwrap();
+        assert_eq!((ids(&replicas_only), replicas_only.through), (vec![4], 5));
+        let page = store.read_log(0, 1, NOW, LogFilter::FromClients).unwrap();
+        // Full after 1; the replica at 2 was stepped over before the client change at 3.
+        assert_eq!((ids(&page), page.through, page.more), (vec![1], 2, true));
+        // What the filter leaves out is stepped over in bounded reads.
+        let many: Vec<StoreOp> = (0..MAX_SCANNED_PER_READ + 10)
+            .map(|i| replica_op(envelope(&format!("r{i}"), NOW + 100)))
+            .collect();
+        store.commit(&many).unwrap();
+        let long = store.read_log(5, 10, NOW, LogFilter::FromClients).unwrap();
+        assert!(long.changes.is_empty() && long.more);
+        assert_eq!(long.through, 5 + MAX_SCANNED_PER_READ as u64);
+        let end = store
+            .read_log(long.through, 10, NOW, LogFilter::FromClients)
+            .unwrap();
+        assert!(end.changes.is_empty() && !end.more);
+        assert_eq!(end.through, store.last_seq().unwrap());
+    }
+
+    #[test]
     fn stored_bytes_follow_every_record_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open_with_cache(dir.path(), 1 << 20).unwrap();
         assert_eq!(store.stored_bytes(), 0);
         let (a, b) = (envelope("a", NOW + 100), envelope("b", NOW + 100));
         let record = |e: &Envelope| 9 + serde_json::to_vec(e).unwrap().len() as u64;
-        store
-            .commit(&[StoreOp::PutEnvelope(Arc::clone(&a))])
-            .unwrap();
+        store.commit(&[replica_op(Arc::clone(&a))]).unwrap();
         assert_eq!(store.stored_bytes(), record(&a));
         // The same id again replaces its record; a parked replica counts its JSON.
         store
-            .commit(&[
-                StoreOp::PutEnvelope(Arc::clone(&a)),
-                StoreOp::Park(Arc::clone(&b)),
-            ])
+            .commit(&[replica_op(Arc::clone(&a)), StoreOp::Park(Arc::clone(&b))])
             .unwrap();
         let parked = record(&b) - 9;
         assert_eq!(store.stored_bytes(), record(&a) + parked);
@@ -1079,6 +1235,7 @@ mod tests {
                 removed: vec![a_id.clone()],
                 tombstones: vec![(a_id, NOW + 100)],
                 live_until: NOW + 100,
+                from_client: false,
             }])
             .unwrap();
         assert_eq!(store.stored_bytes(), parked + ack_record);
@@ -1107,13 +1264,13 @@ mod tests {
     fn feed_pages_by_limit() {
         let store = RedbStore::in_memory().unwrap();
         let ops: Vec<StoreOp> = (0..5)
-            .map(|i| StoreOp::PutEnvelope(envelope(&format!("m{i}"), NOW + 100)))
+            .map(|i| replica_op(envelope(&format!("m{i}"), NOW + 100)))
             .collect();
         store.commit(&ops).unwrap();
-        let first = store.changes_since(0, 2, NOW).unwrap();
+        let first = store.read_log(0, 2, NOW, LogFilter::All).unwrap();
         assert_eq!(ids(&first), vec![1, 2]);
         assert!(first.more);
-        let last = store.changes_since(4, 2, NOW).unwrap();
+        let last = store.read_log(4, 2, NOW, LogFilter::All).unwrap();
         assert_eq!(ids(&last), vec![5]);
         assert!(!last.more);
     }

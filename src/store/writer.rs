@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Most requests folded into one transaction.
 pub const MAX_REQUESTS_PER_COMMIT: usize = 1024;
@@ -54,7 +54,7 @@ pub enum WriterError {
     OverBudget { used: u64, budget: u64 },
 }
 
-type CommitResult = Result<Vec<Option<u64>>, WriterError>;
+type CommitResult = Result<(), WriterError>;
 
 enum Request {
     Commit {
@@ -70,6 +70,8 @@ pub struct StoreHandle {
     requests: SyncSender<Request>,
     store: Arc<dyn Store>,
     status: Arc<StoreStatus>,
+    /// The highest seq on disk, published after every commit that gave one.
+    last_seq: watch::Receiver<u64>,
 }
 
 /// Joins the writer thread once it has committed everything queued before the shutdown.
@@ -95,7 +97,9 @@ impl StoreHandle {
         update_gauges(store.as_ref(), &metrics);
         metrics.store_degraded.set(0);
         let status = Arc::new(StoreStatus::default());
+        let (seq_sender, last_seq) = watch::channel(store.last_seq().unwrap_or(0));
         let mut writer = Writer {
+            last_seq: seq_sender,
             store: Arc::clone(&store),
             metrics,
             status: Arc::clone(&status),
@@ -112,6 +116,7 @@ impl StoreHandle {
                 requests,
                 store,
                 status,
+                last_seq,
             },
             WriterThread(thread),
         ))
@@ -125,6 +130,12 @@ impl StoreHandle {
     /// Whether the store takes writes now (`/health`, `Retry-After`).
     pub fn status(&self) -> &StoreStatus {
         &self.status
+    }
+
+    /// The highest seq on disk, changed after each commit that stores a change: the pushers
+    /// wait on it instead of polling the log.
+    pub fn last_seq(&self) -> watch::Receiver<u64> {
+        self.last_seq.clone()
     }
 
     /// Queues `ops` for the next commit; resolves once they are durable.
@@ -169,6 +180,7 @@ type Batch = Vec<(Vec<StoreOp>, oneshot::Sender<CommitResult>)>;
 /// The writer thread's state.
 struct Writer {
     store: Arc<dyn Store>,
+    last_seq: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     status: Arc<StoreStatus>,
     budget: u64,
@@ -362,7 +374,7 @@ impl Writer {
                 );
             }
             used = used.saturating_add(cost);
-            replies.push((ops.len(), reply));
+            replies.push(reply);
             all_ops.extend(ops);
         }
         if replies.is_empty() {
@@ -371,14 +383,19 @@ impl Writer {
         let result = self.store.commit(&all_ops);
         update_gauges(self.store.as_ref(), &self.metrics);
         match result {
-            Ok(seqs) => {
+            Ok(last_seq) => {
                 self.metrics.store_commits_total.inc();
                 self.metrics.store_ops_total.inc_by(all_ops.len() as u64);
-                let mut seqs = seqs.into_iter();
-                for (len, reply) in replies {
-                    let mine: Vec<Option<u64>> = seqs.by_ref().take(len).collect();
-                    let _ = reply.send(Ok(mine));
+                for reply in replies {
+                    let _ = reply.send(Ok(()));
                 }
+                // After the replies: a pusher woken by this sends nothing before the client's
+                // 200 is on its way.
+                self.last_seq.send_if_modified(|seen| {
+                    let newer = last_seq > *seen;
+                    *seen = last_seq.max(*seen);
+                    newer
+                });
             }
             Err(err) => {
                 self.metrics.store_errors_total.inc();
@@ -391,7 +408,7 @@ impl Writer {
                     },
                     None => WriterError::Store(err.to_string()),
                 };
-                for (_, reply) in replies {
+                for reply in replies {
                     let _ = reply.send(Err(refusal.clone()));
                 }
             }

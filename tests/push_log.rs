@@ -1,0 +1,353 @@
+//! Replication from the change log (issue #8): a push survives a kill -9 of its node, and the
+//! pull is the repair path, not a second copy of what the push delivered.
+
+mod common;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use common::*;
+use dmrelay::protocol::Envelope;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A pull that can only run once, at start-up: whatever arrives later came by push.
+const NO_PULL: (&str, &str) = ("MESH_DM_SYNC_INTERVAL_S", "3600");
+
+fn label(node_url: &str) -> String {
+    format!("{{peer=\"{node_url}\"}}")
+}
+
+/// The `/status` entry of `peer` on `node`.
+async fn peer_status(node: &Node, peer: &str) -> serde_json::Value {
+    let (status, json) = node.get("/status").await;
+    assert_eq!(status, 200, "{json}");
+    json["peers"]
+        .as_array()
+        .and_then(|peers| peers.iter().find(|p| p["url"] == peer).cloned())
+        .unwrap_or_else(|| panic!("{peer} not in {json}"))
+}
+
+#[actix_rt::test]
+async fn a_push_pending_at_a_kill_9_is_delivered_after_restart_by_the_push_path() {
+    let (a_seat, b_seat) = (Reserved::new(false), Reserved::new(false));
+    let (a_url, b_url) = (a_seat.peer_url.clone(), b_seat.peer_url.clone());
+    let mut a = a_seat.start(
+        mesh_config()
+            .env(NO_PULL.0, NO_PULL.1)
+            .env("MESH_RELAY_PEERS", &b_url),
+    );
+    a.ready().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    let carol = Identity::new();
+    for (from, id) in [(&alice, "m1"), (&alice, "m2"), (&carol, "m3")] {
+        let (status, body) = a.send(&from.envelope_to(&bob, id)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = a.ack(&bob, &["m3"]).await;
+    assert_eq!(status, 200, "{body}");
+    // B is not running: the pushes fail (its socket accepts, nobody answers).
+    wait_for(Duration::from_secs(20), || async {
+        a.metric(&format!("dm_replication_push_error_total{}", label(&b_url)))
+            .await
+            >= 1.0
+    })
+    .await;
+    a.kill9();
+
+    // B starts while A is down: its one pull (at start) fails, the next would be in an hour.
+    let b = b_seat.start(
+        mesh_config()
+            .env(NO_PULL.0, NO_PULL.1)
+            .env("MESH_RELAY_PEERS", &a_url),
+    );
+    b.ready().await;
+    wait_for(Duration::from_secs(20), || async {
+        !peer_status(&b, &a_url).await["last_pull_error"].is_null()
+    })
+    .await;
+
+    a.restart();
+    a.ready().await;
+    // The pusher resumes from its durable cursor: m1 and m2 arrive, and m3 does not (its ack
+    // removed it from the log; the ack, after it in the log, is pushed instead).
+    wait_for_id_set(&b, &bob, &["m1", "m2"]).await;
+    wait_for(Duration::from_secs(10), || async {
+        a.metric(&format!("dm_replication_push_ok_total{}", label(&b_url)))
+            .await
+            >= 3.0
+    })
+    .await;
+    assert_eq!(b.pending_ids(&bob).await, ["m1", "m2"]);
+    assert_eq!(b.metric("dm_replica_accepted_total").await, 2.0);
+    // None of it came by pull: B never completed one.
+    let a_label = label(&a_url);
+    assert_eq!(
+        b.metric(&format!("dm_sync_rounds_total{a_label}")).await,
+        0.0
+    );
+    assert_eq!(
+        b.metric(&format!("dm_sync_applied_total{a_label}")).await,
+        0.0
+    );
+    // The ack came too: m3 is acknowledged on B, so a copy of it is refused there as "acked".
+    let (status, body) = b.send(&carol.envelope_to(&bob, "m3")).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("acked")),
+        "{body}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_cursor_saved_at_sigterm_sends_nothing_twice() {
+    let nodes = mesh(2, &full_mesh_links(2), &[NO_PULL]);
+    let (mut a, b) = {
+        let mut nodes = nodes.into_iter();
+        (nodes.next().unwrap(), nodes.next().unwrap())
+    };
+    a.ready().await;
+    b.ready().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(a.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    wait_for_ids(&b, &bob, &["m1"]).await;
+    assert!(a.terminate(), "SIGTERM exits 0");
+    a.restart();
+    a.ready().await;
+    assert_eq!(a.send(&alice.envelope_to(&bob, "m2")).await.0, 200);
+    wait_for_id_set(&b, &bob, &["m1", "m2"]).await;
+    // m1 is not pushed again after the restart: the cursor was saved at shutdown.
+    assert_eq!(b.metric("dm_replica_accepted_total").await, 2.0);
+    assert_eq!(b.metric("dm_replica_duplicate_total").await, 0.0);
+}
+
+/// A peer that is a real HTTP server: serves the feed the test writes, takes pushes, and
+/// records the query of every feed request.
+struct FakePeer {
+    url: String,
+    state: Arc<Mutex<FakeState>>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    changes: Vec<Value>,
+    queries: Vec<String>,
+}
+
+impl FakePeer {
+    fn start() -> Self {
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let data = web::Data::from(Arc::clone(&state));
+        let url = spawn_http_server(move |cfg| {
+            cfg.app_data(data.clone())
+                .route("/api/mesh/dm/changes", web::get().to(serve_feed))
+                .route("/api/mesh/dm/replicate-envelope", web::post().to(take_push))
+                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push));
+        });
+        Self { url, state }
+    }
+
+    fn append(&self, envelope: &Envelope) {
+        let mut state = self.state.lock().unwrap();
+        let seq = 100 + state.changes.len() as u64;
+        state
+            .changes
+            .push(json!({"seq": seq, "envelope": serde_json::to_value(envelope).unwrap()}));
+    }
+
+    fn queries(&self) -> Vec<String> {
+        self.state.lock().unwrap().queries.clone()
+    }
+
+    /// Waits for a feed request made after this call and returns its query.
+    async fn next_query(&self) -> String {
+        let seen = self.queries().len();
+        wait_for(Duration::from_secs(20), || async {
+            self.queries().len() > seen
+        })
+        .await;
+        self.queries()[seen].clone()
+    }
+
+    /// Pushes `envelopes` to `node` as this peer, with a log position.
+    async fn push(&self, node: &Node, envelopes: &[&Envelope], after: u64, through: u64) {
+        let body = json!({
+            "envelopes": envelopes,
+            "feed": {"epoch": "E1", "after": after, "through": through},
+        });
+        let (status, reply) = peer_request(
+            &node.peer_url,
+            "POST",
+            "/api/mesh/dm/replicate-envelope",
+            serde_json::to_vec(&body).unwrap(),
+            &self.url,
+            MESH_SECRET,
+        )
+        .await;
+        assert_eq!(status, 200, "{reply}");
+        for result in reply["results"].as_array().unwrap() {
+            let status = result["status"].as_str();
+            assert!(matches!(status, Some("accepted" | "duplicate")), "{reply}");
+        }
+    }
+}
+
+/// Serves every change after `since` (the fake ignores `pushed_through`: it only records it).
+async fn serve_feed(req: HttpRequest, state: web::Data<Mutex<FakeState>>) -> HttpResponse {
+    let query = req.query_string().to_string();
+    let since: u64 = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("since="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut state = state.lock().unwrap();
+    state.queries.push(query);
+    let changes: Vec<Value> = state
+        .changes
+        .iter()
+        .filter(|c| c["seq"].as_u64().unwrap() > since)
+        .cloned()
+        .collect();
+    let next = changes.last().map_or(since, |c| c["seq"].as_u64().unwrap());
+    HttpResponse::Ok()
+        .json(json!({"ok": true, "epoch": "E1", "next": next, "more": false, "changes": changes}))
+}
+
+async fn take_push(body: web::Bytes) -> HttpResponse {
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let count = ["envelopes", "acks"]
+        .iter()
+        .find_map(|k| value[*k].as_array().map(Vec::len))
+        .unwrap_or(1);
+    let results: Vec<Value> = (0..count).map(|_| json!({"status": "accepted"})).collect();
+    HttpResponse::Ok().json(json!({"ok": true, "results": results}))
+}
+
+fn pushed_through(query: &str) -> Option<u64> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("pushed_through="))
+        .map(|v| v.parse().unwrap())
+}
+
+#[actix_rt::test]
+async fn the_pull_asks_to_skip_what_the_push_delivered_and_recognizes_what_it_holds() {
+    let peer = FakePeer::start();
+    let node = Node::start(
+        mesh_config()
+            .env("MESH_RELAY_PEERS", &peer.url)
+            .env("MESH_DM_SYNC_INTERVAL_S", "0.1"),
+    );
+    node.ready().await;
+    // The first pull has no epoch yet: it asks for everything, and anchors the mark at 0.
+    let first = peer.next_query().await;
+    assert_eq!(pushed_through(&first), None, "{first}");
+    peer.next_query().await;
+    let (alice, carol, bob) = (Identity::new(), Identity::new(), Identity::new());
+    let (m1, m2) = (alice.envelope_to(&bob, "m1"), carol.envelope_to(&bob, "m2"));
+    peer.push(&node, &[&m1], 0, 5).await;
+    peer.next_query().await;
+    assert_eq!(pushed_through(&peer.next_query().await), Some(5));
+    // A batch after a gap (6..8 never came) does not move the mark.
+    peer.push(&node, &[&m2], 8, 12).await;
+    peer.next_query().await;
+    assert_eq!(pushed_through(&peer.next_query().await), Some(5));
+    // The gap filled, the later batch joins up.
+    peer.push(&node, &[&m2], 5, 8).await;
+    peer.push(&node, &[&m2], 8, 12).await;
+    peer.next_query().await;
+    assert_eq!(pushed_through(&peer.next_query().await), Some(12));
+    assert!(
+        peer.queries().iter().all(|q| q.starts_with("since=0&")),
+        "nothing was in the feed yet: {:?}",
+        peer.queries()
+    );
+
+    // The feed now holds the two pushed envelopes (as this fake peer ignores the skip) and a new
+    // one: the pushed ones are recognized without a check, the new one is applied.
+    let label = format!("{{peer=\"{}\"}}", peer.url);
+    let (applied, known) = (
+        format!("dm_sync_applied_total{label}"),
+        format!("dm_sync_known_total{label}"),
+    );
+    assert_eq!(node.metric(&applied).await, 0.0);
+    assert_eq!(node.metric(&known).await, 0.0);
+    let m3 = alice.envelope_to(&bob, "m3");
+    peer.append(&m1);
+    peer.append(&m2);
+    peer.append(&m3);
+    wait_for_id_set(&node, &bob, &["m1", "m2", "m3"]).await;
+    wait_for(Duration::from_secs(10), || async {
+        node.metric(&known).await == 2.0
+    })
+    .await;
+    assert_eq!(node.metric(&applied).await, 1.0);
+    assert_eq!(node.metric("dm_replica_accepted_total").await, 3.0);
+    // The cursor moved past the page: the next request starts after it.
+    let query = peer.next_query().await;
+    assert!(query.starts_with("since=102&"), "{query}");
+}
+
+/// The msg_ids of a feed page of `node` read as `peer_url`, and its `next`.
+async fn feed(node: &Node, peer_url: &str, query: &str) -> (Vec<String>, u64) {
+    let path = format!("/api/mesh/dm/changes?{query}");
+    let (status, page) = peer_request(
+        &node.peer_url,
+        "GET",
+        &path,
+        Vec::new(),
+        peer_url,
+        MESH_SECRET,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<String> = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["envelope"]["msg_id"].as_str().unwrap().to_string())
+        .collect();
+    (ids, page["next"].as_u64().unwrap())
+}
+
+#[actix_rt::test]
+async fn the_feed_leaves_out_client_changes_up_to_pushed_through() {
+    let peer_url = "http://127.0.0.1:9";
+    let node = Node::start(
+        mesh_config()
+            .env("MESH_RELAY_PEERS", peer_url)
+            .env(NO_PULL.0, NO_PULL.1),
+    );
+    node.ready().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(node.send(&alice.envelope_to(&bob, "c1")).await.0, 200);
+    // A replica from the peer, then another client change.
+    let replica = Identity::new().envelope_to(&bob, "r1");
+    let body = serde_json::to_vec(&json!({"envelope": replica})).unwrap();
+    let path = "/api/mesh/dm/replicate-envelope";
+    let (status, reply) =
+        peer_request(&node.peer_url, "POST", path, body, peer_url, MESH_SECRET).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(node.send(&alice.envelope_to(&bob, "c2")).await.0, 200);
+    assert_eq!(
+        feed(&node, peer_url, "since=0").await,
+        (vec!["c1".into(), "r1".into(), "c2".into()], 3)
+    );
+    assert_eq!(
+        feed(&node, peer_url, "since=0&pushed_through=3").await,
+        (vec!["r1".into()], 3)
+    );
+    assert_eq!(
+        feed(&node, peer_url, "since=0&pushed_through=1").await,
+        (vec!["r1".into(), "c2".into()], 3)
+    );
+    // Nothing but skipped entries after the cursor: the page is empty, `next` moves past them.
+    assert_eq!(
+        feed(&node, peer_url, "since=2&pushed_through=3").await,
+        (vec![], 3)
+    );
+    // A mark behind the cursor changes nothing.
+    assert_eq!(
+        feed(&node, peer_url, "since=2&pushed_through=1").await,
+        (vec!["c2".into()], 3)
+    );
+}
