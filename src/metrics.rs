@@ -4,7 +4,8 @@
 //! shards, the store writer and the peer actors. `GET /metrics` renders [`Metrics::render`].
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -45,6 +46,9 @@ pub struct Metrics {
     pub sync_applied_total: IntCounterVec,
     pub sync_known_total: IntCounterVec,
     pub sync_rounds_total: IntCounterVec,
+    pub sync_error_total: IntCounterVec,
+    /// Time from sending a push batch to its reply, per peer.
+    pub push_seconds: HistogramVec,
     /// Store transactions committed (each one fsync in fsync mode).
     pub store_commits_total: IntCounter,
     /// Store operations committed (ops / commits = group-commit batch size).
@@ -99,6 +103,22 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), &[label])
         .unwrap_or_else(|e| unreachable_metric(name, e));
+    register(registry, name, metric.clone());
+    metric
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    buckets: &[f64],
+) -> HistogramVec {
+    let metric = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &[label],
+    )
+    .unwrap_or_else(|e| unreachable_metric(name, e));
     register(registry, name, metric.clone());
     metric
 }
@@ -228,6 +248,21 @@ impl Metrics {
                 &r,
                 "dm_sync_applied_total",
                 "Change-feed entries pulled from a peer and applied (checked and sent to their mailbox).",
+                "peer",
+            ),
+            push_seconds: histogram_vec(
+                &r,
+                "dm_replication_push_seconds",
+                "Seconds from sending a push batch to a peer to its reply (failed ones included).",
+                "peer",
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            ),
+            sync_error_total: counter_vec(
+                &r,
+                "dm_sync_error_total",
+                "Pull rounds of a peer's change feed that failed (retried at the next interval).",
                 "peer",
             ),
             sync_rounds_total: counter_vec(

@@ -2,8 +2,9 @@
 //!
 //! Order matters: the store is opened and its state recovered into the shards before the first
 //! request is accepted; on SIGTERM/SIGINT waiting long polls are answered at once, the servers
-//! stop accepting and finish in-flight requests, and only then does the writer commit what is
-//! queued and stop.
+//! stop accepting and finish in-flight requests, the peer pullers and pushers stop (each pusher
+//! saving its cursor), and only then does the writer commit what is queued and stop. One
+//! function (`serve`) builds the HTTP server of either plane.
 
 use crate::config::{PersistMode, Settings};
 use crate::http::rate_limit::ClientRateLimit;
@@ -152,56 +153,15 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         pushed,
     });
 
-    // Each waiting long poll holds a connection: actix's per-worker cap (25k by default) must not
-    // bind before MESH_DM_MAX_WAITING_POLLS does, whichever worker the connections land on.
-    let max_connections_per_worker = settings.max_waiting_polls.saturating_add(1024).max(25_000);
     let separate_peer_lane = listeners.peer.is_some();
-    let client_state = state.clone();
-    let client_server = HttpServer::new(move || {
-        let app = App::new()
-            .wrap(from_fn(http::body::close_after_refused_body))
-            .app_data(client_state.clone())
-            .configure(http::client_routes)
-            .configure(http::service_routes);
-        let app = if separate_peer_lane {
-            app
-        } else {
-            app.configure(http::peer_routes)
-        };
-        app.configure(http::fallback)
-    })
-    .workers(settings.http_workers)
-    .max_connections(max_connections_per_worker)
-    // A client that closes its connection while its long poll waits: end the request, so that
-    // the waiting poll is dropped at the shard's next sweep instead of when `wait_s` runs out.
-    .h1_allow_half_closed(false)
-    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-    .disable_signals();
-    let client_server = match &settings.tls {
-        Some(tls) => client_server.listen_rustls_0_23(listeners.client, (**tls).clone())?,
-        None => client_server.listen(listeners.client)?,
-    }
-    .run();
-    let mut servers = vec![client_server];
+    let client_plane = if separate_peer_lane {
+        Plane::Client
+    } else {
+        Plane::Both
+    };
+    let mut servers = vec![serve(client_plane, listeners.client, &state, &settings)?];
     if let Some(peer_listener) = listeners.peer {
-        let peer_state = state.clone();
-        let peer_server = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(http::body::close_after_refused_body))
-                .app_data(peer_state.clone())
-                .configure(http::peer_routes)
-                .configure(http::service_routes)
-                .configure(http::fallback)
-        })
-        .workers(settings.http_workers.div_ceil(2))
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        .disable_signals();
-        let peer_server = match &settings.tls {
-            Some(tls) => peer_server.listen_rustls_0_23(peer_listener, (**tls).clone())?,
-            None => peer_server.listen(peer_listener)?,
-        }
-        .run();
-        servers.push(peer_server);
+        servers.push(serve(Plane::Peer, peer_listener, &state, &settings)?);
     }
     // The one start-up line: config source, addresses, self URL, peers, store and mode.
     crate::startup::startup_line(&settings, client_addr, peer_addr).log();
@@ -230,6 +190,61 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
     writer.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What one HTTP server serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plane {
+    /// The client plane on its own (the peer plane has its own listener).
+    Client,
+    /// The peer plane on its own listener (`MESH_DM_PEER_LISTEN`).
+    Peer,
+    /// Both planes on one listener (the default).
+    Both,
+}
+
+/// Builds and starts the HTTP server of `plane` on `listener`. Every plane gets the body-limit
+/// middleware, the service routes (`/health`, `/metrics`, `/status`) and the JSON 404/405.
+fn serve(
+    plane: Plane,
+    listener: TcpListener,
+    state: &web::Data<AppState>,
+    settings: &Settings,
+) -> std::io::Result<actix_web::dev::Server> {
+    let state = state.clone();
+    let server = HttpServer::new(move || {
+        let app = App::new()
+            .wrap(from_fn(http::body::close_after_refused_body))
+            .app_data(state.clone());
+        let app = match plane {
+            Plane::Client => app.configure(http::client_routes),
+            Plane::Peer => app.configure(http::peer_routes),
+            Plane::Both => app
+                .configure(http::client_routes)
+                .configure(http::peer_routes),
+        };
+        app.configure(http::service_routes)
+            .configure(http::fallback)
+    })
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+    .disable_signals();
+    let server = if plane == Plane::Peer {
+        server.workers(settings.http_workers.div_ceil(2))
+    } else {
+        // Each waiting long poll holds a connection: actix's per-worker cap (25k by default)
+        // must not bind before MESH_DM_MAX_WAITING_POLLS does, whichever worker they land on.
+        // A client that closes its connection while its long poll waits ends the request, so
+        // the waiting poll is dropped at the shard's next sweep, not when `wait_s` runs out.
+        server
+            .workers(settings.http_workers)
+            .max_connections(settings.max_waiting_polls.saturating_add(1024).max(25_000))
+            .h1_allow_half_closed(false)
+    };
+    let server = match &settings.tls {
+        Some(tls) => server.listen_rustls_0_23(listener, (**tls).clone())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 /// Installs the SIGTERM/SIGINT handlers now; the future completes on the first of them.

@@ -222,6 +222,13 @@ async fn take_push(body: web::Bytes) -> HttpResponse {
     HttpResponse::Ok().json(json!({"ok": true, "results": results}))
 }
 
+fn until(query: &str) -> Option<u64> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("until="))
+        .map(|v| v.parse().unwrap())
+}
+
 fn pushed_through(query: &str) -> Option<u64> {
     query
         .split('&')
@@ -246,7 +253,10 @@ async fn the_pull_asks_to_skip_what_the_push_delivered_and_recognizes_what_it_ho
     let (m1, m2) = (alice.envelope_to(&bob, "m1"), carol.envelope_to(&bob, "m2"));
     peer.push(&node, &[&m1], 0, 5).await;
     peer.next_query().await;
-    assert_eq!(pushed_through(&peer.next_query().await), Some(5));
+    let query = peer.next_query().await;
+    assert_eq!(pushed_through(&query), Some(5));
+    // The pushes are flowing: the pull reads only up to where they reached.
+    assert_eq!(until(&query), Some(5), "{query}");
     // A batch after a gap (6..8 never came) does not move the mark.
     peer.push(&node, &[&m2], 8, 12).await;
     peer.next_query().await;
@@ -283,7 +293,17 @@ async fn the_pull_asks_to_skip_what_the_push_delivered_and_recognizes_what_it_ho
     assert_eq!(node.metric(&applied).await, 1.0);
     assert_eq!(node.metric("dm_replica_accepted_total").await, 3.0);
     // The cursor moved past the page: the next request starts after it.
-    let query = peer.next_query().await;
+    // Once no push moved the mark for a while (1 s here), the pull reads to the end again.
+    let query = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let query = peer.next_query().await;
+            if until(&query).is_none() {
+                break query;
+            }
+        }
+    })
+    .await
+    .expect("a pull without `until` once the pushes stopped");
     assert!(query.starts_with("since=102&"), "{query}");
 }
 
@@ -339,6 +359,15 @@ async fn the_feed_leaves_out_client_changes_up_to_pushed_through() {
     assert_eq!(
         feed(&node, peer_url, "since=0&pushed_through=1").await,
         (vec!["r1".into(), "c2".into()], 3)
+    );
+    // `until` ends the page there.
+    assert_eq!(
+        feed(&node, peer_url, "since=0&until=2").await,
+        (vec!["c1".into(), "r1".into()], 2)
+    );
+    assert_eq!(
+        feed(&node, peer_url, "since=0&pushed_through=1&until=2").await,
+        (vec!["r1".into()], 2)
     );
     // Nothing but skipped entries after the cursor: the page is empty, `next` moves past them.
     assert_eq!(

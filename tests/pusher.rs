@@ -71,6 +71,12 @@ async fn take_push(body: web::Bytes, script: web::Data<Mutex<Script>>) -> HttpRe
     HttpResponse::Ok().json(json!({"ok": true, "results": results}))
 }
 
+/// A feed with nothing in it: the peer's pull endpoint works while its pushes may not.
+async fn empty_feed() -> HttpResponse {
+    HttpResponse::Ok()
+        .json(json!({"ok": true, "epoch": "e", "next": 0, "more": false, "changes": []}))
+}
+
 impl ScriptedPeer {
     async fn start(script: Script) -> Self {
         let script = Arc::new(Mutex::new(script));
@@ -78,7 +84,8 @@ impl ScriptedPeer {
         let url = spawn_http_server(move |cfg| {
             cfg.app_data(data.clone())
                 .route("/api/mesh/dm/replicate-envelope", web::post().to(take_push))
-                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push));
+                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push))
+                .route("/api/mesh/dm/changes", web::get().to(empty_feed));
         });
         Self { url, script }
     }
@@ -101,7 +108,7 @@ impl ScriptedPeer {
 fn node_pushing_to(peer: &ScriptedPeer, extra: &[(&str, &str)]) -> Node {
     let mut config = mesh_config()
         .env("MESH_RELAY_PEERS", &peer.url)
-        // The scripted peer serves no feed: only the push path is under test.
+        // The scripted peer's feed is empty and pulled only at start: the push path is under test.
         .env("MESH_DM_SYNC_INTERVAL_S", "600")
         .env("MESH_RELAY_MAX_FAILURES", "3")
         .env("MESH_RELAY_FAILURE_COOLDOWN_S", "0.5");
@@ -356,5 +363,51 @@ async fn a_feed_pull_refused_with_retry_after_waits_for_it() {
     assert!(
         waited >= Duration::from_millis(1950),
         "pulled again after {waited:?}, before the 2 s the peer asked for"
+    );
+}
+
+/// One link per peer: pushes failing 503 open the breaker for a 30 s cooldown, but the peer's
+/// feed answers, and the next successful pull lets a push try at once: the envelope arrives well
+/// before the cooldown would have ended.
+#[actix_rt::test]
+async fn a_successful_pull_brings_pushes_back_before_the_cooldown_ends() {
+    let peer = ScriptedPeer::start(Script {
+        fail_next: 2,
+        fail_status: 503,
+        ..Script::default()
+    })
+    .await;
+    let node = node_pushing_to(
+        &peer,
+        &[
+            ("MESH_RELAY_MAX_FAILURES", "2"),
+            ("MESH_RELAY_FAILURE_COOLDOWN_S", "30"),
+            ("MESH_DM_SYNC_INTERVAL_S", "0.5"),
+        ],
+    );
+    node.ready().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    let label = format!("{{peer=\"{}\"}}", peer.url);
+    wait_for(Duration::from_secs(10), || async {
+        node.metric(&format!("dm_replication_push_error_total{label}"))
+            .await
+            >= 2.0
+    })
+    .await;
+    let opened = Instant::now();
+    wait_for(Duration::from_secs(10), || async {
+        peer.received() == ["m1"]
+    })
+    .await;
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "delivered {:?} after the breaker opened",
+        opened.elapsed()
+    );
+    assert_eq!(
+        peer.requests(),
+        3,
+        "two failures, then the one try after a pull"
     );
 }

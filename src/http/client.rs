@@ -69,6 +69,8 @@ pub async fn send(
         .deposit(Arc::clone(&envelope), Origin::Client)
         .await?;
     let status = deposit_outcome(decision, &envelope.msg_id)?;
+    // Its copies come back in the peers' feeds: recognized there without a second check.
+    state.applier.remember(&envelope.sig);
     Ok(HttpResponse::Ok().json(DepositReply {
         ok: true,
         msg_id: envelope.msg_id.as_str(),
@@ -115,10 +117,12 @@ pub async fn ack(
     require_body(&body, "signed ack object (see `dmrelay ack-request`)")?;
     let ack = AckObject::parse(&body)?;
     ack.verify_fresh(now_unix())?;
+    let sig = ack.sig;
     let report = state
         .mailboxes
         .acknowledge(Arc::new(ack), Origin::Client)
         .await?;
+    state.applier.remember(&sig);
     Ok(HttpResponse::Ok().json(AckReply {
         ok: true,
         removed: report.removed,

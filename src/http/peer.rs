@@ -330,6 +330,8 @@ struct FeedQuery {
     limit: Option<u64>,
     /// A dmrelay extension: the caller got this node's own clients' changes up to here by push.
     pushed_through: Option<u64>,
+    /// A dmrelay extension: the page ends at this seq.
+    until: Option<u64>,
 }
 
 /// `GET /api/mesh/dm/changes?since=<seq>&limit=<n>`
@@ -340,7 +342,7 @@ pub async fn changes(
 ) -> Result<HttpResponse, ApiError> {
     let query: FeedQuery = serde_urlencoded::from_str(req.query_string()).map_err(|e| {
         ApiError::BadRequest(format!(
-            "Query must be since=<seq>&limit=<1..={FEED_MAX_LIMIT}> (and optionally pushed_through=<seq>): {e}."
+            "Query must be since=<seq>&limit=<1..={FEED_MAX_LIMIT}> (and optionally pushed_through=<seq>, until=<seq>): {e}."
         ))
     })?;
     let since = query.since.unwrap_or(0);
@@ -355,13 +357,15 @@ pub async fn changes(
         _ => LogFilter::All,
     };
     let store = Arc::clone(state.store.store());
-    let page = web::block(move || store.read_log(since, limit as usize, now_unix(), filter))
-        .await
-        .map_err(|_| ApiError::unavailable())?
-        .map_err(|err| {
-            tracing::error!(%err, "change feed read failed");
-            ApiError::unavailable()
-        })?;
+    let until = query.until.unwrap_or(u64::MAX);
+    let page =
+        web::block(move || store.read_log_until(since, until, limit as usize, now_unix(), filter))
+            .await
+            .map_err(|_| ApiError::unavailable())?
+            .map_err(|err| {
+                tracing::error!(%err, "change feed read failed");
+                ApiError::unavailable()
+            })?;
     // The last seq looked at: past expired entries and skipped ones too.
     let next = page.through.max(since);
     let mut body = String::with_capacity(

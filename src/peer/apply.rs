@@ -4,7 +4,8 @@
 //! Items are checked (shape, time window, Ed25519 signature) and sent to their mailbox shards in
 //! order, eagerly, then the answers are collected: per-mailbox order holds, and the shards work
 //! in parallel. Every replica that a shard applied (accepted, a duplicate, already acked, an ack
-//! applied) is remembered by its signature in [`SeenReplicas`]; the puller's pages skip those
+//! applied) is remembered by its signature in [`SeenReplicas`], and so is every client change of
+//! this node (its copies come back in the peers' feeds); the puller's pages skip those
 //! before any parsing of the item or signature check, so a feed entry that came by push costs
 //! a lookup, not a verification. (A different item with a copied signature would fail its own
 //! check anyway, so skipping it changes nothing.)
@@ -134,6 +135,12 @@ impl ReplicaApplier {
             limits,
             seen: Arc::default(),
         }
+    }
+
+    /// Remembers a change this node's client made, now durable: its copies that come back in
+    /// the peers' feeds are recognized without a check.
+    pub fn remember(&self, sig: &[u8; 64]) {
+        self.seen.insert(sig);
     }
 
     /// Applies `items` in order as coming from `origin`, at `now`; with `skip_known`, items

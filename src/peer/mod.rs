@@ -2,6 +2,8 @@
 //!
 //! - [`url`]: peer URL normalization; [`auth`]: key derivation and request HMACs (pure).
 //! - [`policy`]: backoff, token bucket, circuit breaker (pure, clock passed in).
+//! - [`health`]: the one breaker-and-backoff record of a peer link, fed by its pusher and its
+//!   puller alike.
 //! - [`client`]: signed HTTP calls to one peer; [`socks`]: its TCP connector through a SOCKS5
 //!   proxy (Tor) when the peer's settings name one.
 //! - [`pusher`]: one `PeerPusher` actor per peer, sending this node's clients' changes from the
@@ -16,6 +18,7 @@
 pub mod apply;
 pub mod auth;
 pub mod client;
+pub mod health;
 pub mod policy;
 pub mod pushed;
 pub mod pusher;
@@ -30,6 +33,7 @@ use crate::store::StoreHandle;
 use actix::prelude::*;
 use apply::ReplicaApplier;
 use client::PeerLink;
+use health::LinkHealth;
 use pushed::PushedThrough;
 use pusher::{PeerPusher, StopPushing};
 use std::sync::Arc;
@@ -73,12 +77,17 @@ impl PeerPlane {
         };
         for peer in &settings.peers {
             let link = link(settings, peer);
+            let health = Arc::new(LinkHealth::new(
+                link.url(),
+                settings.max_failures,
+                settings.failure_cooldown,
+                Arc::clone(metrics),
+            ));
             plane.pushers.push(
                 PeerPusher::new(
                     link.clone(),
                     store.clone(),
-                    settings.max_failures,
-                    settings.failure_cooldown,
+                    Arc::clone(&health),
                     settings.push_rate_per_s,
                     Arc::clone(metrics),
                 )
@@ -91,6 +100,7 @@ impl PeerPlane {
                     store.clone(),
                     applier.clone(),
                     Arc::clone(pushed),
+                    health,
                     Arc::clone(metrics),
                 )
                 .start(),

@@ -155,6 +155,12 @@ impl CircuitBreaker {
         self.open_until = None;
     }
 
+    /// Ends the cooldown now (half-open: the next call may go), keeping the failure count, so
+    /// that one more failure opens the breaker again and the backoff keeps growing.
+    pub fn half_open(&mut self) {
+        self.open_until = None;
+    }
+
     /// Records a failure; returns true when this failure opened the breaker.
     pub fn on_failure(&mut self, now: Instant) -> bool {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);

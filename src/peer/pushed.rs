@@ -13,11 +13,14 @@
 use crate::protocol::wire::LogPosition;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mark {
     epoch: String,
     through: u64,
+    /// When a push last moved the mark.
+    pushed_at: Option<Instant>,
 }
 
 /// The marks of every peer, shared by the push route (writer) and the pullers (readers).
@@ -38,6 +41,7 @@ impl PushedThrough {
                     Mark {
                         epoch: epoch.to_string(),
                         through: seq,
+                        pushed_at: None,
                     },
                 );
             }
@@ -50,8 +54,10 @@ impl PushedThrough {
         if let Some(mark) = marks.get_mut(peer)
             && mark.epoch == position.epoch
             && position.after <= mark.through
+            && position.through > mark.through
         {
-            mark.through = mark.through.max(position.through);
+            mark.through = position.through;
+            mark.pushed_at = Some(Instant::now());
         }
     }
 
@@ -61,6 +67,25 @@ impl PushedThrough {
         let marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
         let mark = marks.get(peer)?;
         (Some(mark.epoch.as_str()) == epoch && mark.through > since).then_some(mark.through)
+    }
+
+    /// Where a pull of `peer`'s feed (of `epoch`) should stop while the peer's pushes are
+    /// flowing (a push moved the mark within `window` before `now`): at the mark, leaving what
+    /// comes after it to the pushes; `None` when they are not (the pull reads everything, as
+    /// the repair path it is).
+    pub fn flowing_until(
+        &self,
+        peer: &str,
+        epoch: Option<&str>,
+        window: Duration,
+        now: Instant,
+    ) -> Option<u64> {
+        let marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mark = marks.get(peer)?;
+        let fresh = mark
+            .pushed_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= window);
+        (Some(mark.epoch.as_str()) == epoch && fresh).then_some(mark.through)
     }
 }
 
@@ -110,5 +135,29 @@ mod tests {
         );
         marks.pushed("p", &at("new", 0, 20));
         assert_eq!(marks.skip_for("p", Some("new"), 0), Some(20));
+    }
+
+    #[test]
+    fn a_pull_stops_at_the_mark_only_while_pushes_move_it() {
+        let marks = PushedThrough::default();
+        let window = Duration::from_secs(10);
+        marks.pulled("p", "e", 3);
+        let now = Instant::now();
+        assert_eq!(
+            marks.flowing_until("p", Some("e"), window, now),
+            None,
+            "no push yet"
+        );
+        marks.pushed("p", &at("e", 3, 9));
+        let now = Instant::now();
+        assert_eq!(marks.flowing_until("p", Some("e"), window, now), Some(9));
+        assert_eq!(marks.flowing_until("p", Some("x"), window, now), None);
+        // The pushes stopped: past the window the pull reads everything again.
+        let later = now + window + Duration::from_millis(1);
+        assert_eq!(marks.flowing_until("p", Some("e"), window, later), None);
+        // A pull moving the mark is not a push.
+        marks.pulled("p", "e", 20);
+        assert_eq!(marks.skip_for("p", Some("e"), 3), Some(20));
+        assert_eq!(marks.flowing_until("p", Some("e"), window, later), None);
     }
 }

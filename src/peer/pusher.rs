@@ -12,18 +12,18 @@
 //! out as one batch of same-kind items, limited by the token bucket, and carrying its place in
 //! the log ([`LogPosition`]) so that the peer's pull can skip what the push delivered. Each reply
 //! is classified by [`CallVerdict`]: a failure (transport, 5xx, 429, and 403, which is also
-//! counted and logged as an auth problem) keeps the batch and retries it after [`retry_delay`]
+//! counted and logged as an auth problem) keeps the batch and retries it after `retry_delay`
 //! (exponential, jittered, growing to its maximum, never before the peer's `Retry-After`);
-//! enough failures in a row open the circuit breaker for the cooldown. `rejected` results, any
-//! other 4xx and replies that are not the protocol's are final (counted as rejected; the peer's
-//! pull of our feed repairs them). The cursor moves past a batch once it is final; it is saved
+//! enough failures in a row open the circuit breaker for the cooldown. Breaker and backoff are
+//! the link's ([`LinkHealth`]), shared with the peer's puller, whose next success ends them.
+//! `rejected` results, any other 4xx and replies that are not the protocol's are final (counted
+//! as rejected; the peer's pull of our feed repairs them). The cursor moves past a batch once it is final; it is saved
 //! at most once per [`CURSOR_SAVE_INTERVAL`] and when the pusher stops, so a kill -9 sends at
 //! most that much again (replicas are idempotent). Nothing here touches another peer's pusher.
 
 use super::client::{PeerCallError, PeerClient, PeerLink};
-use super::policy::{
-    BACKOFF_BASE, BACKOFF_MAX, CallVerdict, CircuitBreaker, TokenBucket, retry_delay,
-};
+use super::health::LinkHealth;
+use super::policy::{CallVerdict, TokenBucket};
 use crate::metrics::Metrics;
 use crate::protocol::now_unix;
 use crate::protocol::wire::{
@@ -107,11 +107,9 @@ pub struct PeerPusher {
     waiting_for_commit: bool,
     in_flight: Option<InFlight>,
     wake_scheduled: bool,
-    retry_at: Option<Instant>,
-    breaker: CircuitBreaker,
-    /// Longest backoff: [`BACKOFF_MAX`], or the breaker's cooldown when that is shorter (a
-    /// backoff past the cooldown would leave a peer alone longer than the operator asked).
-    backoff_max: Duration,
+    /// Breaker and backoff, shared with the peer's puller.
+    health: Arc<LinkHealth>,
+    waiting_for_recovery: bool,
     bucket: TokenBucket,
     metrics: Arc<Metrics>,
     /// Failed log reads in a row (logged on the first and every 20th).
@@ -129,18 +127,13 @@ impl PeerPusher {
     pub fn new(
         link: PeerLink,
         store: StoreHandle,
-        max_failures: u32,
-        cooldown: Duration,
+        health: Arc<LinkHealth>,
         rate_per_s: f64,
         metrics: Arc<Metrics>,
     ) -> Self {
         let burst = rate_per_s.max(MAX_ITEMS_PER_BATCH as f64);
         metrics
             .peer_queue_depth
-            .with_label_values(&[link.url()])
-            .set(0);
-        metrics
-            .peer_circuit_open
             .with_label_values(&[link.url()])
             .set(0);
         // Every per-peer counter exists from the start, so "none yet" reads as 0, not as absent.
@@ -170,9 +163,8 @@ impl PeerPusher {
             waiting_for_commit: false,
             in_flight: None,
             wake_scheduled: false,
-            retry_at: None,
-            breaker: CircuitBreaker::new(max_failures, cooldown),
-            backoff_max: BACKOFF_MAX.min(cooldown).max(BACKOFF_BASE),
+            health,
+            waiting_for_recovery: false,
             bucket: TokenBucket::new(rate_per_s, burst, Instant::now()),
             metrics,
             link,
@@ -206,25 +198,15 @@ impl PeerPusher {
     }
 
     fn update_gauges(&self) {
-        let label = self.label();
-        let (depth, open, failures) = (
-            self.ahead.len(),
-            self.breaker.is_open(Instant::now()),
-            self.breaker.failures(),
-        );
+        let depth = self.ahead.len();
         self.metrics
             .peer_queue_depth
-            .with_label_values(&label)
+            .with_label_values(&self.label())
             .set(depth as i64);
-        self.metrics
-            .peer_circuit_open
-            .with_label_values(&label)
-            .set(i64::from(open));
         self.metrics.status.update_peer(self.link.url(), |peer| {
             peer.queue_depth = depth;
-            peer.breaker = if open { "open" } else { "closed" };
-            peer.consecutive_failures = failures;
         });
+        self.health.refresh();
     }
 
     fn record_push(&self, outcome: String) {
@@ -310,6 +292,18 @@ impl PeerPusher {
         }));
     }
 
+    fn wait_for_recovery(&mut self, ctx: &mut Context<Self>) {
+        if self.waiting_for_recovery {
+            return;
+        }
+        self.waiting_for_recovery = true;
+        let recovered = Arc::clone(&self.health).recovered();
+        ctx.spawn(recovered.into_actor(self).map(|(), pusher, ctx| {
+            pusher.waiting_for_recovery = false;
+            pusher.pump(ctx);
+        }));
+    }
+
     /// Sends the next batch if nothing stops it (in flight, breaker, backoff, rate limit).
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.in_flight.is_none() && self.ahead.is_empty() {
@@ -322,14 +316,10 @@ impl PeerPusher {
             return;
         }
         let now = Instant::now();
-        if let Err(remaining) = self.breaker.check(now) {
+        if let Err(remaining) = self.health.push_allowed(now) {
+            // Whichever comes first: the wait runs out, or a call (the next pull) succeeds.
             self.wake_after(remaining, ctx);
-            return;
-        }
-        if let Some(at) = self.retry_at
-            && at > now
-        {
-            self.wake_after(at - now, ctx);
+            self.wait_for_recovery(ctx);
             return;
         }
         let Some(client) = self.client.clone() else {
@@ -363,8 +353,14 @@ impl PeerPusher {
             PATH_REPLICATE_ACK
         };
         self.in_flight = Some(InFlight { count, through });
+        let sent = Instant::now();
         let call = async move { client.post(path, body).await };
         ctx.spawn(call.into_actor(self).map(move |result, pusher, ctx| {
+            pusher
+                .metrics
+                .push_seconds
+                .with_label_values(&[pusher.link.url()])
+                .observe(sent.elapsed().as_secs_f64());
             if let Some(batch) = pusher.in_flight.take() {
                 pusher.on_reply(result, batch, ctx);
             }
@@ -426,8 +422,6 @@ impl PeerPusher {
     /// The batch is final: drop it from the look-ahead and move the cursor past it.
     fn batch_done(&mut self, batch: &InFlight, ctx: &mut Context<Self>) {
         self.ahead.drain(..batch.count.min(self.ahead.len()));
-        self.breaker.on_success();
-        self.retry_at = None;
         self.advance_cursor(batch.through, ctx);
     }
 
@@ -489,6 +483,7 @@ impl PeerPusher {
                     .iter()
                     .filter(|r| r.status == "rejected")
                     .count();
+                self.health.on_success();
                 self.record_push(format!(
                     "ok: {} taken, {rejected} rejected",
                     count - rejected.min(count)
@@ -523,6 +518,8 @@ impl PeerPusher {
                         .push_rejected_total
                         .with_label_values(&label)
                         .inc_by(count as u64);
+                    // The peer answered: the link works, whatever it thought of the batch.
+                    self.health.on_success();
                     self.batch_done(&batch, ctx);
                 }
             },
@@ -530,38 +527,26 @@ impl PeerPusher {
         self.update_gauges();
     }
 
-    /// A failed push that keeps its batch: count it, feed the breaker, and schedule the retry
-    /// after the backoff (never before the peer's `Retry-After`).
+    /// A failed push that keeps its batch: count it, and feed the link's breaker and backoff
+    /// (the retry waits for them, never less than the peer's `Retry-After`).
     fn on_failure(&mut self, err: &PeerCallError, retry_after: Option<Duration>, auth: bool) {
-        let peer = self.link.peer.url.clone();
-        let label = [peer.as_str()];
+        let label = self.label();
         self.metrics
             .push_error_total
             .with_label_values(&label)
             .inc();
-        let now = Instant::now();
-        let opened = self.breaker.on_failure(now);
-        let failures = self.breaker.failures();
+        let failure = self.health.push_failed(Instant::now(), retry_after);
         if auth {
             self.metrics
                 .push_auth_refused_total
                 .with_label_values(&label)
                 .inc();
-            self.link.log_auth_refused("push", err, failures);
-        } else if opened {
-            tracing::warn!(peer = %self.link.peer.url, %err, failures, "peer unreachable; circuit breaker open");
+            self.link.log_auth_refused("push", err, failure.failures);
+        } else if failure.opened {
+            tracing::warn!(peer = %self.link.peer.url, %err, failures = failure.failures, "peer unreachable; circuit breaker open");
         } else {
             tracing::debug!(peer = %self.link.peer.url, %err, "push failed; will retry");
         }
-        let unit = f64::from(getrandom::u32().unwrap_or(0)) / f64::from(u32::MAX);
-        let delay = retry_delay(
-            failures.max(1),
-            retry_after,
-            BACKOFF_BASE,
-            self.backoff_max,
-            unit,
-        );
-        self.retry_at = Some(now + delay);
     }
 }
 

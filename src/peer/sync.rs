@@ -15,12 +15,13 @@
 
 use super::apply::{Applied, Replica, ReplicaApplier};
 use super::client::{PeerCallError, PeerClient, PeerLink};
+use super::health::LinkHealth;
 use super::policy::CallVerdict;
 use super::pushed::PushedThrough;
 use crate::mailbox::Origin;
 use crate::metrics::Metrics;
 use crate::protocol::now_unix;
-use crate::protocol::wire::{PATH_CHANGES, QUERY_PUSHED_THROUGH};
+use crate::protocol::wire::{PATH_CHANGES, QUERY_PUSHED_THROUGH, QUERY_UNTIL};
 use crate::store::{StoreHandle, StoreOp};
 use actix::prelude::*;
 use serde::Deserialize;
@@ -29,6 +30,9 @@ use std::time::{Duration, Instant};
 
 /// Entries asked for per feed request.
 pub const FEED_PAGE_LIMIT: usize = 256;
+/// Pushes that moved the mark this recently count as flowing (or within twice the pull interval,
+/// when that is longer).
+const PUSHES_FLOWING_MIN: Duration = Duration::from_secs(1);
 /// Most pages pulled in one round, so one busy peer cannot hog the node.
 const MAX_PAGES_PER_ROUND: usize = 64;
 
@@ -95,6 +99,7 @@ struct Puller {
     store: StoreHandle,
     applier: ReplicaApplier,
     pushed: Arc<PushedThrough>,
+    interval: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -135,6 +140,18 @@ impl Puller {
             "{PATH_CHANGES}?since={}&limit={FEED_PAGE_LIMIT}",
             cursor.seq
         );
+        // While the peer's pushes are flowing, read only up to where they reached: the rest is
+        // on its way by push, and fetching it too would be a second copy of the traffic.
+        let window = (self.interval * 2).max(PUSHES_FLOWING_MIN);
+        let until = self.pushed.flowing_until(
+            &self.peer_url,
+            cursor.epoch.as_deref(),
+            window,
+            Instant::now(),
+        );
+        if let Some(until) = until {
+            path.push_str(&format!("&{QUERY_UNTIL}={until}"));
+        }
         if let Some(through) =
             self.pushed
                 .skip_for(&self.peer_url, cursor.epoch.as_deref(), cursor.seq)
@@ -223,6 +240,8 @@ pub struct PeerSync {
     store: StoreHandle,
     applier: ReplicaApplier,
     pushed: Arc<PushedThrough>,
+    /// Breaker and backoff, shared with the peer's pusher: a pull is a call like any other.
+    health: Arc<LinkHealth>,
     metrics: Arc<Metrics>,
     cursor: Cursor,
     puller: Option<Puller>,
@@ -240,6 +259,7 @@ impl PeerSync {
         store: StoreHandle,
         applier: ReplicaApplier,
         pushed: Arc<PushedThrough>,
+        health: Arc<LinkHealth>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let cursor = Cursor::load(&store, link.url());
@@ -250,6 +270,7 @@ impl PeerSync {
             &metrics.sync_applied_total,
             &metrics.sync_known_total,
             &metrics.sync_rounds_total,
+            &metrics.sync_error_total,
         ] {
             counter.with_label_values(&[link.url()]).inc_by(0);
         }
@@ -259,6 +280,7 @@ impl PeerSync {
             store,
             applier,
             pushed,
+            health,
             metrics,
             cursor,
             puller: None,
@@ -287,6 +309,7 @@ impl PeerSync {
             sync.cursor = cursor;
             match result {
                 Ok(()) => {
+                    sync.health.pull_succeeded();
                     sync.metrics
                         .sync_rounds_total
                         .with_label_values(&[sync.link.url()])
@@ -301,6 +324,10 @@ impl PeerSync {
                 }
                 Err(err) => {
                     sync.failures += 1;
+                    sync.metrics
+                        .sync_error_total
+                        .with_label_values(&[sync.link.url()])
+                        .inc();
                     sync.metrics.status.update_peer(sync.link.url(), |peer| {
                         peer.last_pull_error = Some(crate::status::Event::now(err.to_string()));
                     });
@@ -313,6 +340,7 @@ impl PeerSync {
                     }) = verdict
                     {
                         sync.not_before = Some(Instant::now() + wait);
+                        sync.health.pull_failed(Instant::now(), Some(wait));
                     }
                     match (&err, verdict) {
                         (SyncError::Call(call), Some(CallVerdict::AuthRefused)) => {
@@ -340,6 +368,7 @@ impl Actor for PeerSync {
             store: self.store.clone(),
             applier: self.applier.clone(),
             pushed: Arc::clone(&self.pushed),
+            interval: self.interval,
             metrics: Arc::clone(&self.metrics),
         });
         self.tick(ctx);

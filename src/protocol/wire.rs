@@ -41,3 +41,8 @@ pub struct LogPosition {
 /// The feed query parameter that names how far the caller got the peer's own clients'
 /// changes by push (a dmrelay extension; see [`LogPosition`]).
 pub const QUERY_PUSHED_THROUGH: &str = "pushed_through";
+
+/// The feed query parameter that ends the page at this seq (a dmrelay extension): a puller
+/// whose peer's pushes are flowing reads only up to where they reached, and leaves the rest to
+/// them.
+pub const QUERY_UNTIL: &str = "until";

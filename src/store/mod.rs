@@ -158,6 +158,17 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         now: u64,
         filter: LogFilter,
+    ) -> Result<FeedPage, StoreError> {
+        self.read_log_until(since, u64::MAX, limit, now, filter)
+    }
+    /// [`Store::read_log`] that stops after seq `until`.
+    fn read_log_until(
+        &self,
+        since: u64,
+        until: u64,
+        limit: usize,
+        now: u64,
+        filter: LogFilter,
     ) -> Result<FeedPage, StoreError>;
     /// Small metadata written with [`StoreOp::PutMeta`].
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

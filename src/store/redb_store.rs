@@ -858,9 +858,10 @@ impl Store for RedbStore {
         Ok(mailboxes)
     }
 
-    fn read_log(
+    fn read_log_until(
         &self,
         since: u64,
+        until: u64,
         limit: usize,
         now: u64,
         filter: LogFilter,
@@ -871,9 +872,12 @@ impl Store for RedbStore {
             through: since,
             ..FeedPage::default()
         };
+        if until <= since {
+            return Ok(page);
+        }
         let mut stepped_over = 0usize;
         for item in changes
-            .range(since.saturating_add(1)..)
+            .range(since.saturating_add(1)..=until)
             .map_err(StoreError::backend)?
         {
             let (seq, record) = item.map_err(StoreError::backend)?;
@@ -1201,6 +1205,23 @@ mod tests {
             .map(|i| replica_op(envelope(&format!("r{i}"), NOW + 100)))
             .collect();
         store.commit(&many).unwrap();
+        // `until` stops a read: nothing after it is returned or stepped over.
+        let upto = store.read_log_until(0, 4, 10, NOW, LogFilter::All).unwrap();
+        assert_eq!(
+            (ids(&upto), upto.through, upto.more),
+            (vec![1, 2, 3, 4], 4, false)
+        );
+        let upto = store
+            .read_log_until(1, 4, 10, NOW, LogFilter::SkipClientsThrough(3))
+            .unwrap();
+        assert_eq!((ids(&upto), upto.through), (vec![2, 4], 4));
+        assert!(
+            store
+                .read_log_until(4, 4, 10, NOW, LogFilter::All)
+                .unwrap()
+                .changes
+                .is_empty()
+        );
         let long = store.read_log(5, 10, NOW, LogFilter::FromClients).unwrap();
         assert!(long.changes.is_empty() && long.more);
         assert_eq!(long.through, 5 + MAX_SCANNED_PER_READ as u64);

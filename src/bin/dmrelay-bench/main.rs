@@ -5,6 +5,13 @@
 //! 2. Memory per pending envelope: RSS of the node before and after N deposits.
 //! 3. Replication lag: deposits on node A at a fixed rate; the time until each appears in node
 //!    B's change feed, as percentiles.
+//! 4. Mesh lag (`--runs mesh-lag`): a 3-node full mesh taking `--mesh-rate` deposits per second
+//!    spread over the three nodes (pre-signed bodies, kept-alive connections, paced on a fixed
+//!    schedule), and probes: every `--probe-ms` one more deposit, to a mailbox of its own, with a
+//!    long poll waiting for it on each of the two other nodes. A long poll is answered after the
+//!    commit that makes the replica durable there, so the time from the origin's 200 to each
+//!    poll's answer is the lag to the other node's store. Prints p50/p90/p99/max, the node CPU per
+//!    deposit from `/proc/<pid>/stat`, and writes an SVG plot of lag over time (`--svg`).
 //!
 //! The load generator runs on the same machine as the nodes (it takes one core's share); the
 //! figures are for comparing runs and endpoints on one machine, not absolute capacity.
@@ -48,6 +55,25 @@ struct Args {
     /// Where the nodes keep their data (a temporary directory by default).
     #[arg(long)]
     data_root: Option<PathBuf>,
+    /// Which runs, comma-separated: throughput, memory, lag, mesh-lag.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "throughput,memory,lag,mesh-lag"
+    )]
+    runs: Vec<String>,
+    /// Deposits per second over the whole mesh during the mesh-lag run (background load).
+    #[arg(long, default_value_t = 3000)]
+    mesh_rate: u64,
+    /// Length of the mesh-lag run, seconds.
+    #[arg(long, default_value_t = 20)]
+    mesh_seconds: u64,
+    /// One probe every this many milliseconds during the mesh-lag run.
+    #[arg(long, default_value_t = 20)]
+    probe_ms: u64,
+    /// Where the mesh-lag run writes its plot of lag over time.
+    #[arg(long, default_value = "mesh-lag.svg")]
+    svg: PathBuf,
 }
 
 const SECRET: &str = "bench-mesh-secret";
@@ -89,6 +115,8 @@ fn start_node(data_dir: &Path, port: u16, env: &[(&str, String)]) -> NodeProcess
         .env("MESH_DM_LISTEN", format!("127.0.0.1:{port}"))
         .env("MESH_DM_DATA_DIR", data_dir)
         .env("RUST_LOG", "warn")
+        // Every request of the bench comes from 127.0.0.1: no per-address limit.
+        .env("MESH_DM_CLIENT_RATE_PER_S", "0")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
@@ -399,13 +427,18 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &Path) {
     );
 }
 
+mod mesh_lag;
+
 fn main() {
     let args = Args::parse();
     let root = args.data_root.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("dmrelay-bench-{}", std::process::id()))
     });
     actix_rt::System::new().block_on(async {
+        // awc's default pool of 100 connections would make the paced runs wait for a free
+        // connection (the load generator as the bottleneck): room for every request in flight.
         let client = awc::Client::builder()
+            .connector(awc::Connector::new().limit(4096))
             .timeout(Duration::from_secs(30))
             .finish();
         println!(
@@ -415,11 +448,21 @@ fn main() {
             args.concurrency,
             args.ciphertext_bytes
         );
-        throughput(&args, &client, &root, "fsync").await;
-        throughput(&args, &client, &root, "memory").await;
-        memory(&args, &client, &root, "fsync").await;
-        memory(&args, &client, &root, "memory").await;
-        replication_lag(&args, &client, &root).await;
+        let runs = |name: &str| args.runs.iter().any(|r| r == name);
+        if runs("throughput") {
+            throughput(&args, &client, &root, "fsync").await;
+            throughput(&args, &client, &root, "memory").await;
+        }
+        if runs("memory") {
+            memory(&args, &client, &root, "fsync").await;
+            memory(&args, &client, &root, "memory").await;
+        }
+        if runs("lag") {
+            replication_lag(&args, &client, &root).await;
+        }
+        if runs("mesh-lag") {
+            mesh_lag::run(&args, &client, &root).await;
+        }
     });
     let _ = std::fs::remove_dir_all(&root);
 }
