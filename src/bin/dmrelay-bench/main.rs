@@ -99,8 +99,18 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| fail(&format!("no free port: {e}")))
 }
 
+/// Nodes started by this run, killed by [`fail`] (exiting skips their `Drop`).
+static STARTED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
 fn fail(message: &str) -> ! {
     eprintln!("dmrelay-bench: {message}");
+    let pids = STARTED.lock().map(|pids| pids.clone()).unwrap_or_default();
+    for pid in pids {
+        // SAFETY: kill(2) has no memory preconditions; a pid already gone is harmless.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
     std::process::exit(1)
 }
 
@@ -124,6 +134,9 @@ fn start_node(data_dir: &Path, port: u16, env: &[(&str, String)]) -> NodeProcess
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| fail(&format!("cannot start dmrelay: {e}")));
+    if let Ok(mut pids) = STARTED.lock() {
+        pids.push(child.id());
+    }
     NodeProcess {
         child,
         url: format!("http://127.0.0.1:{port}"),

@@ -84,8 +84,16 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / per_second
 }
 
-/// The sum of every series of the metric `name` (all label sets) on the node at `url`.
+/// The sum of every series of the metric `name` (all label sets) on the node at `url`; a node
+/// that does not export it (an older build, compared in an A/B run) is an error.
 async fn metric_sum(client: &awc::Client, url: &str, name: &str) -> f64 {
+    optional_metric_sum(client, url, name)
+        .await
+        .unwrap_or_else(|| fail(&format!("{url} does not export {name}")))
+}
+
+/// Like [`metric_sum`], `None` when the node does not export the metric.
+async fn optional_metric_sum(client: &awc::Client, url: &str, name: &str) -> Option<f64> {
     let Ok(mut response) = client.get(format!("{url}/metrics")).send().await else {
         fail(&format!("cannot read {url}/metrics"));
     };
@@ -106,10 +114,11 @@ async fn metric_sum(client: &awc::Client, url: &str, name: &str) -> f64 {
         .filter_map(|(_, v)| v.parse::<f64>().ok())
         .inspect(|_| found = true)
         .sum();
-    if !found {
-        fail(&format!("{url} does not export {name}"));
-    }
-    sum
+    found.then_some(sum)
+}
+
+fn or_absent(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -344,13 +353,13 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     }
     for (i, url) in urls.iter().enumerate() {
         println!(
-            "mesh lag: node {i}: {:.0} pending, replicas accepted {:.0}, duplicates {:.0}; push errors {:.0}; pulled and applied {:.0}, pulled and recognized {:.0}",
+            "mesh lag: node {i}: {:.0} pending, replicas accepted {:.0}, duplicates {:.0}; push errors {:.0}; pulled and applied {:.0}, pulled and recognized {}",
             metric_sum(client, url, "dm_pending_envelopes").await,
             metric_sum(client, url, "dm_replica_accepted_total").await,
             metric_sum(client, url, "dm_replica_duplicate_total").await,
             metric_sum(client, url, "dm_replication_push_error_total").await,
             metric_sum(client, url, "dm_sync_applied_total").await,
-            metric_sum(client, url, "dm_sync_known_total").await,
+            or_absent(optional_metric_sum(client, url, "dm_sync_known_total").await),
         );
     }
     match converged {
