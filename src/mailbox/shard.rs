@@ -820,52 +820,29 @@ impl Actor for MailboxShard {
     }
 }
 
-impl Handler<Deposit> for MailboxShard {
-    type Result = ();
+/// A request handler: load the mailbox the message names (`$mailbox`), then run `$run`; a
+/// mailbox that cannot be loaded answers the request's `reply` with the error.
+macro_rules! handle_once_loaded {
+    ($message:ty, |$msg:ident| $mailbox:expr, $run:ident) => {
+        impl Handler<$message> for MailboxShard {
+            type Result = ();
 
-    fn handle(&mut self, msg: Deposit, ctx: &mut Self::Context) {
-        self.with_mailbox(
-            msg.envelope.mailbox,
-            ctx,
-            move |shard, ctx, ready| match ready {
-                Ok(()) => shard.deposit(msg, ctx),
-                Err(err) => {
-                    let _ = msg.reply.send(Err(err));
-                }
-            },
-        );
-    }
-}
-
-impl Handler<Poll> for MailboxShard {
-    type Result = ();
-
-    fn handle(&mut self, msg: Poll, ctx: &mut Self::Context) {
-        self.with_mailbox(
-            msg.request.mailbox,
-            ctx,
-            move |shard, ctx, ready| match ready {
-                Ok(()) => shard.poll(msg, ctx),
-                Err(err) => {
-                    let _ = msg.reply.send(Err(err));
-                }
-            },
-        );
-    }
-}
-
-impl Handler<Acknowledge> for MailboxShard {
-    type Result = ();
-
-    fn handle(&mut self, msg: Acknowledge, ctx: &mut Self::Context) {
-        self.with_mailbox(msg.ack.mailbox, ctx, move |shard, ctx, ready| match ready {
-            Ok(()) => shard.acknowledge(msg, ctx),
-            Err(err) => {
-                let _ = msg.reply.send(Err(err));
+            fn handle(&mut self, $msg: $message, ctx: &mut Self::Context) {
+                let mailbox = $mailbox;
+                self.with_mailbox(mailbox, ctx, move |shard, ctx, ready| match ready {
+                    Ok(()) => shard.$run($msg, ctx),
+                    Err(err) => {
+                        let _ = $msg.reply.send(Err(err));
+                    }
+                });
             }
-        });
-    }
+        }
+    };
 }
+
+handle_once_loaded!(Deposit, |msg| msg.envelope.mailbox, deposit);
+handle_once_loaded!(Poll, |msg| msg.request.mailbox, poll);
+handle_once_loaded!(Acknowledge, |msg| msg.ack.mailbox, acknowledge);
 
 impl Handler<ReleaseWaitingPolls> for MailboxShard {
     type Result = ();
