@@ -131,6 +131,8 @@ struct FakePeer {
 struct FakeState {
     changes: Vec<Value>,
     queries: Vec<String>,
+    /// msg_ids of the envelopes pushed to this peer, in order.
+    pushed: Vec<String>,
 }
 
 impl FakePeer {
@@ -152,6 +154,10 @@ impl FakePeer {
         state
             .changes
             .push(json!({"seq": seq, "envelope": serde_json::to_value(envelope).unwrap()}));
+    }
+
+    fn pushed(&self) -> Vec<String> {
+        self.state.lock().unwrap().pushed.clone()
     }
 
     fn queries(&self) -> Vec<String> {
@@ -212,8 +218,16 @@ async fn serve_feed(req: HttpRequest, state: web::Data<Mutex<FakeState>>) -> Htt
         .json(json!({"ok": true, "epoch": "E1", "next": next, "more": false, "changes": changes}))
 }
 
-async fn take_push(body: web::Bytes) -> HttpResponse {
+async fn take_push(body: web::Bytes, state: web::Data<Mutex<FakeState>>) -> HttpResponse {
     let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(envelopes) = value["envelopes"].as_array() {
+        let mut state = state.lock().unwrap();
+        for envelope in envelopes {
+            state
+                .pushed
+                .push(envelope["msg_id"].as_str().unwrap_or("?").to_string());
+        }
+    }
     let count = ["envelopes", "acks"]
         .iter()
         .find_map(|k| value[*k].as_array().map(Vec::len))
@@ -379,4 +393,26 @@ async fn the_feed_leaves_out_client_changes_up_to_pushed_through() {
         feed(&node, peer_url, "since=2&pushed_through=1").await,
         (vec!["c2".into()], 3)
     );
+}
+
+#[actix_rt::test]
+async fn a_new_peer_starts_at_the_head_of_the_log() {
+    // A node with history, then a peer added to its configuration.
+    let seat = Reserved::new(false);
+    let mut node = seat.start(mesh_config().env(NO_PULL.0, NO_PULL.1));
+    node.ready().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(node.send(&alice.envelope_to(&bob, "old")).await.0, 200);
+    assert!(node.terminate());
+    let peer = FakePeer::start();
+    node.set_env("MESH_RELAY_PEERS", &peer.url);
+    node.restart();
+    node.ready().await;
+    assert_eq!(node.send(&alice.envelope_to(&bob, "new")).await.0, 200);
+    wait_for(Duration::from_secs(10), || async {
+        !peer.pushed().is_empty()
+    })
+    .await;
+    // Only what came after the peer was added is pushed; the history is the pull's to fetch.
+    assert_eq!(peer.pushed(), ["new"]);
 }

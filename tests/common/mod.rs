@@ -198,6 +198,12 @@ impl Node {
         }
     }
 
+    /// Sets (or replaces) an environment variable for the next start of the process.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Starts the process again on the same sockets and data dir.
     pub fn restart(&mut self) {
         self.kill9();
