@@ -1,4 +1,5 @@
-//! Mailboxes: the rules of SPEC §4 ([`rules`], pure) and the actors that own them ([`shard`]).
+//! Mailboxes: the rules of SPEC §4 ([`rules`], pure), the actors that own them ([`shard`]), and
+//! each shard's cache of mailboxes in memory ([`cache`]: loading, waiting work, eviction).
 //!
 //! Mailboxes are spread over one [`shard::MailboxShard`] per core, each on its own arbiter, by a
 //! keyed hash of the mailbox key ([`MailboxRouter`]). Every request for a mailbox — a client's
@@ -9,6 +10,7 @@
 //! nothing of peers. Long polls wait in their mailbox's shard until mail is durable there
 //! ([`waiting`]).
 
+pub mod cache;
 pub mod rules;
 pub mod shard;
 pub mod waiting;

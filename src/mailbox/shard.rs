@@ -8,8 +8,10 @@
 //!
 //! Only mailboxes in use are in memory. The first request for a mailbox loads its state from
 //! the store on a blocking-pool thread (never on the shard's arbiter); requests that arrive
-//! meanwhile wait in that mailbox's slot, in order. A mailbox idle for `MESH_DM_MAILBOX_IDLE_S`
-//! with no write in flight and no parked replica leaves memory: its state is all in the store.
+//! meanwhile wait in that mailbox's slot, in order ([`super::cache`] keeps that bookkeeping; the
+//! shard only starts the loads and hands their results back). A mailbox idle for
+//! `MESH_DM_MAILBOX_IDLE_S` with no write in flight and no parked replica leaves memory: its state
+//! is all in the store.
 //!
 //! A long poll that finds nothing deliverable waits in its mailbox's [`WaitingPolls`] (see
 //! [`super::waiting`]) and is answered from the commit callback that makes an envelope of that
@@ -21,6 +23,7 @@
 //! from the store — memory never holds as done what the disk does not.
 
 use super::Origin;
+use super::cache::{Admit, MailboxCache};
 use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView};
 use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
 use crate::metrics::Metrics;
@@ -161,11 +164,6 @@ const MAX_CONCURRENT_LOADS: usize = 8;
 /// work stays bounded like the shard's own queue.
 const MAX_WAITING_REQUESTS: usize = SHARD_QUEUE_CAPACITY;
 
-enum Slot {
-    Loaded(Box<Loaded>),
-    Loading(Vec<Waiting>),
-}
-
 /// A mailbox's state from what the store holds for it (public for the model-based test, which
 /// restarts a mailbox through this very path).
 pub fn state_from(snapshot: Recovered, now: u64) -> MailboxState {
@@ -221,12 +219,8 @@ fn release_freed_memory() {
 }
 
 pub struct MailboxShard {
-    mailboxes: HashMap<MailboxKey, Slot>,
-    /// Loads running now, and mailboxes waiting for a load to start.
-    loads_running: usize,
-    loads_queued: std::collections::VecDeque<MailboxKey>,
-    /// Requests parked in `Slot::Loading` across all mailboxes.
-    waiting_requests: usize,
+    /// The mailboxes in memory, those being loaded and the requests waiting for them.
+    cache: MailboxCache<Loaded, Waiting>,
     limits: MailboxLimits,
     max_ttl_s: u64,
     idle: Duration,
@@ -251,10 +245,7 @@ impl MailboxShard {
         wait_budget: Arc<WaitBudget>,
     ) -> Self {
         Self {
-            mailboxes: HashMap::new(),
-            loads_running: 0,
-            loads_queued: std::collections::VecDeque::new(),
-            waiting_requests: 0,
+            cache: MailboxCache::new(MAX_CONCURRENT_LOADS, MAX_WAITING_REQUESTS),
             limits,
             max_ttl_s,
             idle,
@@ -273,23 +264,15 @@ impl MailboxShard {
         ctx: &mut Context<Self>,
         work: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), ShardError>) + 'static,
     ) {
-        if let Some(Slot::Loaded(_)) = self.mailboxes.get(&mailbox) {
-            return work(self, ctx, Ok(()));
-        }
-        if self.waiting_requests >= MAX_WAITING_REQUESTS {
-            self.metrics.overload_total.inc();
-            return work(self, ctx, Err(ShardError::Overloaded));
-        }
-        self.waiting_requests += 1;
-        match self.mailboxes.get_mut(&mailbox) {
-            Some(Slot::Loading(waiting)) => waiting.push(Box::new(work)),
-            _ => {
-                self.mailboxes
-                    .insert(mailbox, Slot::Loading(vec![Box::new(work)]));
-                if self.loads_running < MAX_CONCURRENT_LOADS {
-                    self.start_load(mailbox, ctx);
-                } else {
-                    self.loads_queued.push_back(mailbox);
+        match self.cache.admit(mailbox, Box::new(work)) {
+            Admit::Ready(work) => work(self, ctx, Ok(())),
+            Admit::Overloaded(work) => {
+                self.metrics.overload_total.inc();
+                work(self, ctx, Err(ShardError::Overloaded));
+            }
+            Admit::Waiting { start } => {
+                if let Some(load) = start {
+                    self.start_load(load, ctx);
                 }
             }
         }
@@ -297,14 +280,9 @@ impl MailboxShard {
 
     /// Reads `mailbox` from the store on a blocking-pool thread, then installs it.
     fn start_load(&mut self, mailbox: MailboxKey, ctx: &mut Context<Self>) {
-        self.loads_running += 1;
         let store = Arc::clone(self.store.store());
         let load = actix_rt::task::spawn_blocking(move || store.load_mailbox(&mailbox, now_unix()));
         ctx.spawn(load.into_actor(self).map(move |result, shard, ctx| {
-            shard.loads_running -= 1;
-            if let Some(next) = shard.loads_queued.pop_front() {
-                shard.start_load(next, ctx);
-            }
             let result = match result {
                 Ok(Ok(snapshot)) => Ok(snapshot),
                 Ok(Err(err)) => Err(err.to_string()),
@@ -314,20 +292,17 @@ impl MailboxShard {
         }));
     }
 
-    /// A load finished: put the state in place and run what waited for it, in order.
+    /// A load finished: put the state in place, start the next queued load, and run what
+    /// waited for this one, in order.
     fn install(
         &mut self,
         mailbox: MailboxKey,
         result: Result<Recovered, String>,
         ctx: &mut Context<Self>,
     ) {
-        let Some(Slot::Loading(waiting)) = self.mailboxes.remove(&mailbox) else {
-            return;
-        };
-        self.waiting_requests = self.waiting_requests.saturating_sub(waiting.len());
-        let outcome = match result {
+        let (entry, outcome) = match result {
             Ok(snapshot) => {
-                let loaded = Loaded {
+                let entry = Loaded {
                     state: state_from(snapshot, now_unix()),
                     last_used: Instant::now(),
                     in_flight: 0,
@@ -335,23 +310,28 @@ impl MailboxShard {
                     stale: false,
                     first_copy_waiters: HashMap::new(),
                 };
-                self.mailboxes
-                    .insert(mailbox, Slot::Loaded(Box::new(loaded)));
-                self.metrics.mailboxes_loaded.inc();
-                Ok(())
+                (Some(entry), Ok(()))
             }
             Err(err) => {
                 tracing::error!(%mailbox, %err, "mailbox could not be loaded");
                 // In a store outage, say so (with the time of the next reopen attempt).
-                Err(match self.store.status().outage() {
+                let refusal = match self.store.status().outage() {
                     Some(outage) => ShardError::StoreDown {
                         retry_after_s: outage.retry_after_s(),
                         reason: outage.reason,
                     },
                     None => not_loaded(),
-                })
+                };
+                (None, Err(refusal))
             }
         };
+        if entry.is_some() {
+            self.metrics.mailboxes_loaded.inc();
+        }
+        let (waiting, next) = self.cache.load_done(mailbox, entry);
+        if let Some(next) = next {
+            self.start_load(next, ctx);
+        }
         for work in waiting {
             work(self, ctx, outcome.clone());
         }
@@ -359,19 +339,15 @@ impl MailboxShard {
 
     /// The loaded mailbox, with what expired dropped and its use recorded.
     fn loaded(&mut self, mailbox: &MailboxKey) -> Option<&mut Loaded> {
-        match self.mailboxes.get_mut(mailbox) {
-            Some(Slot::Loaded(entry)) => {
-                entry.state.expire(now_unix());
-                entry.last_used = Instant::now();
-                Some(entry)
-            }
-            _ => None,
-        }
+        let entry = self.cache.get_mut(mailbox)?;
+        entry.state.expire(now_unix());
+        entry.last_used = Instant::now();
+        Some(entry)
     }
 
     /// A store write for `mailbox` finished (`failed`: and may have left memory stale).
     fn write_done(&mut self, mailbox: &MailboxKey, failed: bool) {
-        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox) {
+        if let Some(entry) = self.cache.get_mut(mailbox) {
             entry.in_flight = entry.in_flight.saturating_sub(1);
             entry.stale |= failed;
         }
@@ -380,12 +356,12 @@ impl MailboxShard {
     /// Drops a stale mailbox from memory once none of its writes is in flight; the next request
     /// loads what the store holds.
     fn drop_if_stale(&mut self, mailbox: &MailboxKey, ctx: &mut Context<Self>) {
-        let stale = matches!(self.mailboxes.get(mailbox),
-            Some(Slot::Loaded(entry)) if entry.stale && entry.in_flight == 0);
+        let stale = matches!(self.cache.get_mut(mailbox),
+            Some(entry) if entry.stale && entry.in_flight == 0);
         if !stale {
             return;
         }
-        if let Some(Slot::Loaded(mut entry)) = self.mailboxes.remove(mailbox) {
+        if let Some(mut entry) = self.cache.remove(mailbox) {
             // Its waiting polls get their normal reply now.
             for timer in entry.waiting.answer_all(&entry.state, now_unix()) {
                 ctx.cancel_future(timer);
@@ -417,7 +393,7 @@ impl MailboxShard {
         ctx: &mut Context<Self>,
         done: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), WriterError>) + 'static,
     ) {
-        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(&mailbox) {
+        if let Some(entry) = self.cache.get_mut(&mailbox) {
             entry.in_flight += 1;
         }
         let commit = self.store.commit(ops);
@@ -460,7 +436,7 @@ impl MailboxShard {
         let timer = ctx.run_later(Duration::from_secs(wait_s), move |shard, _| {
             shard.wait_over(&mailbox, id);
         });
-        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(&mailbox) {
+        if let Some(entry) = self.cache.get_mut(&mailbox) {
             entry.waiting.push(WaitingPoll {
                 id,
                 limit,
@@ -474,7 +450,7 @@ impl MailboxShard {
     /// The wait of poll `id` ran out: answer it with the (normally empty) view.
     fn wait_over(&mut self, mailbox: &MailboxKey, id: u64) {
         let now = now_unix();
-        if let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox)
+        if let Some(entry) = self.cache.get_mut(mailbox)
             && let Some(poll) = entry.waiting.take(id)
         {
             entry.state.expire(now);
@@ -485,7 +461,7 @@ impl MailboxShard {
     /// Something of `mailbox` became durable and deliverable: answer every poll waiting on it.
     fn wake_waiting(&mut self, mailbox: &MailboxKey, ctx: &mut Context<Self>) {
         let now = now_unix();
-        let Some(Slot::Loaded(entry)) = self.mailboxes.get_mut(mailbox) else {
+        let Some(entry) = self.cache.get_mut(mailbox) else {
             return;
         };
         for timer in entry.waiting.answer_all(&entry.state, now) {
@@ -497,11 +473,9 @@ impl MailboxShard {
     fn release_waiting_polls(&mut self, ctx: &mut Context<Self>) {
         self.releasing = true;
         let now = now_unix();
-        for slot in self.mailboxes.values_mut() {
-            if let Slot::Loaded(entry) = slot {
-                for timer in entry.waiting.answer_all(&entry.state, now) {
-                    ctx.cancel_future(timer);
-                }
+        for (_, entry) in self.cache.loaded_mut() {
+            for timer in entry.waiting.answer_all(&entry.state, now) {
+                ctx.cancel_future(timer);
             }
         }
     }
@@ -510,11 +484,7 @@ impl MailboxShard {
         let now = now_unix();
         let idle = self.idle;
         let mut with_parked = Vec::new();
-        let mut evicted = 0i64;
-        self.mailboxes.retain(|mailbox, slot| {
-            let Slot::Loaded(entry) = slot else {
-                return true;
-            };
+        let evicted = self.cache.retain_loaded(|mailbox, entry| {
             entry.state.expire(now);
             for timer in entry.waiting.drop_abandoned() {
                 ctx.cancel_future(timer);
@@ -523,15 +493,13 @@ impl MailboxShard {
                 with_parked.push(*mailbox);
                 return true;
             }
-            let keep = entry.in_flight > 0
+            entry.in_flight > 0
                 || !entry.waiting.is_empty()
-                || (!entry.state.is_empty() && entry.last_used.elapsed() < idle);
-            if !keep {
-                evicted += 1;
-            }
-            keep
+                || (!entry.state.is_empty() && entry.last_used.elapsed() < idle)
         });
-        self.metrics.mailboxes_loaded.sub(evicted);
+        self.metrics
+            .mailboxes_loaded
+            .sub(i64::try_from(evicted).unwrap_or(i64::MAX));
         if evicted > 0 {
             release_freed_memory();
         }
@@ -599,7 +567,7 @@ impl MailboxShard {
         }
         let accepted = unparked.accepted;
         self.write_then(mailbox, ops, ctx, move |shard, ctx, result| {
-            let Some(Slot::Loaded(entry)) = shard.mailboxes.get_mut(&mailbox) else {
+            let Some(entry) = shard.cache.get_mut(&mailbox) else {
                 return;
             };
             let woken = result.is_ok() && !accepted.is_empty();
@@ -678,7 +646,7 @@ impl MailboxShard {
             from_client: origin == Origin::Client,
         };
         self.write_then(mailbox, vec![op], ctx, move |shard, ctx, result| {
-            let Some(Slot::Loaded(entry)) = shard.mailboxes.get_mut(&mailbox) else {
+            let Some(entry) = shard.cache.get_mut(&mailbox) else {
                 let _ = reply.send(Err(not_loaded()));
                 return;
             };
