@@ -829,3 +829,132 @@ impl Handler<Preload> for MailboxShard {
         }
     }
 }
+
+/// The shard as an actor on the test's own runtime. The store is redb's in-memory backend behind
+/// the real writer thread; timers run on tokio's clock, which the first test pauses once the poll
+/// is parked (pausing earlier would let the clock jump ahead while a commit runs on the writer's
+/// real thread).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RedbStore;
+    use ed25519_dalek::SigningKey;
+
+    struct Harness {
+        shard: Addr<MailboxShard>,
+        metrics: Arc<Metrics>,
+        _writer: crate::store::writer::WriterThread,
+    }
+
+    fn harness() -> Harness {
+        let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        let (store, writer) = StoreHandle::start(store, Arc::clone(&metrics), u64::MAX).unwrap();
+        let shard = MailboxShard::new(
+            MailboxLimits::default(),
+            604_800,
+            Duration::from_secs(300),
+            store,
+            Arc::clone(&metrics),
+            WaitBudget::new(16, Arc::clone(&metrics)),
+        )
+        .start();
+        Harness {
+            shard,
+            metrics,
+            _writer: writer,
+        }
+    }
+
+    type PollAnswer = oneshot::Receiver<Result<Result<PollView, NonceRefusal>, ShardError>>;
+
+    /// Sends a long poll for `owner`'s mailbox and waits (in real time) until it is parked.
+    async fn parked_poll(harness: &Harness, owner: &SigningKey, nonce: &str) -> PollAnswer {
+        let mut request = PollRequest::sign(owner, now_unix(), nonce.repeat(32), 10);
+        request.wait_s = 25;
+        let (reply, answer) = oneshot::channel();
+        let parked_before = harness.metrics.waiting_polls.get();
+        harness.shard.do_send(Poll { request, reply });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while harness.metrics.waiting_polls.get() == parked_before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the poll was never parked"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        answer
+    }
+
+    #[actix_rt::test]
+    async fn a_long_poll_is_answered_empty_exactly_when_its_wait_runs_out() {
+        let harness = harness();
+        let bob = SigningKey::from_bytes(&[2; 32]);
+        let mut answer = parked_poll(&harness, &bob, "a").await;
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(24)).await;
+        assert!(answer.try_recv().is_err(), "answered before its 25 s");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let view = answer.await.unwrap().unwrap().unwrap();
+        assert_eq!((view.pending, view.messages.len()), (0, 0));
+        assert_eq!(
+            harness.metrics.waiting_polls.get(),
+            0,
+            "its place is given back"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_deposit_wakes_the_waiting_poll() {
+        let harness = harness();
+        let (alice, bob) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let answer = parked_poll(&harness, &bob, "b").await;
+        let started = std::time::Instant::now();
+        let envelope = Arc::new(Envelope::sign(
+            &alice,
+            MailboxKey::of(&bob),
+            crate::protocol::MsgId::parse("m", "m1").unwrap(),
+            now_unix(),
+            now_unix() + 3600,
+            b"hi",
+        ));
+        let (deposited, decision) = oneshot::channel();
+        harness.shard.do_send(Deposit {
+            envelope,
+            origin: Origin::Client,
+            reply: deposited,
+        });
+        assert_eq!(decision.await.unwrap().unwrap(), Decision::Accept);
+        let view = answer.await.unwrap().unwrap().unwrap();
+        assert_eq!(view.messages.len(), 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woken, not timed out"
+        );
+        assert_eq!(harness.metrics.waiting_polls.get(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn release_answers_every_waiting_poll_at_once_and_parks_no_new_one() {
+        let harness = harness();
+        let bob = SigningKey::from_bytes(&[2; 32]);
+        let first = parked_poll(&harness, &bob, "c").await;
+        let second = parked_poll(&harness, &bob, "d").await;
+        let started = std::time::Instant::now();
+        harness.shard.send(ReleaseWaitingPolls).await.unwrap();
+        for answer in [first, second] {
+            assert_eq!(answer.await.unwrap().unwrap().unwrap().pending, 0);
+        }
+        // A long poll after the release is answered at once too, without parking.
+        let mut request = PollRequest::sign(&bob, now_unix(), "e".repeat(32), 10);
+        request.wait_s = 25;
+        let (reply, answer) = oneshot::channel();
+        harness.shard.do_send(Poll { request, reply });
+        answer.await.unwrap().unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(harness.metrics.waiting_polls.get(), 0);
+    }
+}
