@@ -19,7 +19,7 @@
 //! Default case counts keep the file well under 20 s in a debug build; set `PROPTEST_CASES` for a
 //! longer run.
 
-use dmrelay::mailbox::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal};
+use dmrelay::mailbox::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, deposit_op};
 use dmrelay::mailbox::shard::state_from;
 use dmrelay::protocol::{AckObject, Envelope, EnvelopeLimits, MailboxKey, MsgId};
 use dmrelay::store::{RedbStore, Store, StoreOp};
@@ -341,10 +341,7 @@ impl StoredNode {
         match decision {
             Decision::Accept => {
                 state.insert(Arc::clone(envelope), false);
-                self.commit(vec![StoreOp::PutEnvelope {
-                    envelope: Arc::clone(envelope),
-                    from_client: !replica,
-                }]);
+                self.commit(vec![deposit_op(envelope, !replica)]);
                 self.state(envelope.mailbox, now)
                     .mark_committed(&envelope.msg_id);
             }
@@ -365,19 +362,7 @@ impl StoredNode {
             return;
         }
         let unparked = state.retry_parked(&limits);
-        let mut ops: Vec<StoreOp> = unparked
-            .dropped
-            .iter()
-            .map(|e| StoreOp::Unpark {
-                mailbox,
-                msg_id: e.msg_id.clone(),
-            })
-            .collect();
-        ops.extend(unparked.accepted.iter().map(|e| StoreOp::PutEnvelope {
-            envelope: Arc::clone(e),
-            from_client: false,
-        }));
-        self.commit(ops);
+        self.commit(unparked.store_ops(mailbox));
         let state = self.state(mailbox, now);
         for envelope in &unparked.accepted {
             state.mark_committed(&envelope.msg_id);
@@ -394,20 +379,8 @@ impl StoredNode {
         if !effect.removed.is_empty() {
             self.retry_parked(ack.mailbox, now);
         }
-        if effect.changed || !replica {
-            let live_until = effect
-                .tombstones
-                .iter()
-                .map(|(_, until)| *until)
-                .max()
-                .unwrap_or(ack.ts);
-            self.commit(vec![StoreOp::ApplyAck {
-                ack: Arc::clone(ack),
-                removed: effect.removed.iter().map(|e| e.msg_id.clone()).collect(),
-                tombstones: effect.tombstones.clone(),
-                live_until,
-                from_client: !replica,
-            }]);
+        if let Some(op) = effect.store_op(ack, !replica) {
+            self.commit(vec![op]);
         }
         let removed = effect
             .removed

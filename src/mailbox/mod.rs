@@ -1,4 +1,5 @@
-//! Mailboxes: the rules of SPEC §4 ([`rules`], pure), the actors that own them ([`shard`]), and
+//! Mailboxes: the rules of SPEC §4 ([`rules`], pure: decisions and the store operations they
+//! need), the actors that own them ([`shard`]), and
 //! each shard's cache of mailboxes in memory ([`cache`]: loading, waiting work, eviction).
 //!
 //! Mailboxes are spread over one [`shard::MailboxShard`] per core, each on its own arbiter, by a

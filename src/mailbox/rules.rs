@@ -7,6 +7,7 @@
 //! scan of the mailbox.
 
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, SKEW_S};
+use crate::store::StoreOp;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -137,6 +138,56 @@ pub struct Unparked {
     pub accepted: Vec<Arc<Envelope>>,
     /// Dropped for good (acknowledged or already pending meanwhile).
     pub dropped: Vec<Arc<Envelope>>,
+}
+
+impl Unparked {
+    /// The store operations that make it durable: the dropped ones unparked, the accepted ones
+    /// stored as replicas (which unparks them too).
+    pub fn store_ops(&self, mailbox: MailboxKey) -> Vec<StoreOp> {
+        let unpark = self.dropped.iter().map(|envelope| StoreOp::Unpark {
+            mailbox,
+            msg_id: envelope.msg_id.clone(),
+        });
+        let store = self
+            .accepted
+            .iter()
+            .map(|envelope| deposit_op(envelope, false));
+        unpark.chain(store).collect()
+    }
+}
+
+/// The store operation of an accepted deposit (`from_client`: this node's client, so pushed).
+pub fn deposit_op(envelope: &Arc<Envelope>, from_client: bool) -> StoreOp {
+    StoreOp::PutEnvelope {
+        envelope: Arc::clone(envelope),
+        from_client,
+    }
+}
+
+impl AckEffect {
+    /// The store operation that makes the ack durable, or `None` when it changed nothing and
+    /// came from a peer (storing it again would echo it around the mesh through the feeds). A
+    /// client's repeated ack is stored (and pushed) again: its 200 must mean "on disk" even if
+    /// the first attempt's commit failed after it was applied in memory. The ack stays in the
+    /// feed as long as its longest tombstone.
+    pub fn store_op(&self, ack: &Arc<AckObject>, from_client: bool) -> Option<StoreOp> {
+        if !self.changed && !from_client {
+            return None;
+        }
+        let live_until = self
+            .tombstones
+            .iter()
+            .map(|(_, until)| *until)
+            .max()
+            .unwrap_or(ack.ts);
+        Some(StoreOp::ApplyAck {
+            ack: Arc::clone(ack),
+            removed: self.removed.iter().map(|e| e.msg_id.clone()).collect(),
+            tombstones: self.tombstones.clone(),
+            live_until,
+            from_client,
+        })
+    }
 }
 
 impl MailboxState {
@@ -700,5 +751,59 @@ mod tests {
         );
         state.expire(NOW + 2 * SKEW_S);
         assert!(state.use_nonce("n1", NOW + 2 * SKEW_S, &limits).is_ok());
+    }
+
+    #[test]
+    fn an_ack_is_stored_when_it_changed_something_or_came_from_a_client() {
+        let (alice, bob) = (key(1), key(2));
+        let mut state = MailboxState::default();
+        let m1 = envelope(&alice, &bob, "m1", NOW);
+        state.insert(Arc::clone(&m1), true);
+        let first = Arc::new(ack(&bob, &["m1", "zz"]));
+        let effect = state.acknowledge(&first, 600);
+        let Some(StoreOp::ApplyAck {
+            removed,
+            tombstones,
+            live_until,
+            from_client,
+            ..
+        }) = effect.store_op(&first, false)
+        else {
+            panic!("a change is stored");
+        };
+        assert_eq!(removed, vec![m1.msg_id.clone()]);
+        assert_eq!(tombstones.len(), 2);
+        // The feed keeps it as long as its longest tombstone (the unknown id's ts + max_ttl).
+        assert_eq!(live_until, (m1.expires_at).max(first.ts + 600));
+        assert!(!from_client);
+        // The same ack again changes nothing: a peer's copy is not stored, a client's is.
+        let again = state.acknowledge(&first, 600);
+        assert!(!again.changed);
+        assert!(again.store_op(&first, false).is_none());
+        assert!(matches!(
+            again.store_op(&first, true),
+            Some(StoreOp::ApplyAck {
+                from_client: true,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unparked_replicas_become_unparks_and_replica_stores() {
+        let (alice, bob) = (key(1), key(2));
+        let (kept, gone) = (
+            envelope(&alice, &bob, "kept", NOW),
+            envelope(&alice, &bob, "gone", NOW),
+        );
+        let unparked = Unparked {
+            accepted: vec![Arc::clone(&kept)],
+            dropped: vec![Arc::clone(&gone)],
+        };
+        let ops = unparked.store_ops(mailbox_of(&bob));
+        assert!(matches!(&ops[..], [
+            StoreOp::Unpark { msg_id, .. },
+            StoreOp::PutEnvelope { envelope, from_client: false },
+        ] if *msg_id == gone.msg_id && envelope.msg_id == kept.msg_id));
     }
 }

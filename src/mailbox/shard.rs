@@ -24,7 +24,7 @@
 
 use super::Origin;
 use super::cache::{Admit, MailboxCache};
-use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView};
+use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView, deposit_op};
 use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
@@ -545,23 +545,7 @@ impl MailboxShard {
             return;
         }
         let unparked = entry.state.retry_parked(&limits);
-        let mut ops: Vec<StoreOp> = unparked
-            .dropped
-            .iter()
-            .map(|envelope| StoreOp::Unpark {
-                mailbox,
-                msg_id: envelope.msg_id.clone(),
-            })
-            .collect();
-        ops.extend(
-            unparked
-                .accepted
-                .iter()
-                .map(|envelope| StoreOp::PutEnvelope {
-                    envelope: Arc::clone(envelope),
-                    from_client: false,
-                }),
-        );
+        let ops = unparked.store_ops(mailbox);
         if ops.is_empty() {
             return;
         }
@@ -641,10 +625,7 @@ impl MailboxShard {
         }
         // Reserve the slot now, so that the next deposit already sees it.
         entry.state.insert(Arc::clone(&envelope), false);
-        let op = StoreOp::PutEnvelope {
-            envelope: Arc::clone(&envelope),
-            from_client: origin == Origin::Client,
-        };
+        let op = deposit_op(&envelope, origin == Origin::Client);
         self.write_then(mailbox, vec![op], ctx, move |shard, ctx, result| {
             let Some(entry) = shard.cache.get_mut(&mailbox) else {
                 let _ = reply.send(Err(not_loaded()));
@@ -743,29 +724,13 @@ impl MailboxShard {
         if !effect.removed.is_empty() {
             self.retry_parked(mailbox, ctx);
         }
-        if !effect.changed && origin != Origin::Client {
-            // A replica already applied: nothing new to store, and storing it again would echo
-            // it around the mesh through the feeds.
-            let _ = reply.send(Ok(report));
-            return;
-        }
-        // A client's repeated ack is stored (and pushed) again: its 200 must mean "on disk"
-        // even if the first attempt's commit failed after it was applied in memory.
         if effect.changed {
             self.metrics.ack_total.inc();
         }
-        let live_until = effect
-            .tombstones
-            .iter()
-            .map(|(_, until)| *until)
-            .max()
-            .unwrap_or(ack.ts);
-        let op = StoreOp::ApplyAck {
-            ack: Arc::clone(&ack),
-            removed: effect.removed.iter().map(|e| e.msg_id.clone()).collect(),
-            tombstones: effect.tombstones,
-            live_until,
-            from_client: origin == Origin::Client,
+        let Some(op) = effect.store_op(&ack, origin == Origin::Client) else {
+            // A replica already applied: nothing new to store.
+            let _ = reply.send(Ok(report));
+            return;
         };
         self.write(mailbox, vec![op], ctx, move |_, result| {
             let outcome = match result {
