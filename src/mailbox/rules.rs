@@ -156,6 +156,19 @@ impl Unparked {
     }
 }
 
+/// What a deposit does to a mailbox ([`MailboxState::plan_deposit`]).
+#[derive(Debug)]
+pub enum DepositPlan {
+    /// Accepted, its slot reserved (uncommitted): store this, then answer `accepted`.
+    Store(StoreOp),
+    /// A copy of an envelope whose first write is still in flight: answer `duplicate` once that
+    /// write is durable, never before.
+    AfterFirstCopy,
+    /// Answer with `decision` now. `park`: a replica refused for want of room, kept until room
+    /// frees up (SPEC §7.4's convergence promise).
+    Answer { decision: Decision, park: bool },
+}
+
 /// The store operation of an accepted deposit (`from_client`: this node's client, so pushed).
 pub fn deposit_op(envelope: &Arc<Envelope>, from_client: bool) -> StoreOp {
     StoreOp::PutEnvelope {
@@ -254,6 +267,34 @@ impl MailboxState {
     }
 
     /// SPEC §4 for `envelope`, in the rule order. The caller has run [`Self::expire`] first.
+    /// Decides a deposit and, if it is accepted, reserves its slot at once (so that the next
+    /// deposit already counts it); returns what the caller must do.
+    pub fn plan_deposit(
+        &mut self,
+        envelope: &Arc<Envelope>,
+        limits: &MailboxLimits,
+        from_client: bool,
+    ) -> DepositPlan {
+        let decision = self.decide(envelope, limits);
+        match decision {
+            Decision::Accept => {
+                self.insert(Arc::clone(envelope), false);
+                DepositPlan::Store(deposit_op(envelope, from_client))
+            }
+            Decision::Duplicate if !self.is_committed(&envelope.msg_id) => {
+                DepositPlan::AfterFirstCopy
+            }
+            Decision::CapViolation { .. } | Decision::MailboxFull { .. } => DepositPlan::Answer {
+                decision,
+                park: !from_client,
+            },
+            Decision::Duplicate | Decision::Acked | Decision::Conflict => DepositPlan::Answer {
+                decision,
+                park: false,
+            },
+        }
+    }
+
     pub fn decide(&self, envelope: &Envelope, limits: &MailboxLimits) -> Decision {
         if self.tombstones.contains_key(&envelope.msg_id) {
             return Decision::Acked;
@@ -805,5 +846,49 @@ mod tests {
             StoreOp::Unpark { msg_id, .. },
             StoreOp::PutEnvelope { envelope, from_client: false },
         ] if *msg_id == gone.msg_id && envelope.msg_id == kept.msg_id));
+    }
+
+    #[test]
+    fn a_deposit_plan_reserves_the_slot_waits_for_the_first_copy_and_parks_only_replicas() {
+        let (alice, bob) = (key(1), key(2));
+        let limits = MailboxLimits::default();
+        let mut state = MailboxState::default();
+        let m1 = envelope(&alice, &bob, "m1", NOW);
+        assert!(matches!(
+            state.plan_deposit(&m1, &limits, true),
+            DepositPlan::Store(StoreOp::PutEnvelope {
+                from_client: true,
+                ..
+            })
+        ));
+        // Reserved at once; a copy before the write is durable waits for it.
+        assert!(matches!(
+            state.plan_deposit(&m1, &limits, false),
+            DepositPlan::AfterFirstCopy
+        ));
+        state.mark_committed(&m1.msg_id);
+        assert!(matches!(
+            state.plan_deposit(&m1, &limits, false),
+            DepositPlan::Answer {
+                decision: Decision::Duplicate,
+                park: false
+            }
+        ));
+        let m2 = envelope(&alice, &bob, "m2", NOW);
+        assert!(matches!(
+            state.plan_deposit(&m2, &limits, false),
+            DepositPlan::Store(StoreOp::PutEnvelope {
+                from_client: false,
+                ..
+            })
+        ));
+        // Over the cap: a client is refused, a replica is also parked.
+        let m3 = envelope(&alice, &bob, "m3", NOW);
+        for (from_client, park) in [(true, false), (false, true)] {
+            assert!(matches!(
+                state.plan_deposit(&m3, &limits, from_client),
+                DepositPlan::Answer { decision: Decision::CapViolation { .. }, park: p } if p == park
+            ));
+        }
     }
 }

@@ -24,7 +24,7 @@
 
 use super::Origin;
 use super::cache::{Admit, MailboxCache};
-use super::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, PollView, deposit_op};
+use super::rules::{Decision, DepositPlan, MailboxLimits, MailboxState, NonceRefusal, PollView};
 use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
@@ -600,32 +600,37 @@ impl MailboxShard {
             let _ = reply.send(Err(not_loaded()));
             return;
         };
-        let decision = entry.state.decide(&envelope, &limits);
-        if decision == Decision::Duplicate && !entry.state.is_committed(&envelope.msg_id) {
-            // The first copy's write is still in flight: "duplicate" must not answer before it is
-            // durable. Its write's callback answers this copy too.
-            entry
+        match entry
+            .state
+            .plan_deposit(&envelope, &limits, origin == Origin::Client)
+        {
+            DepositPlan::Store(op) => self.store_deposit(envelope, origin, reply, op, ctx),
+            // Its write's callback answers this copy too.
+            DepositPlan::AfterFirstCopy => entry
                 .first_copy_waiters
                 .entry(envelope.msg_id.clone())
                 .or_default()
-                .push((origin, reply));
-            return;
-        }
-        if decision != Decision::Accept {
-            self.count_decision(decision, &origin);
-            let no_room = matches!(
-                decision,
-                Decision::CapViolation { .. } | Decision::MailboxFull { .. }
-            );
-            if no_room && origin != Origin::Client {
-                self.park(Arc::clone(&envelope), ctx);
+                .push((origin, reply)),
+            DepositPlan::Answer { decision, park } => {
+                self.count_decision(decision, &origin);
+                if park {
+                    self.park(envelope, ctx);
+                }
+                let _ = reply.send(Ok(decision));
             }
-            let _ = reply.send(Ok(decision));
-            return;
         }
-        // Reserve the slot now, so that the next deposit already sees it.
-        entry.state.insert(Arc::clone(&envelope), false);
-        let op = deposit_op(&envelope, origin == Origin::Client);
+    }
+
+    /// Stores an accepted deposit; answers it (and the copies that came meanwhile) once durable.
+    fn store_deposit(
+        &mut self,
+        envelope: Arc<Envelope>,
+        origin: Origin,
+        reply: DepositReply,
+        op: StoreOp,
+        ctx: &mut Context<Self>,
+    ) {
+        let mailbox = envelope.mailbox;
         self.write_then(mailbox, vec![op], ctx, move |shard, ctx, result| {
             let Some(entry) = shard.cache.get_mut(&mailbox) else {
                 let _ = reply.send(Err(not_loaded()));
