@@ -3,12 +3,10 @@
 
 mod common;
 
-use actix_web::{HttpRequest, HttpResponse, web};
 use common::*;
 use dmrelay::peer::auth::{derive_peer_key, sign_request};
 use dmrelay::protocol::now_unix;
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The URL the test peer claims; configured as the node's peer.
@@ -471,72 +469,9 @@ async fn change_feed_lists_current_state_in_seq_order_and_pages() {
     assert_eq!(again["epoch"].as_str(), Some(epoch.as_str()));
 }
 
-/// A peer that is a real HTTP server: serves a feed the test writes, and takes pushes.
-struct FakePeer {
-    url: String,
-    feed: Arc<Mutex<(String, Vec<Value>)>>,
-}
-
-impl FakePeer {
-    async fn start() -> Self {
-        let feed = Arc::new(Mutex::new(("epoch-1".to_string(), Vec::<Value>::new())));
-        let data = web::Data::from(Arc::clone(&feed));
-        let url = spawn_http_server(move |cfg| {
-            cfg.app_data(data.clone())
-                .route("/api/mesh/dm/changes", web::get().to(serve_feed))
-                .route("/api/mesh/dm/replicate-envelope", web::post().to(take_push))
-                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push));
-        });
-        Self { url, feed }
-    }
-
-    /// Appends a change with the next seq.
-    fn append(&self, kind: &str, value: Value) {
-        let mut feed = self.feed.lock().unwrap();
-        let seq = feed.1.len() as u64 + 1;
-        feed.1.push(json!({"seq": seq, kind: value}));
-    }
-
-    fn new_epoch(&self, epoch: &str) {
-        let mut feed = self.feed.lock().unwrap();
-        *feed = (epoch.to_string(), Vec::new());
-    }
-}
-
-async fn serve_feed(
-    req: HttpRequest,
-    feed: web::Data<Mutex<(String, Vec<Value>)>>,
-) -> HttpResponse {
-    let since: u64 = req
-        .query_string()
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("since="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let feed = feed.lock().unwrap();
-    let changes: Vec<&Value> = feed
-        .1
-        .iter()
-        .filter(|c| c["seq"].as_u64().unwrap() > since)
-        .collect();
-    let next = changes.last().map_or(since, |c| c["seq"].as_u64().unwrap());
-    HttpResponse::Ok()
-        .json(json!({"ok": true, "epoch": feed.0, "next": next, "more": false, "changes": changes}))
-}
-
-async fn take_push(body: web::Bytes) -> HttpResponse {
-    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let count = ["envelopes", "acks"]
-        .iter()
-        .find_map(|k| value[*k].as_array().map(Vec::len))
-        .unwrap_or(1);
-    let results: Vec<Value> = (0..count).map(|_| json!({"status": "accepted"})).collect();
-    HttpResponse::Ok().json(json!({"ok": true, "results": results}))
-}
-
 #[actix_rt::test]
 async fn replica_refused_for_cap_is_accepted_once_its_freeing_ack_arrives_even_across_a_restart() {
-    let fake = FakePeer::start().await;
+    let fake = FakePeer::start();
     let mut node = Node::start(
         mesh_config()
             .env("MESH_RELAY_PEERS", &fake.url)
@@ -581,7 +516,7 @@ async fn replica_refused_for_cap_is_accepted_once_its_freeing_ack_arrives_even_a
 
 #[actix_rt::test]
 async fn a_new_feed_epoch_is_read_from_zero() {
-    let fake = FakePeer::start().await;
+    let fake = FakePeer::start();
     let node = Node::start(
         mesh_config()
             .env("MESH_RELAY_PEERS", &fake.url)

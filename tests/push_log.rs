@@ -3,11 +3,8 @@
 
 mod common;
 
-use actix_web::{HttpRequest, HttpResponse, web};
 use common::*;
-use dmrelay::protocol::Envelope;
-use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
+use serde_json::json;
 use std::time::Duration;
 
 /// A pull that can only run once, at start-up: whatever arrives later came by push.
@@ -120,122 +117,6 @@ async fn a_cursor_saved_at_sigterm_sends_nothing_twice() {
     assert_eq!(b.metric("dm_replica_duplicate_total").await, 0.0);
 }
 
-/// A peer that is a real HTTP server: serves the feed the test writes, takes pushes, and
-/// records the query of every feed request.
-struct FakePeer {
-    url: String,
-    state: Arc<Mutex<FakeState>>,
-}
-
-#[derive(Default)]
-struct FakeState {
-    changes: Vec<Value>,
-    queries: Vec<String>,
-    /// msg_ids of the envelopes pushed to this peer, in order.
-    pushed: Vec<String>,
-}
-
-impl FakePeer {
-    fn start() -> Self {
-        let state = Arc::new(Mutex::new(FakeState::default()));
-        let data = web::Data::from(Arc::clone(&state));
-        let url = spawn_http_server(move |cfg| {
-            cfg.app_data(data.clone())
-                .route("/api/mesh/dm/changes", web::get().to(serve_feed))
-                .route("/api/mesh/dm/replicate-envelope", web::post().to(take_push))
-                .route("/api/mesh/dm/replicate-ack", web::post().to(take_push));
-        });
-        Self { url, state }
-    }
-
-    fn append(&self, envelope: &Envelope) {
-        let mut state = self.state.lock().unwrap();
-        let seq = 100 + state.changes.len() as u64;
-        state
-            .changes
-            .push(json!({"seq": seq, "envelope": serde_json::to_value(envelope).unwrap()}));
-    }
-
-    fn pushed(&self) -> Vec<String> {
-        self.state.lock().unwrap().pushed.clone()
-    }
-
-    fn queries(&self) -> Vec<String> {
-        self.state.lock().unwrap().queries.clone()
-    }
-
-    /// Waits for a feed request made after this call and returns its query.
-    async fn next_query(&self) -> String {
-        let seen = self.queries().len();
-        wait_for(Duration::from_secs(20), || async {
-            self.queries().len() > seen
-        })
-        .await;
-        self.queries()[seen].clone()
-    }
-
-    /// Pushes `envelopes` to `node` as this peer, with a log position.
-    async fn push(&self, node: &Node, envelopes: &[&Envelope], after: u64, through: u64) {
-        let body = json!({
-            "envelopes": envelopes,
-            "feed": {"epoch": "E1", "after": after, "through": through},
-        });
-        let (status, reply) = peer_request(
-            &node.peer_url,
-            "POST",
-            "/api/mesh/dm/replicate-envelope",
-            serde_json::to_vec(&body).unwrap(),
-            &self.url,
-            MESH_SECRET,
-        )
-        .await;
-        assert_eq!(status, 200, "{reply}");
-        for result in reply["results"].as_array().unwrap() {
-            let status = result["status"].as_str();
-            assert!(matches!(status, Some("accepted" | "duplicate")), "{reply}");
-        }
-    }
-}
-
-/// Serves every change after `since` (the fake ignores `pushed_through`: it only records it).
-async fn serve_feed(req: HttpRequest, state: web::Data<Mutex<FakeState>>) -> HttpResponse {
-    let query = req.query_string().to_string();
-    let since: u64 = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("since="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut state = state.lock().unwrap();
-    state.queries.push(query);
-    let changes: Vec<Value> = state
-        .changes
-        .iter()
-        .filter(|c| c["seq"].as_u64().unwrap() > since)
-        .cloned()
-        .collect();
-    let next = changes.last().map_or(since, |c| c["seq"].as_u64().unwrap());
-    HttpResponse::Ok()
-        .json(json!({"ok": true, "epoch": "E1", "next": next, "more": false, "changes": changes}))
-}
-
-async fn take_push(body: web::Bytes, state: web::Data<Mutex<FakeState>>) -> HttpResponse {
-    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if let Some(envelopes) = value["envelopes"].as_array() {
-        let mut state = state.lock().unwrap();
-        for envelope in envelopes {
-            state
-                .pushed
-                .push(envelope["msg_id"].as_str().unwrap_or("?").to_string());
-        }
-    }
-    let count = ["envelopes", "acks"]
-        .iter()
-        .find_map(|k| value[*k].as_array().map(Vec::len))
-        .unwrap_or(1);
-    let results: Vec<Value> = (0..count).map(|_| json!({"status": "accepted"})).collect();
-    HttpResponse::Ok().json(json!({"ok": true, "results": results}))
-}
-
 fn until(query: &str) -> Option<u64> {
     query
         .split('&')
@@ -296,9 +177,10 @@ async fn the_pull_asks_to_skip_what_the_push_delivered_and_recognizes_what_it_ho
     assert_eq!(node.metric(&applied).await, 0.0);
     assert_eq!(node.metric(&known).await, 0.0);
     let m3 = alice.envelope_to(&bob, "m3");
-    peer.append(&m1);
-    peer.append(&m2);
-    peer.append(&m3);
+    peer.skip_to(100);
+    peer.append_envelope(&m1);
+    peer.append_envelope(&m2);
+    peer.append_envelope(&m3);
     wait_for_id_set(&node, &bob, &["m1", "m2", "m3"]).await;
     wait_for(Duration::from_secs(10), || async {
         node.metric(&known).await == 2.0

@@ -240,6 +240,21 @@ fn results_reply(
     HttpResponse::Ok().json(ResultsReply { ok: true, results })
 }
 
+/// Applies a pushed batch from `peer` (every item checked, none skipped: the results report
+/// each item's own status).
+async fn apply_batch(
+    state: &AppState,
+    peer: &AuthenticatedPeer,
+    items: Vec<Replica>,
+) -> Result<Vec<Applied>, ApiError> {
+    let origin = Origin::Peer(Arc::clone(&peer.peer));
+    state
+        .applier
+        .apply(items, &origin, now_unix(), false)
+        .await
+        .map_err(service_error)
+}
+
 /// `POST /api/mesh/dm/replicate-envelope`
 pub async fn replicate_envelope(
     peer: AuthenticatedPeer,
@@ -254,13 +269,8 @@ pub async fn replicate_envelope(
                 .map(|s| s.chars().take(128).collect::<String>())
         })
         .collect();
-    let origin = Origin::Peer(Arc::clone(&peer.peer));
     let items = items.into_iter().map(Replica::Envelope).collect();
-    let applied = state
-        .applier
-        .apply(items, &origin, now_unix(), false)
-        .await
-        .map_err(service_error)?;
+    let applied = apply_batch(&state, &peer, items).await?;
     let results = applied
         .into_iter()
         .zip(msg_ids)
@@ -295,13 +305,8 @@ pub async fn replicate_ack(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let Batch { items, position } = ack_batch_items(&peer.body)?;
-    let origin = Origin::Peer(Arc::clone(&peer.peer));
     let items = items.into_iter().map(Replica::Ack).collect();
-    let applied = state
-        .applier
-        .apply(items, &origin, now_unix(), false)
-        .await
-        .map_err(service_error)?;
+    let applied = apply_batch(&state, &peer, items).await?;
     let results = applied
         .into_iter()
         .map(|applied| match applied {

@@ -6,6 +6,10 @@
 
 #![allow(dead_code)]
 
+mod fake_peer;
+#[allow(unused_imports)]
+pub use fake_peer::FakePeer;
+
 use dmrelay::protocol::{
     AckObject, Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix, random_hex,
 };
