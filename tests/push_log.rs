@@ -298,3 +298,41 @@ async fn a_new_peer_starts_at_the_head_of_the_log() {
     // Only what came after the peer was added is pushed; the history is the pull's to fetch.
     assert_eq!(peer.pushed(), ["new"]);
 }
+
+#[actix_rt::test]
+async fn an_open_breaker_survives_a_restart_so_a_dead_peer_is_not_hammered() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let mut node = Node::start(
+        mesh_config()
+            .env("MESH_RELAY_PEERS", &dead_url)
+            .env("MESH_RELAY_MAX_FAILURES", "3")
+            .env("MESH_RELAY_FAILURE_COOLDOWN_S", "600")
+            .env(NO_PULL.0, NO_PULL.1),
+    );
+    node.ready().await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    let label = format!("{{peer=\"{dead_url}\"}}");
+    let open = format!("dm_peer_circuit_open{label}");
+    let errors = format!("dm_replication_push_error_total{label}");
+    wait_for(Duration::from_secs(20), || async {
+        node.metric(&open).await == 1.0
+    })
+    .await;
+    assert_eq!(node.metric(&errors).await, 3.0);
+    assert!(
+        node.terminate(),
+        "SIGTERM exits 0 (and saves the push record)"
+    );
+    node.restart();
+    node.ready().await;
+    // Back with the breaker still open for the rest of its cooldown: no push was tried, while a
+    // fresh start would have tried at once and failed.
+    assert_eq!(node.metric(&open).await, 1.0);
+    assert_eq!(node.metric(&errors).await, 0.0);
+    let status = peer_status(&node, &dead_url).await;
+    assert_eq!(status["breaker"], "open", "{status}");
+    assert_eq!(status["consecutive_failures"], 3, "{status}");
+}

@@ -23,6 +23,8 @@ struct State {
     breaker: CircuitBreaker,
     /// No push before this (the backoff after the last failure).
     retry_at: Option<Instant>,
+    /// When the open breaker closes, in Unix seconds (fixed when it opens, for the record).
+    open_until_unix: u64,
 }
 
 /// What a failure did to the link.
@@ -40,6 +42,7 @@ pub struct LinkHealth {
     /// Longest backoff: [`BACKOFF_MAX`], or the breaker's cooldown when that is shorter (a
     /// backoff past the cooldown would leave a peer alone longer than the operator asked).
     backoff_max: Duration,
+    cooldown: Duration,
     recovered: Notify,
     metrics: Arc<Metrics>,
 }
@@ -51,7 +54,9 @@ impl LinkHealth {
             state: Mutex::new(State {
                 breaker: CircuitBreaker::new(max_failures, cooldown),
                 retry_at: None,
+                open_until_unix: 0,
             }),
+            cooldown,
             backoff_max: BACKOFF_MAX.min(cooldown).max(BACKOFF_BASE),
             recovered: Notify::new(),
             metrics,
@@ -127,6 +132,10 @@ impl LinkHealth {
     pub fn push_failed(&self, now: Instant, retry_after: Option<Duration>) -> Failure {
         let mut state = self.lock();
         let opened = state.breaker.on_failure(now);
+        if opened {
+            state.open_until_unix = crate::protocol::now_unix()
+                .saturating_add(self.cooldown.as_secs_f64().ceil() as u64);
+        }
         let failures = state.breaker.failures();
         let unit = f64::from(getrandom::u32().unwrap_or(0)) / f64::from(u32::MAX);
         let delay = retry_delay(
@@ -139,6 +148,33 @@ impl LinkHealth {
         state.retry_at = Some(now + delay);
         self.publish(&state, now);
         Failure { opened, failures }
+    }
+
+    /// What survives a restart: failures in a row, and when an open breaker closes, in Unix
+    /// seconds (0: closed), at `now` / `now_unix`.
+    pub fn persisted(&self, now: Instant, now_unix: u64) -> (u32, u64) {
+        let state = self.lock();
+        let open_until = if state.breaker.is_open(now) && state.open_until_unix > now_unix {
+            state.open_until_unix
+        } else {
+            0
+        };
+        (state.breaker.failures(), open_until)
+    }
+
+    /// Puts back what [`Self::persisted`] gave before a restart: a breaker still open stays open
+    /// for what remains of its cooldown (a restart does not hammer a dead peer).
+    pub fn restore(&self, failures: u32, open_until_unix: u64, now_unix: u64) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let open_for = Duration::from_secs(open_until_unix.saturating_sub(now_unix));
+        state.breaker.restore(failures, open_for, now);
+        state.open_until_unix = if open_for.is_zero() {
+            0
+        } else {
+            open_until_unix
+        };
+        self.publish(&state, now);
     }
 
     /// Refreshes the gauges (a breaker's cooldown ends without a call).
@@ -207,6 +243,40 @@ mod tests {
         // A push that succeeds clears everything.
         health.on_success();
         assert_eq!(health.push_allowed(now), Ok(()));
+    }
+
+    #[test]
+    fn an_open_breaker_survives_a_restart_for_what_remains_of_its_cooldown() {
+        let metrics = Arc::new(Metrics::new());
+        let before = LinkHealth::new("http://p", 1, Duration::from_secs(60), Arc::clone(&metrics));
+        let now = Instant::now();
+        assert_eq!(before.persisted(now, 1000), (0, 0));
+        before.push_failed(now, None);
+        let opened_at = crate::protocol::now_unix();
+        let (failures, open_until) = before.persisted(now, opened_at);
+        assert_eq!(failures, 1);
+        assert!(
+            (opened_at + 60..=opened_at + 61).contains(&open_until),
+            "{open_until}"
+        );
+        let open_until = 1060;
+        let after = LinkHealth::new("http://p", 1, Duration::from_secs(60), metrics);
+        after.restore(failures, open_until, 1010);
+        let wait = after.push_allowed(Instant::now()).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(49) && wait <= Duration::from_secs(50),
+            "{wait:?}"
+        );
+        // A cooldown that ended while the node was down leaves the breaker closed.
+        let later = LinkHealth::new(
+            "http://p",
+            1,
+            Duration::from_secs(60),
+            Arc::new(Metrics::new()),
+        );
+        later.restore(failures, open_until, 2000);
+        assert_eq!(later.push_allowed(Instant::now()), Ok(()));
+        assert_eq!(later.persisted(Instant::now(), 2000), (1, 0));
     }
 
     #[test]

@@ -173,6 +173,13 @@ impl CircuitBreaker {
         false
     }
 
+    /// Puts back what a previous run recorded: failures in a row, and how long the breaker
+    /// stays open from now (zero: closed).
+    pub fn restore(&mut self, failures: u32, open_for: Duration, now: Instant) {
+        self.consecutive_failures = failures;
+        self.open_until = (!open_for.is_zero()).then(|| now + open_for);
+    }
+
     /// Failures in a row so far, never reset by the breaker opening (drives the backoff).
     pub fn failures(&self) -> u32 {
         self.consecutive_failures

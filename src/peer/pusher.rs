@@ -96,7 +96,7 @@ pub struct PeerPusher {
     /// Every client change with a seq up to this one is final for this peer.
     cursor: u64,
     /// The cursor as last written to the store (`None`: never, for a new peer).
-    saved_cursor: Option<u64>,
+    saved: Option<PushRecord>,
     last_save: Instant,
     saving: bool,
     /// Client changes read from the log after `cursor`, not yet final.
@@ -118,9 +118,49 @@ pub struct PeerPusher {
     stopping: bool,
 }
 
-/// The store key of the push cursor for `peer_url`.
+/// The store key of the push record for `peer_url`.
 fn cursor_key(peer_url: &str) -> String {
     format!("push/{peer_url}")
+}
+
+/// What a pusher keeps in the store (`push/<peer>`): its cursor, and the link's failures in a
+/// row and breaker (so that a restart neither forgets its place nor hammers a dead peer).
+/// Encoded as `seq(8, BE) ‖ failures(4, BE) ‖ open_until_unix(8, BE)`; an 8-byte record (the
+/// first format) is a cursor alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PushRecord {
+    seq: u64,
+    failures: u32,
+    open_until_unix: u64,
+}
+
+impl PushRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(20);
+        bytes.extend_from_slice(&self.seq.to_be_bytes());
+        bytes.extend_from_slice(&self.failures.to_be_bytes());
+        bytes.extend_from_slice(&self.open_until_unix.to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let seq = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        if bytes.len() == 8 {
+            return Some(Self {
+                seq,
+                failures: 0,
+                open_until_unix: 0,
+            });
+        }
+        if bytes.len() != 20 {
+            return None;
+        }
+        Some(Self {
+            seq,
+            failures: u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?),
+            open_until_unix: u64::from_be_bytes(bytes.get(12..20)?.try_into().ok()?),
+        })
+    }
 }
 
 impl PeerPusher {
@@ -146,7 +186,11 @@ impl PeerPusher {
             counter.with_label_values(&[link.url()]).inc_by(0);
         }
         metrics.status.update_peer(link.url(), |_| {});
-        let saved_cursor = Self::load_cursor(&store, link.url());
+        let saved = Self::load_record(&store, link.url());
+        if let Some(record) = saved {
+            health.restore(record.failures, record.open_until_unix, now_unix());
+        }
+        let saved_cursor = saved.map(|record| record.seq);
         // A new peer starts at the head of the log: its pull of our feed repairs the history.
         let cursor = saved_cursor.unwrap_or_else(|| *store.last_seq().borrow());
         Self {
@@ -154,7 +198,7 @@ impl PeerPusher {
             client: None,
             store,
             cursor,
-            saved_cursor,
+            saved,
             last_save: Instant::now(),
             saving: false,
             ahead: VecDeque::new(),
@@ -173,11 +217,11 @@ impl PeerPusher {
         }
     }
 
-    fn load_cursor(store: &StoreHandle, peer_url: &str) -> Option<u64> {
+    fn load_record(store: &StoreHandle, peer_url: &str) -> Option<PushRecord> {
         match store.store().get_meta(&cursor_key(peer_url)) {
-            Ok(Some(bytes)) => match <[u8; 8]>::try_from(bytes.as_slice()) {
-                Ok(seq) => Some(u64::from_be_bytes(seq)),
-                Err(_) => {
+            Ok(Some(bytes)) => match PushRecord::decode(&bytes) {
+                Some(record) => Some(record),
+                None => {
                     tracing::warn!(
                         peer = peer_url,
                         "unreadable push cursor; starting at the head of the log"
@@ -429,27 +473,37 @@ impl PeerPusher {
         if to > self.cursor {
             self.cursor = to;
         }
-        if self.last_save.elapsed() >= CURSOR_SAVE_INTERVAL || self.saved_cursor.is_none() {
+        if self.last_save.elapsed() >= CURSOR_SAVE_INTERVAL || self.saved.is_none() {
             self.save_cursor(ctx);
         }
     }
 
-    /// Writes the cursor to the store unless it is saved already or a save is under way.
+    /// The record to keep: the cursor and the link's failure state now.
+    fn record(&self) -> PushRecord {
+        let (failures, open_until_unix) = self.health.persisted(Instant::now(), now_unix());
+        PushRecord {
+            seq: self.cursor,
+            failures,
+            open_until_unix,
+        }
+    }
+
+    /// Writes the record to the store unless it is saved already or a save is under way.
     fn save_cursor(&mut self, ctx: &mut Context<Self>) {
-        if self.saving || self.saved_cursor == Some(self.cursor) {
+        let record = self.record();
+        if self.saving || self.saved == Some(record) {
             return;
         }
         self.saving = true;
         self.last_save = Instant::now();
-        let seq = self.cursor;
         let commit = self.store.commit(vec![StoreOp::PutMeta {
             key: cursor_key(self.link.url()),
-            value: seq.to_be_bytes().to_vec(),
+            value: record.encode(),
         }]);
         ctx.spawn(commit.into_actor(self).map(move |result, pusher, _| {
             pusher.saving = false;
             match result {
-                Ok(()) => pusher.saved_cursor = Some(seq),
+                Ok(()) => pusher.saved = Some(record),
                 Err(err) => {
                     tracing::debug!(peer = %pusher.link.peer.url, %err, "push cursor not saved; will retry")
                 }
@@ -567,11 +621,11 @@ impl Handler<StopPushing> for PeerPusher {
 
     fn handle(&mut self, _: StopPushing, _: &mut Self::Context) -> Self::Result {
         self.stopping = true;
-        let seq = self.cursor;
-        let commit = (self.saved_cursor != Some(seq)).then(|| {
+        let record = self.record();
+        let commit = (self.saved != Some(record)).then(|| {
             self.store.commit(vec![StoreOp::PutMeta {
                 key: cursor_key(self.link.url()),
-                value: seq.to_be_bytes().to_vec(),
+                value: record.encode(),
             }])
         });
         Box::pin(
@@ -585,5 +639,25 @@ impl Handler<StopPushing> for PeerPusher {
             .into_actor(self)
             .map(|(), _, ctx| ctx.stop()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_push_record_round_trips_and_reads_a_bare_cursor() {
+        let record = PushRecord {
+            seq: 42,
+            failures: 7,
+            open_until_unix: 1_800_000_120,
+        };
+        assert_eq!(PushRecord::decode(&record.encode()), Some(record));
+        let bare = PushRecord::decode(&42u64.to_be_bytes()).unwrap();
+        assert_eq!((bare.seq, bare.failures, bare.open_until_unix), (42, 0, 0));
+        for bad in [&[][..], &[1, 2, 3], &[0; 12], &[0; 21]] {
+            assert_eq!(PushRecord::decode(bad), None, "{bad:?}");
+        }
     }
 }
