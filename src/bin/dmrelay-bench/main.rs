@@ -231,18 +231,41 @@ async fn drive(
     (started.elapsed().as_secs_f64(), failed)
 }
 
-async fn metric(client: &awc::Client, url: &str, name: &str) -> f64 {
+/// The sum of every series of the metric `name` (all label sets) on the node at `url`; a node
+/// that does not export it (an older build, compared in an A/B run) is an error.
+pub(crate) async fn metric_sum(client: &awc::Client, url: &str, name: &str) -> f64 {
+    optional_metric_sum(client, url, name)
+        .await
+        .unwrap_or_else(|| fail(&format!("{url} does not export {name}")))
+}
+
+/// Like [`metric_sum`], `None` when the node does not export the metric.
+pub(crate) async fn optional_metric_sum(
+    client: &awc::Client,
+    url: &str,
+    name: &str,
+) -> Option<f64> {
     let Ok(mut response) = client.get(format!("{url}/metrics")).send().await else {
-        return 0.0;
+        fail(&format!("cannot read {url}/metrics"));
     };
     let text = response
         .body()
+        .limit(8 << 20)
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+        .unwrap_or_else(|e| fail(&format!("cannot read {url}/metrics: {e}")));
+    let mut found = false;
+    let sum = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(key, _)| {
+            *key == name || key.strip_prefix(name).is_some_and(|r| r.starts_with('{'))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .inspect(|_| found = true)
+        .sum();
+    found.then_some(sum)
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -278,8 +301,8 @@ async fn throughput(args: &Args, client: &awc::Client, root: &Path, persist: &st
     .await;
     eprintln!("[{persist}] POST /send x{} ...", args.requests);
     let (send_s, send_failed) = drive(client, &node.url, bodies, args.concurrency).await;
-    let commits = metric(client, &node.url, "dm_store_commits_total").await;
-    let ops = metric(client, &node.url, "dm_store_ops_total").await;
+    let commits = metric_sum(client, &node.url, "dm_store_commits_total").await;
+    let ops = metric_sum(client, &node.url, "dm_store_ops_total").await;
     let health_rate = args.requests as f64 / health_s;
     let send_rate = args.requests as f64 / send_s;
     println!(
@@ -306,7 +329,7 @@ async fn memory(args: &Args, client: &awc::Client, root: &Path, persist: &str) {
     let (_, failed) = drive(client, &node.url, bodies, args.concurrency).await;
     actix_rt::time::sleep(Duration::from_millis(500)).await;
     let after = rss_bytes(node.child.id());
-    let pending = metric(client, &node.url, "dm_pending_envelopes").await;
+    let pending = metric_sum(client, &node.url, "dm_pending_envelopes").await;
     println!(
         "memory persist={persist}: {pending:.0} pending envelopes of {} ciphertext bytes ({failed} failed): RSS {:.1} MiB -> {:.1} MiB, {:.0} bytes per pending envelope",
         args.ciphertext_bytes,

@@ -11,7 +11,10 @@
 //! 200 to the other node's store (0 when the replica got there first). A probe not seen within
 //! 5 s counts as missing.
 
-use super::{Args, NodeProcess, SECRET, fail, free_port, start_node, wait_ready};
+use super::{
+    Args, NodeProcess, SECRET, fail, free_port, metric_sum, optional_metric_sum, start_node,
+    wait_ready,
+};
 use dmrelay::protocol::{
     Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix, random_hex,
 };
@@ -82,39 +85,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks / per_second
-}
-
-/// The sum of every series of the metric `name` (all label sets) on the node at `url`; a node
-/// that does not export it (an older build, compared in an A/B run) is an error.
-async fn metric_sum(client: &awc::Client, url: &str, name: &str) -> f64 {
-    optional_metric_sum(client, url, name)
-        .await
-        .unwrap_or_else(|| fail(&format!("{url} does not export {name}")))
-}
-
-/// Like [`metric_sum`], `None` when the node does not export the metric.
-async fn optional_metric_sum(client: &awc::Client, url: &str, name: &str) -> Option<f64> {
-    let Ok(mut response) = client.get(format!("{url}/metrics")).send().await else {
-        fail(&format!("cannot read {url}/metrics"));
-    };
-    let text = response
-        .body()
-        .limit(8 << 20)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_else(|e| fail(&format!("cannot read {url}/metrics: {e}")));
-    let mut found = false;
-    let sum = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(key, _)| {
-            *key == name || key.strip_prefix(name).is_some_and(|r| r.starts_with('{'))
-        })
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .inspect(|_| found = true)
-        .sum();
-    found.then_some(sum)
 }
 
 fn or_absent(value: Option<f64>) -> String {
