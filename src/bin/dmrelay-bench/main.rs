@@ -55,7 +55,8 @@ struct Args {
     /// Where the nodes keep their data (a temporary directory by default).
     #[arg(long)]
     data_root: Option<PathBuf>,
-    /// Which runs, comma-separated: throughput, memory, lag, mesh-lag.
+    /// Which runs, comma-separated: throughput, memory, lag, mesh-lag, wrk (deposit, poll and
+    /// ack driven by `wrk`, with the node's CPU per request).
     #[arg(
         long,
         value_delimiter = ',',
@@ -74,6 +75,18 @@ struct Args {
     /// Where the mesh-lag run writes its plot of lag over time.
     #[arg(long, default_value = "mesh-lag.svg")]
     svg: PathBuf,
+    /// Seconds of each `wrk` run.
+    #[arg(long, default_value_t = 10)]
+    wrk_seconds: u64,
+    /// Connections `wrk` keeps open.
+    #[arg(long, default_value_t = 64)]
+    wrk_connections: usize,
+    /// Bodies signed beforehand for each of the deposit and poll runs (each sent once).
+    #[arg(long, default_value_t = 300_000)]
+    wrk_bodies: usize,
+    /// Mailboxes the `wrk` deposits are spread over.
+    #[arg(long, default_value_t = 5_000)]
+    wrk_mailboxes: usize,
 }
 
 const SECRET: &str = "bench-mesh-secret";
@@ -464,6 +477,7 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &Path) {
 }
 
 mod mesh_lag;
+mod wrk;
 
 fn main() {
     let args = Args::parse();
@@ -498,6 +512,9 @@ fn main() {
         }
         if runs("mesh-lag") {
             mesh_lag::run(&args, &client, &root).await;
+        }
+        if runs("wrk") {
+            wrk::run(&args, &client, &root).await;
         }
     });
     let _ = std::fs::remove_dir_all(&root);
