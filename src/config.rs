@@ -115,6 +115,9 @@ pub struct Settings {
     pub max_waiting_polls: usize,
     /// Page cache of the embedded store in bytes (`MESH_DM_STORE_CACHE_MB`, default 64 MiB).
     pub store_cache_bytes: usize,
+    /// JSON of recently stored envelopes kept for polls, in bytes (`MESH_DM_BODY_CACHE_MB`,
+    /// default 32 MiB; 0: every poll reads the store).
+    pub body_cache_bytes: usize,
     /// Bytes of stored envelopes and acks past which new deposits and replicas are refused
     /// (`MESH_DM_STORAGE_BUDGET_MB`); `None`: chosen at start from the free disk space (see
     /// [`crate::store::budget`]).
@@ -239,6 +242,8 @@ settings! {
     max_waiting_polls: u64 = "MESH_DM_MAX_WAITING_POLLS", "a whole number";
     /// Page cache of the store, MiB.
     store_cache_mb: u64 = "MESH_DM_STORE_CACHE_MB", "a whole number";
+    /// Envelope JSON kept for polls, MiB.
+    body_cache_mb: u64 = "MESH_DM_BODY_CACHE_MB", "a whole number";
     /// Storage budget, MiB.
     storage_budget_mb: f64 = "MESH_DM_STORAGE_BUDGET_MB", "a number of MiB";
     /// Client-plane requests per second from one IP address.
@@ -642,6 +647,10 @@ impl Layered {
                 as usize
                 * 1024
                 * 1024,
+            body_cache_bytes: in_range(self.body_cache_mb, "body_cache_mb", 32, 0, 1 << 20)?
+                as usize
+                * 1024
+                * 1024,
             storage_budget_bytes,
             client_rate_per_s: in_range(
                 self.client_rate_per_s,
@@ -698,6 +707,7 @@ mod tests {
     fn the_store_cache_and_the_storage_budget_are_in_mib() {
         let s = from_toml("", &[]).unwrap();
         assert_eq!(s.store_cache_bytes, 64 << 20);
+        assert_eq!(s.body_cache_bytes, 32 << 20);
         assert_eq!(
             s.storage_budget_bytes, None,
             "chosen at start from the free disk"

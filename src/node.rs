@@ -121,6 +121,7 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         Arc::clone(&metrics),
         parked_mailboxes,
         settings.max_waiting_polls,
+        settings.body_cache_bytes,
     )
     .await?;
     let envelope_limits = EnvelopeLimits {

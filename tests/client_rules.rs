@@ -945,3 +945,55 @@ async fn the_pending_gauge_follows_expiry() {
     .await;
     assert_eq!(node.pending_ids(&bob).await, ["long"]);
 }
+
+// ----- Poll bodies: mailboxes hold metadata; the JSON comes from a cache or the store ----------
+
+#[actix_rt::test]
+async fn a_poll_delivers_each_envelope_exactly_as_sent_from_the_cache_or_from_the_store() {
+    let cached = start(NodeConfig::default()).await;
+    let uncached = start(NodeConfig::default().env("MESH_DM_BODY_CACHE_MB", 0)).await;
+    let (alice, carol, bob) = (Identity::new(), Identity::new(), Identity::new());
+    let sent = [
+        alice.envelope_to(&bob, "m1"),
+        carol.envelope_to(&bob, "m2"),
+        alice.envelope_to(&bob, "m3"),
+    ];
+    for node in [&cached, &uncached] {
+        for envelope in &sent {
+            let id = envelope.msg_id.as_str();
+            assert_deposit(id, &node.send(envelope).await, id, "accepted");
+        }
+    }
+    let expected: Vec<Value> = sent
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    for node in [&cached, &uncached] {
+        let (status, body) = node.poll(&bob, 8).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["messages"].as_array().unwrap(), &expected, "{body}");
+        assert_eq!(
+            (body["pending"].as_u64(), body["has_more"].as_bool()),
+            (Some(3), Some(false))
+        );
+        let (status, body) = node.poll(&bob, 2).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["messages"].as_array().unwrap(),
+            &expected[..2],
+            "{body}"
+        );
+        assert_eq!(
+            (body["pending"].as_u64(), body["has_more"].as_bool()),
+            (Some(3), Some(true))
+        );
+        // Acknowledged: never delivered again, from either source.
+        assert_eq!(node.ack(&bob, &["m1"]).await.0, 200);
+        let (_, body) = node.poll(&bob, 8).await;
+        assert_eq!(
+            body["messages"].as_array().unwrap(),
+            &expected[1..],
+            "{body}"
+        );
+    }
+}

@@ -19,7 +19,9 @@
 //! Default case counts keep the file well under 20 s in a debug build; set `PROPTEST_CASES` for a
 //! longer run.
 
-use dmrelay::mailbox::rules::{Decision, MailboxLimits, MailboxState, NonceRefusal, deposit_op};
+use dmrelay::mailbox::rules::{
+    Decision, MailboxLimits, MailboxState, NonceRefusal, PollItem, deposit_op,
+};
 use dmrelay::mailbox::shard::state_from;
 use dmrelay::protocol::{AckObject, Envelope, EnvelopeLimits, MailboxKey, MsgId};
 use dmrelay::store::{RedbStore, Store, StoreOp};
@@ -99,7 +101,14 @@ fn id(text: &str) -> MsgId {
     MsgId::parse("msg_id", text).unwrap()
 }
 
-fn ids_of(envelopes: &[Arc<Envelope>]) -> Vec<(String, [u8; 64])> {
+fn ids_of(items: &[PollItem]) -> Vec<(String, [u8; 64])> {
+    items
+        .iter()
+        .map(|e| (e.msg_id.as_str().to_string(), e.sig))
+        .collect()
+}
+
+fn envelope_ids(envelopes: &[Arc<Envelope>]) -> Vec<(String, [u8; 64])> {
     envelopes
         .iter()
         .map(|e| (e.msg_id.as_str().to_string(), e.sig))
@@ -270,7 +279,7 @@ impl RefMailbox {
             .push((nonce.to_string(), now + NONCE_LIFETIME_S));
         let all = self.sorted();
         Ok(PollSeen {
-            messages: ids_of(&all[..limit.min(all.len())]),
+            messages: envelope_ids(&all[..limit.min(all.len())]),
             pending: all.len(),
             has_more: all.len() > limit,
         })
@@ -385,7 +394,7 @@ impl StoredNode {
         let removed = effect
             .removed
             .iter()
-            .map(|e| e.msg_id.as_str().to_string())
+            .map(|id| id.as_str().to_string())
             .collect();
         (removed, effect.unknown)
     }
@@ -601,7 +610,7 @@ fn check_node(node: &mut StoredNode, reference: &mut HashMap<MailboxKey, RefMail
         let live = ids_of(&state.poll(usize::MAX, now).messages);
         assert_eq!(
             live,
-            ids_of(&model.sorted()),
+            envelope_ids(&model.sorted()),
             "pending set and order (SPEC §6.2)"
         );
         assert_eq!(state.parked_len(), model.parked.len(), "parked replicas");

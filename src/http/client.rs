@@ -7,6 +7,7 @@ use super::AppState;
 use super::body::{read_limited, require_body};
 use super::error::{ApiError, deposit_outcome};
 use crate::mailbox::Origin;
+use crate::mailbox::bodies::PolledMail;
 use crate::mailbox::rules::NonceRefusal;
 use crate::protocol::wire::MAX_CLIENT_BODY_BYTES;
 use crate::protocol::{AckObject, Envelope, PollRequest, now_unix};
@@ -21,12 +22,26 @@ struct DepositReply<'a> {
     status: &'static str,
 }
 
-#[derive(Serialize)]
-struct PollReply<'a> {
-    ok: bool,
-    messages: Vec<&'a Envelope>,
-    pending: usize,
-    has_more: bool,
+/// The poll reply of SPEC §6.2, written around the envelopes' stored JSON (already the
+/// envelope's wire form: no second serialization).
+fn poll_reply(mail: &PolledMail) -> Vec<u8> {
+    let bodies: usize = mail.messages.iter().map(|m| m.len() + 1).sum();
+    let mut out = Vec::with_capacity(bodies + 64);
+    out.extend_from_slice(b"{\"ok\":true,\"messages\":[");
+    for (i, message) in mail.messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(message);
+    }
+    out.extend_from_slice(
+        format!(
+            "],\"pending\":{},\"has_more\":{}}}",
+            mail.pending, mail.has_more
+        )
+        .as_bytes(),
+    );
+    out
 }
 
 #[derive(Serialize)]
@@ -99,12 +114,9 @@ pub async fn poll(
             retry_after_s: 60,
         },
     })?;
-    Ok(HttpResponse::Ok().json(PollReply {
-        ok: true,
-        messages: view.messages.iter().map(Arc::as_ref).collect(),
-        pending: view.pending,
-        has_more: view.has_more,
-    }))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(poll_reply(&view)))
 }
 
 /// `POST /api/mesh/dm/ack`

@@ -1,6 +1,8 @@
 //! Mailboxes: the rules of SPEC §4 ([`rules`], pure: decisions and the store operations they
-//! need), the actors that own them ([`shard`]), and
-//! each shard's cache of mailboxes in memory ([`cache`]: loading, waiting work, eviction).
+//! need), the actors that own them ([`shard`]),
+//! each shard's cache of mailboxes in memory ([`cache`]: loading, waiting work, eviction), and
+//! the bodies a poll delivers ([`bodies`]: mailboxes hold metadata only; the JSON comes from a
+//! bounded cache or the store).
 //!
 //! Mailboxes are spread over one [`shard::MailboxShard`] per core, each on its own arbiter, by a
 //! keyed hash of the mailbox key ([`MailboxRouter`]). Every request for a mailbox — a client's
@@ -11,6 +13,7 @@
 //! nothing of peers. Long polls wait in their mailbox's shard until mail is durable there
 //! ([`waiting`]).
 
+pub mod bodies;
 pub mod cache;
 pub mod rules;
 pub mod shard;
@@ -20,7 +23,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, MailboxKey, PollRequest};
 use crate::store::StoreHandle;
 use actix::prelude::*;
-use rules::{Decision, MailboxLimits, NonceRefusal, PollView};
+use bodies::{EnvelopeBodies, PolledMail};
+use rules::{Decision, MailboxLimits, NonceRefusal};
 use shard::{AckReport, MailboxShard, Preload, ReleaseWaitingPolls, ShardError};
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -42,12 +46,15 @@ pub struct MailboxRouter {
     /// Keyed per process, so that nobody can choose keys that all land on one shard.
     hasher: std::collections::hash_map::RandomState,
     metrics: Arc<Metrics>,
+    bodies: Arc<EnvelopeBodies>,
+    store: Arc<dyn crate::store::Store>,
 }
 
 impl MailboxRouter {
     /// Starts `count` shards, each on its own arbiter (thread), and has them load the mailboxes
     /// in `preload` (those holding parked replicas). At most `max_waiting_polls` long polls wait
-    /// at once, over all shards.
+    /// at once, over all shards; polls find recent envelopes' JSON in a cache of
+    /// `body_cache_bytes`.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         count: usize,
@@ -58,19 +65,23 @@ impl MailboxRouter {
         metrics: Arc<Metrics>,
         preload: Vec<MailboxKey>,
         max_waiting_polls: usize,
+        body_cache_bytes: usize,
     ) -> Result<Self, MailboxError> {
         let count = count.max(1);
+        let bodies = Arc::new(EnvelopeBodies::new(body_cache_bytes));
+        let store_for_reads = Arc::clone(store.store());
         let wait_budget = waiting::WaitBudget::new(max_waiting_polls, Arc::clone(&metrics));
         let shards: Vec<Addr<MailboxShard>> = (0..count)
             .map(|_| {
                 let arbiter = Arbiter::new();
-                let (store, metrics, wait_budget) = (
+                let (store, metrics, wait_budget, bodies) = (
                     store.clone(),
                     Arc::clone(&metrics),
                     Arc::clone(&wait_budget),
+                    Arc::clone(&bodies),
                 );
                 MailboxShard::start_in_arbiter(&arbiter.handle(), move |_| {
-                    MailboxShard::new(limits, max_ttl_s, idle, store, metrics, wait_budget)
+                    MailboxShard::new(limits, max_ttl_s, idle, store, metrics, wait_budget, bodies)
                 })
             })
             .collect();
@@ -78,6 +89,8 @@ impl MailboxRouter {
             shards: shards.into(),
             hasher: std::collections::hash_map::RandomState::new(),
             metrics,
+            bodies,
+            store: store_for_reads,
         };
         let mut per_shard: Vec<Vec<MailboxKey>> = vec![Vec::new(); count];
         for mailbox in preload {
@@ -165,15 +178,31 @@ impl MailboxRouter {
         async move { answer.await? }
     }
 
-    /// SPEC §6.2 for a verified poll request.
+    /// SPEC §6.2 for a verified poll request: the shard picks the envelopes (and may hold a
+    /// long poll), then their JSON comes from the body cache or the store.
     pub fn poll(
         &self,
         request: PollRequest,
-    ) -> impl Future<Output = Result<Result<PollView, NonceRefusal>, ShardError>> + 'static + use<>
+    ) -> impl Future<Output = Result<Result<PolledMail, NonceRefusal>, ShardError>> + 'static + use<>
     {
         let mailbox = request.mailbox;
         let answer = self.ask(mailbox, |reply| shard::Poll { request, reply });
-        async move { answer.await? }
+        let (bodies, store) = (Arc::clone(&self.bodies), Arc::clone(&self.store));
+        async move {
+            let view = match answer.await?? {
+                Ok(view) => view,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            let messages = bodies
+                .fetch(&store, mailbox, view.messages)
+                .await
+                .map_err(|err| ShardError::Unavailable(err.to_string()))?;
+            Ok(Ok(PolledMail {
+                messages,
+                pending: view.pending,
+                has_more: view.has_more,
+            }))
+        }
     }
 
     /// SPEC §6.3 for a verified ack object.

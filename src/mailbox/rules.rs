@@ -2,7 +2,9 @@
 //!
 //! One [`MailboxState`] holds everything a mailbox decides with: pending envelopes (by id, in
 //! delivery order, counted per sender), tombstones of acknowledged ids, and the poll nonces seen
-//! in the freshness window. Time is always a parameter (`now`), so every rule is testable
+//! in the freshness window. A pending envelope is held as metadata only ([`PendingMeta`]: sender,
+//! times, signature); its ciphertext stays in the store (and the bounded [`super::bodies`] cache),
+//! so a mailbox costs memory per envelope in bytes, not kilobytes. Time is always a parameter (`now`), so every rule is testable
 //! without a clock. Expiry is kept in ordered queues, so an access costs O(expired · log n), not a
 //! scan of the mailbox.
 
@@ -77,8 +79,8 @@ impl Decision {
 /// What an acknowledgement did to a mailbox.
 #[derive(Debug, Default)]
 pub struct AckEffect {
-    /// Envelopes removed from the pending set (their quota is free again).
-    pub removed: Vec<Arc<Envelope>>,
+    /// Ids of the envelopes removed from the pending set (their quota is free again).
+    pub removed: Vec<MsgId>,
     /// Ids that were not pending (never seen, already acknowledged, or expired).
     pub unknown: usize,
     /// Tombstones of every id of the ack, as they now stand: `(msg_id, until)`.
@@ -88,10 +90,18 @@ pub struct AckEffect {
     pub changed: bool,
 }
 
+/// One envelope a poll delivers: which one, and the signature that tells it from an earlier
+/// envelope that had the same id (the body is fetched by id, then matched by signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollItem {
+    pub msg_id: MsgId,
+    pub sig: [u8; 64],
+}
+
 /// What a poll sees.
 #[derive(Debug)]
 pub struct PollView {
-    pub messages: Vec<Arc<Envelope>>,
+    pub messages: Vec<PollItem>,
     pub pending: usize,
     pub has_more: bool,
 }
@@ -105,8 +115,29 @@ pub enum NonceRefusal {
     TooMany,
 }
 
+/// What a mailbox keeps of a pending envelope: all its rules need, and no ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingMeta {
+    pub sender: MailboxKey,
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// Tells a copy (`duplicate`) from another envelope with the same id (`conflict`).
+    pub sig: [u8; 64],
+}
+
+impl PendingMeta {
+    pub fn of(envelope: &Envelope) -> Self {
+        Self {
+            sender: envelope.sender,
+            created_at: envelope.created_at,
+            expires_at: envelope.expires_at,
+            sig: envelope.sig,
+        }
+    }
+}
+
 struct PendingEntry {
-    envelope: Arc<Envelope>,
+    meta: PendingMeta,
     /// False while the store commit is in flight: such an entry already counts against the
     /// caps (so two racing deposits cannot both pass) but is not delivered yet.
     committed: bool,
@@ -171,10 +202,7 @@ pub enum DepositPlan {
 
 /// The store operation of an accepted deposit (`from_client`: this node's client, so pushed).
 pub fn deposit_op(envelope: &Arc<Envelope>, from_client: bool) -> StoreOp {
-    StoreOp::PutEnvelope {
-        envelope: Arc::clone(envelope),
-        from_client,
-    }
+    StoreOp::put_envelope(Arc::clone(envelope), from_client)
 }
 
 impl AckEffect {
@@ -195,7 +223,7 @@ impl AckEffect {
             .unwrap_or(ack.ts);
         Some(StoreOp::ApplyAck {
             ack: Arc::clone(ack),
-            removed: self.removed.iter().map(|e| e.msg_id.clone()).collect(),
+            removed: self.removed.clone(),
             tombstones: self.tombstones.clone(),
             live_until,
             from_client,
@@ -300,7 +328,7 @@ impl MailboxState {
             return Decision::Acked;
         }
         if let Some(existing) = self.pending.get(&envelope.msg_id) {
-            return if existing.envelope.sig == envelope.sig {
+            return if existing.meta.sig == envelope.sig {
                 Decision::Duplicate
             } else {
                 Decision::Conflict
@@ -336,7 +364,7 @@ impl MailboxState {
         self.pending.insert(
             id,
             PendingEntry {
-                envelope,
+                meta: PendingMeta::of(&envelope),
                 committed,
             },
         );
@@ -359,26 +387,25 @@ impl MailboxState {
     /// The write of `msg_id` failed: take back the reservation (only if it is still the same one).
     pub fn remove_uncommitted(&mut self, envelope: &Envelope) -> bool {
         match self.pending.get(&envelope.msg_id) {
-            Some(entry) if !entry.committed && entry.envelope.sig == envelope.sig => {
+            Some(entry) if !entry.committed && entry.meta.sig == envelope.sig => {
                 self.remove_pending(&envelope.msg_id).is_some()
             }
             _ => false,
         }
     }
 
-    fn remove_pending(&mut self, msg_id: &MsgId) -> Option<Arc<Envelope>> {
-        let entry = self.pending.remove(msg_id)?;
-        let envelope = entry.envelope;
-        self.order.remove(&(envelope.created_at, msg_id.clone()));
+    fn remove_pending(&mut self, msg_id: &MsgId) -> Option<PendingMeta> {
+        let meta = self.pending.remove(msg_id)?.meta;
+        self.order.remove(&(meta.created_at, msg_id.clone()));
         self.pending_expiry
-            .remove(&(envelope.expires_at, msg_id.clone()));
-        if let Some(count) = self.per_sender.get_mut(&envelope.sender) {
+            .remove(&(meta.expires_at, msg_id.clone()));
+        if let Some(count) = self.per_sender.get_mut(&meta.sender) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                self.per_sender.remove(&envelope.sender);
+                self.per_sender.remove(&meta.sender);
             }
         }
-        Some(envelope)
+        Some(meta)
     }
 
     /// Writes or extends a tombstone; returns its time and whether it changed.
@@ -407,9 +434,9 @@ impl MailboxState {
         let mut effect = AckEffect::default();
         for msg_id in &ack.msg_ids {
             let until = match self.remove_pending(msg_id) {
-                Some(envelope) => {
-                    let until = envelope.expires_at;
-                    effect.removed.push(envelope);
+                Some(meta) => {
+                    let until = meta.expires_at;
+                    effect.removed.push(msg_id.clone());
                     effect.changed = true;
                     until
                 }
@@ -425,17 +452,18 @@ impl MailboxState {
         effect
     }
 
-    /// Drops envelopes, tombstones and nonces whose time has come; returns the envelopes dropped.
-    pub fn expire(&mut self, now: u64) -> Vec<Arc<Envelope>> {
+    /// Drops envelopes, tombstones and nonces whose time has come; returns the ids of the
+    /// envelopes dropped.
+    pub fn expire(&mut self, now: u64) -> Vec<MsgId> {
         let mut expired = Vec::new();
         while let Some((until, _)) = self.pending_expiry.first() {
             if *until > now {
                 break;
             }
             if let Some((_, msg_id)) = self.pending_expiry.pop_first()
-                && let Some(envelope) = self.remove_pending(&msg_id)
+                && self.remove_pending(&msg_id).is_some()
             {
-                expired.push(envelope);
+                expired.push(msg_id);
             }
         }
         while let Some((until, _)) = self.tombstone_expiry.first() {
@@ -489,13 +517,16 @@ impl MailboxState {
     pub fn poll(&self, limit: usize, now: u64) -> PollView {
         let deliverable = self.order.iter().filter_map(|(_, id)| {
             let entry = self.pending.get(id)?;
-            (entry.committed && entry.envelope.expires_at > now).then_some(&entry.envelope)
+            (entry.committed && entry.meta.expires_at > now).then_some((id, &entry.meta))
         });
         let mut messages = Vec::with_capacity(limit.min(self.pending.len()));
         let mut pending = 0usize;
-        for envelope in deliverable {
+        for (msg_id, meta) in deliverable {
             if messages.len() < limit {
-                messages.push(Arc::clone(envelope));
+                messages.push(PollItem {
+                    msg_id: msg_id.clone(),
+                    sig: meta.sig,
+                });
             }
             pending += 1;
         }
@@ -844,7 +875,7 @@ mod tests {
         let ops = unparked.store_ops(mailbox_of(&bob));
         assert!(matches!(&ops[..], [
             StoreOp::Unpark { msg_id, .. },
-            StoreOp::PutEnvelope { envelope, from_client: false },
+            StoreOp::PutEnvelope { envelope, from_client: false, .. },
         ] if *msg_id == gone.msg_id && envelope.msg_id == kept.msg_id));
     }
 

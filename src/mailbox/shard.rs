@@ -23,6 +23,7 @@
 //! from the store — memory never holds as done what the disk does not.
 
 use super::Origin;
+use super::bodies::EnvelopeBodies;
 use super::cache::{Admit, MailboxCache};
 use super::rules::{Decision, DepositPlan, MailboxLimits, MailboxState, NonceRefusal, PollView};
 use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
@@ -232,6 +233,8 @@ pub struct MailboxShard {
     next_wait_id: u64,
     /// Set at shutdown: long polls are answered at once instead of parked.
     releasing: bool,
+    /// Where a durable envelope's JSON goes for the polls that soon want it.
+    bodies: Arc<EnvelopeBodies>,
 }
 
 impl MailboxShard {
@@ -243,6 +246,7 @@ impl MailboxShard {
         store: StoreHandle,
         metrics: Arc<Metrics>,
         wait_budget: Arc<WaitBudget>,
+        bodies: Arc<EnvelopeBodies>,
     ) -> Self {
         Self {
             cache: MailboxCache::new(MAX_CONCURRENT_LOADS, MAX_WAITING_REQUESTS),
@@ -254,6 +258,7 @@ impl MailboxShard {
             wait_budget,
             next_wait_id: 0,
             releasing: false,
+            bodies,
         }
     }
 
@@ -631,6 +636,10 @@ impl MailboxShard {
         ctx: &mut Context<Self>,
     ) {
         let mailbox = envelope.mailbox;
+        let json = match &op {
+            StoreOp::PutEnvelope { json, .. } => Some(Arc::clone(json)),
+            _ => None,
+        };
         self.write_then(mailbox, vec![op], ctx, move |shard, ctx, result| {
             let Some(entry) = shard.cache.get_mut(&mailbox) else {
                 let _ = reply.send(Err(not_loaded()));
@@ -643,6 +652,9 @@ impl MailboxShard {
             let outcome = match result {
                 Ok(_) => {
                     entry.state.mark_committed(&envelope.msg_id);
+                    if let Some(json) = json {
+                        shard.bodies.insert(&envelope.sig, json);
+                    }
                     shard.count_decision(Decision::Accept, &origin);
                     for (copy_origin, copy_reply) in copies {
                         shard.count_decision(Decision::Duplicate, &copy_origin);
@@ -827,6 +839,7 @@ mod tests {
             store,
             Arc::clone(&metrics),
             WaitBudget::new(16, Arc::clone(&metrics)),
+            Arc::new(EnvelopeBodies::new(1 << 20)),
         )
         .start();
         Harness {

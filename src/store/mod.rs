@@ -36,6 +36,9 @@ pub enum StoreOp {
     /// of this node, so this node's pushers send it to every peer.
     PutEnvelope {
         envelope: Arc<Envelope>,
+        /// The envelope's JSON (SPEC §3), made once: stored as the change, and kept in the
+        /// poll cache ([`crate::mailbox::bodies`]) once durable.
+        json: Arc<[u8]>,
         from_client: bool,
     },
     /// An ack object applied to its mailbox (gets a seq): removes the listed envelopes and writes
@@ -62,6 +65,19 @@ pub enum StoreOp {
     },
     /// Small metadata, e.g. a peer cursor.
     PutMeta { key: String, value: Vec<u8> },
+}
+
+impl StoreOp {
+    /// [`StoreOp::PutEnvelope`] with the envelope's JSON made here.
+    pub fn put_envelope(envelope: Arc<Envelope>, from_client: bool) -> Self {
+        // Serializing plain fields into a Vec cannot fail.
+        let json = serde_json::to_vec(envelope.as_ref()).unwrap_or_default();
+        Self::PutEnvelope {
+            envelope,
+            json: json.into(),
+            from_client,
+        }
+    }
 }
 
 /// Most changes one [`Store::read_log`] steps over, so that one read stays short.
@@ -170,6 +186,13 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
         filter: LogFilter,
     ) -> Result<FeedPage, StoreError>;
+    /// The stored JSON of the pending envelopes `ids` of `mailbox`, in order (`None`: not
+    /// pending). Polls read what the [`crate::mailbox::bodies`] cache does not hold.
+    fn envelope_json(
+        &self,
+        mailbox: &MailboxKey,
+        ids: Vec<MsgId>,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     /// Small metadata written with [`StoreOp::PutMeta`].
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -420,15 +420,15 @@ impl<'t> WriteTables<'t> {
         &mut self,
         seq: u64,
         envelope: &Envelope,
+        json: &[u8],
         from_client: bool,
     ) -> Result<(), StoreError> {
         // An id can be stored again once its earlier envelope expired (and its tombstone, if
         // any): the earlier record goes first.
         self.remove_envelope(&envelope.mailbox, &envelope.msg_id)?;
         self.pending_delta += 1;
-        let json = serde_json::to_vec(envelope).map_err(StoreError::backend)?;
         let key = envelope_key(&envelope.mailbox, &envelope.msg_id);
-        let record = change_record(envelope.expires_at, change_kind(true, from_client), &json);
+        let record = change_record(envelope.expires_at, change_kind(true, from_client), json);
         self.bytes_delta += record.len() as i64;
         self.changes
             .insert(seq, record.as_slice())
@@ -674,9 +674,10 @@ impl Store for RedbStore {
                 match op {
                     StoreOp::PutEnvelope {
                         envelope,
+                        json,
                         from_client,
                     } => {
-                        tables.put_envelope(next_seq, envelope, *from_client)?;
+                        tables.put_envelope(next_seq, envelope, json, *from_client)?;
                         next_seq += 1;
                     }
                     StoreOp::ApplyAck {
@@ -918,6 +919,31 @@ impl Store for RedbStore {
         Ok(page)
     }
 
+    fn envelope_json(
+        &self,
+        mailbox: &MailboxKey,
+        ids: Vec<MsgId>,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let txn = self.begin_read()?;
+        let index = txn
+            .open_table(ENVELOPE_INDEX)
+            .map_err(StoreError::backend)?;
+        let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
+        ids.iter()
+            .map(|msg_id| {
+                let key = envelope_key(mailbox, msg_id);
+                let Some(seq) = index.get(key.as_slice()).map_err(StoreError::backend)? else {
+                    return Ok(None);
+                };
+                let Some(record) = changes.get(seq.value()).map_err(StoreError::backend)? else {
+                    return Ok(None);
+                };
+                let (_, _, json) = parse_change_record(record.value())?;
+                Ok(Some(json.to_vec()))
+            })
+            .collect()
+    }
+
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.begin_read()?;
         let meta = txn.open_table(META).map_err(StoreError::backend)?;
@@ -958,17 +984,11 @@ mod tests {
     }
 
     fn replica_op(envelope: Arc<Envelope>) -> StoreOp {
-        StoreOp::PutEnvelope {
-            envelope,
-            from_client: false,
-        }
+        StoreOp::put_envelope(envelope, false)
     }
 
     fn client_op(envelope: Arc<Envelope>) -> StoreOp {
-        StoreOp::PutEnvelope {
-            envelope,
-            from_client: true,
-        }
+        StoreOp::put_envelope(envelope, true)
     }
 
     fn ids(page: &FeedPage) -> Vec<u64> {
@@ -1106,6 +1126,42 @@ mod tests {
         assert!(store.recover(NOW + 600).unwrap().nonces.is_empty());
         store.collect_garbage(NOW + 600).unwrap();
         assert!(store.recover(NOW).unwrap().nonces.is_empty(), "collected");
+    }
+
+    #[test]
+    fn pending_envelopes_read_back_as_their_json_by_id() {
+        let store = RedbStore::in_memory().unwrap();
+        let (a, b) = (envelope("a", NOW + 100), envelope("b", NOW + 100));
+        let bob = a.mailbox;
+        store
+            .commit(&[replica_op(Arc::clone(&a)), client_op(Arc::clone(&b))])
+            .unwrap();
+        let id = |text: &str| MsgId::parse("m", text).unwrap();
+        let read = store
+            .envelope_json(&bob, vec![id("b"), id("nope"), id("a")])
+            .unwrap();
+        let json = |e: &Envelope| Some(serde_json::to_vec(e).unwrap());
+        assert_eq!(read, vec![json(&b), None, json(&a)]);
+        // Another mailbox with the same ids holds nothing.
+        let other = MailboxKey::from_bytes([0xee; 32]);
+        assert_eq!(
+            store.envelope_json(&other, vec![id("a")]).unwrap(),
+            vec![None]
+        );
+        // Acknowledged: gone.
+        store
+            .commit(&[StoreOp::ApplyAck {
+                ack: ack_of(&["a"]),
+                removed: vec![id("a")],
+                tombstones: vec![(id("a"), NOW + 100)],
+                live_until: NOW + 100,
+                from_client: false,
+            }])
+            .unwrap();
+        assert_eq!(
+            store.envelope_json(&bob, vec![id("a")]).unwrap(),
+            vec![None]
+        );
     }
 
     #[test]

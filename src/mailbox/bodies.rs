@@ -1,0 +1,165 @@
+//! Envelope bodies for polls: mailboxes hold metadata only ([`super::rules::PendingMeta`]), so a
+//! poll's envelopes come from here, as the very JSON the store keeps.
+//!
+//! [`EnvelopeBodies`] is a bounded cache of that JSON (`MESH_DM_BODY_CACHE_MB`), filled when a
+//! deposit or replica becomes durable, so that mail polled soon after it arrived (the common
+//! case: the recipient is online) costs no store read. Older mail is read from the store on a
+//! blocking-pool thread. A body is found by its envelope's signature, and a body read from the
+//! store is used only if it ends with that signature: an id acknowledged and later reused by
+//! another envelope can never be served with the old one's body. Eviction is first in, first
+//! out, by bytes.
+
+use crate::protocol::MailboxKey;
+use crate::store::{Store, StoreError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::rules::PollItem;
+
+/// Bytes counted per cached body besides its JSON (key twice, map and queue entries).
+const ENTRY_OVERHEAD_BYTES: usize = 192;
+
+/// The JSON of one envelope, shared between the cache and the replies that send it.
+pub type Body = Arc<[u8]>;
+
+#[derive(Default)]
+struct Cached {
+    bodies: HashMap<[u8; 64], Body>,
+    /// Insertion order, oldest first.
+    order: VecDeque<[u8; 64]>,
+    bytes: usize,
+}
+
+/// The bounded cache of envelope JSON by signature; cheap to share.
+pub struct EnvelopeBodies {
+    cached: Mutex<Cached>,
+    capacity_bytes: usize,
+}
+
+/// The envelopes a poll delivers, as JSON, oldest first.
+#[derive(Debug)]
+pub struct PolledMail {
+    pub messages: Vec<Body>,
+    pub pending: usize,
+    pub has_more: bool,
+}
+
+/// Whether `json` is the stored JSON of the envelope signed `sig` (the node's own serializer
+/// writes `sig` last).
+fn signed_by(json: &[u8], sig: &[u8; 64]) -> bool {
+    let mut tail = Vec::with_capacity(128 + 10);
+    tail.extend_from_slice(b"\"sig\":\"");
+    tail.extend_from_slice(hex::encode(sig).as_bytes());
+    tail.extend_from_slice(b"\"}");
+    json.ends_with(&tail)
+}
+
+impl EnvelopeBodies {
+    pub fn new(capacity_bytes: usize) -> Self {
+        Self {
+            cached: Mutex::default(),
+            capacity_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        self.cached.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the body of a durable envelope, dropping the oldest past the capacity.
+    pub fn insert(&self, sig: &[u8; 64], body: Body) {
+        let cost = body.len() + ENTRY_OVERHEAD_BYTES;
+        if cost > self.capacity_bytes {
+            return;
+        }
+        let mut cached = self.lock();
+        if cached.bodies.contains_key(sig) {
+            return;
+        }
+        cached.bodies.insert(*sig, body);
+        cached.order.push_back(*sig);
+        cached.bytes += cost;
+        while cached.bytes > self.capacity_bytes {
+            let Some(oldest) = cached.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = cached.bodies.remove(&oldest) {
+                cached.bytes -= gone.len() + ENTRY_OVERHEAD_BYTES;
+            }
+        }
+    }
+
+    fn get(&self, sig: &[u8; 64]) -> Option<Body> {
+        self.lock().bodies.get(sig).cloned()
+    }
+
+    /// Bytes the cache holds now (its own accounting, overhead included).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The bodies of `items` of `mailbox`, in order: from the cache, the rest from the store.
+    /// An item whose envelope left the store meanwhile (acknowledged or expired since the
+    /// mailbox answered) is left out.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        store: &Arc<dyn Store>,
+        mailbox: MailboxKey,
+        items: Vec<PollItem>,
+    ) -> Result<Vec<Body>, StoreError> {
+        let mut found: Vec<Option<Body>> = items.iter().map(|item| self.get(&item.sig)).collect();
+        let missing: Vec<usize> = (0..items.len()).filter(|&i| found[i].is_none()).collect();
+        if !missing.is_empty() {
+            let ids = missing.iter().map(|&i| items[i].msg_id.clone()).collect();
+            let store = Arc::clone(store);
+            let read = actix_rt::task::spawn_blocking(move || store.envelope_json(&mailbox, ids))
+                .await
+                .map_err(StoreError::backend)??;
+            for (&i, json) in missing.iter().zip(read) {
+                let Some(json) = json.filter(|json| signed_by(json, &items[i].sig)) else {
+                    continue;
+                };
+                let body: Body = json.into();
+                self.insert(&items[i].sig, Arc::clone(&body));
+                found[i] = Some(body);
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(len: usize, fill: u8) -> Body {
+        vec![fill; len].into()
+    }
+
+    #[test]
+    fn keeps_the_newest_bodies_within_its_capacity() {
+        let cache = EnvelopeBodies::new(3 * (100 + ENTRY_OVERHEAD_BYTES));
+        for n in 0..5u8 {
+            cache.insert(&[n; 64], body(100, n));
+        }
+        assert!(cache.get(&[0; 64]).is_none());
+        assert!(cache.get(&[1; 64]).is_none());
+        for n in 2..5u8 {
+            assert_eq!(cache.get(&[n; 64]).as_deref(), Some(&[n; 100][..]));
+        }
+        assert_eq!(cache.bytes(), 3 * (100 + ENTRY_OVERHEAD_BYTES));
+        // A body larger than the whole cache is not kept (and evicts nothing).
+        cache.insert(&[9; 64], body(10_000, 9));
+        assert!(cache.get(&[9; 64]).is_none());
+        assert!(cache.get(&[4; 64]).is_some());
+    }
+
+    #[test]
+    fn a_stored_body_counts_only_for_its_own_signature() {
+        let sig = [7u8; 64];
+        let json = format!("{{\"v\":1,\"sig\":\"{}\"}}", hex::encode(sig));
+        assert!(signed_by(json.as_bytes(), &sig));
+        assert!(!signed_by(json.as_bytes(), &[8u8; 64]));
+        assert!(!signed_by(b"{}", &sig));
+    }
+}
