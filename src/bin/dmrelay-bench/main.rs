@@ -56,7 +56,8 @@ struct Args {
     #[arg(long)]
     data_root: Option<PathBuf>,
     /// Which runs, comma-separated: throughput, memory, lag, mesh-lag, wrk (deposit, poll and
-    /// ack driven by `wrk`, with the node's CPU per request).
+    /// ack driven by `wrk`, with the node's CPU per request), million (memory and restart with
+    /// a million pending envelopes; minutes).
     #[arg(
         long,
         value_delimiter = ',',
@@ -87,6 +88,12 @@ struct Args {
     /// Mailboxes the `wrk` deposits are spread over.
     #[arg(long, default_value_t = 5_000)]
     wrk_mailboxes: usize,
+    /// Pending envelopes of the `million` run.
+    #[arg(long, default_value_t = 1_000_000)]
+    million_envelopes: usize,
+    /// Mailboxes of the `million` run.
+    #[arg(long, default_value_t = 100_000)]
+    million_mailboxes: usize,
 }
 
 const SECRET: &str = "bench-mesh-secret";
@@ -128,11 +135,16 @@ fn fail(message: &str) -> ! {
 }
 
 fn start_node(data_dir: &Path, port: u16, env: &[(&str, String)]) -> NodeProcess {
+    let _ = std::fs::remove_dir_all(data_dir);
+    spawn_node(data_dir, port, env)
+}
+
+/// Starts `dmrelay serve` on whatever `data_dir` holds (a restart).
+fn spawn_node(data_dir: &Path, port: u16, env: &[(&str, String)]) -> NodeProcess {
     let binary = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("dmrelay")))
         .unwrap_or_else(|| fail("cannot locate the dmrelay binary next to dmrelay-bench"));
-    let _ = std::fs::remove_dir_all(data_dir);
     let child = Command::new(binary)
         .arg("serve")
         .env("MESH_DM_LISTEN", format!("127.0.0.1:{port}"))
@@ -477,6 +489,7 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &Path) {
 }
 
 mod mesh_lag;
+mod million;
 mod wrk;
 
 fn main() {
@@ -515,6 +528,9 @@ fn main() {
         }
         if runs("wrk") {
             wrk::run(&args, &client, &root).await;
+        }
+        if runs("million") {
+            million::run(&args, &client, &root).await;
         }
     });
     let _ = std::fs::remove_dir_all(&root);
