@@ -4,7 +4,7 @@
 //! [`EnvelopeBodies`] is a bounded cache of that JSON (`MESH_DM_BODY_CACHE_MB`), filled when a
 //! deposit or replica becomes durable, so that mail polled soon after it arrived (the common
 //! case: the recipient is online) costs no store read. Older mail is read from the store on a
-//! blocking-pool thread. A body is found by its envelope's signature, and a body read from the
+//! blocking-pool thread (and not cached: a mailbox is read back once, then acknowledged). A body is found by its envelope's signature, and a body read from the
 //! store is used only if it ends with that signature: an id acknowledged and later reused by
 //! another envelope can never be served with the old one's body. Eviction is first in, first
 //! out, by bytes.
@@ -119,9 +119,8 @@ impl EnvelopeBodies {
                 let Some(json) = json.filter(|json| signed_by(json, &items[i].sig)) else {
                     continue;
                 };
-                let body: Body = json.into();
-                self.insert(&items[i].sig, Arc::clone(&body));
-                found[i] = Some(body);
+                // Not cached: the cache keeps room for fresh mail, which is what gets polled.
+                found[i] = Some(json.into());
             }
         }
         Ok(found.into_iter().flatten().collect())

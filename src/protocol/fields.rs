@@ -49,9 +49,10 @@ impl fmt::Display for MailboxKey {
 /// Longest `msg_id` accepted (SPEC §1).
 pub const MAX_MSG_ID_CHARS: usize = 128;
 
-/// A sender-chosen message id: 1..=128 chars of `[A-Za-z0-9_-]`.
+/// A sender-chosen message id: 1..=128 chars of `[A-Za-z0-9_-]`. Shared, not copied, by its
+/// clones: a mailbox keeps each pending id in three places (by id, in delivery order, by expiry).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct MsgId(Box<str>);
+pub struct MsgId(std::sync::Arc<str>);
 
 impl MsgId {
     pub fn parse(field: &str, value: &str) -> Result<Self, ProtocolError> {
