@@ -91,8 +91,7 @@ async fn post_all(
     for worker in workers {
         let _ = worker.await;
     }
-    let failed = *failures.borrow();
-    failed
+    *failures.borrow()
 }
 
 fn mib(bytes: u64) -> f64 {
