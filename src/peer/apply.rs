@@ -3,11 +3,12 @@
 //!
 //! Items are checked (shape and time window of each, then the Ed25519 signatures of the whole
 //! batch in one [`verify_batch`]) and sent to their mailbox shards in order, eagerly, then the
-//! answers are collected: per-mailbox order holds, and the shards work in parallel. Every replica that a shard applied (accepted, a duplicate, already acked, an ack
-//! applied) is remembered by its signature in [`SeenReplicas`], and so is every client change of
-//! this node (its copies come back in the peers' feeds); the puller's pages skip those
-//! before any parsing of the item or signature check, so a feed entry that came by push costs
-//! a lookup, not a verification. (A different item with a copied signature would fail its own
+//! answers are collected: per-mailbox order holds, and the shards work in parallel. Every
+//! replica that a shard applied (accepted, a duplicate, already acked, an ack applied) is
+//! remembered by its signature in [`SeenReplicas`], and so is every client change of this node
+//! (its copies come back in the peers' feeds); the puller's pages skip those before any parsing
+//! of the item or signature check, so a feed entry that came by push costs a lookup, not a
+//! verification. (A different item with a copied signature would fail its own
 //! check anyway, so skipping it changes nothing.)
 
 use crate::mailbox::rules::Decision;
