@@ -55,7 +55,7 @@ struct Args {
     /// Where the nodes keep their data (a temporary directory by default).
     #[arg(long)]
     data_root: Option<PathBuf>,
-    /// Which runs, comma-separated: throughput, memory, lag, mesh-lag.
+    /// Which runs, comma-separated: throughput, memory, lag, mesh-lag (and verify, not by default).
     #[arg(
         long,
         value_delimiter = ',',
@@ -464,6 +464,7 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &Path) {
 }
 
 mod mesh_lag;
+mod verify;
 
 fn main() {
     let args = Args::parse();
@@ -498,6 +499,9 @@ fn main() {
         }
         if runs("mesh-lag") {
             mesh_lag::run(&args, &client, &root).await;
+        }
+        if runs("verify") {
+            verify::run();
         }
     });
     let _ = std::fs::remove_dir_all(&root);
