@@ -3,7 +3,7 @@
 //! How a request flows:
 //!
 //! ```text
-//! client ─HTTP─▶ http::client ─(parse, verify: protocol)─▶ mailbox::MailboxRouter
+//! client ─HTTP─▶ http::client ─(parse, time: protocol; signature: http::signature_batch)─▶ mailbox::MailboxRouter
 //!                                                           │ try_send to the owning shard
 //!                                                           ▼
 //!                                            mailbox::shard::MailboxShard  (rules: mailbox::rules)
@@ -17,13 +17,14 @@
 //!  peer::sync (pull feed) ──┴─▶ peer::apply (one replica applier) ─▶ the same shards and rules
 //! ```
 //!
-//! - [`protocol`]: envelope, poll and ack types, canonical strings, signatures, peer URL
-//!   normalization, the peer plane's wire constants (no I/O).
+//! - [`protocol`]: envelope, poll and ack types, canonical strings, signatures (one Ed25519 rule
+//!   for single and batch checks), peer URL normalization, the peer plane's wire constants (no
+//!   I/O).
 //! - [`mailbox`]: the rules of SPEC §4 and the shard actors that own them.
 //! - [`store`]: the durable state behind a trait, and the group-commit writer thread.
 //! - [`peer`]: peer URLs, HMAC authentication, the pushers (from the log), the pullers, and the
 //!   one replica applier both directions share.
-//! - [`http`]: routes, body limits, the error table.
+//! - [`http`]: routes, body limits, the error table, the per-worker batch of client signatures.
 //! - [`client`]: the client library (keys, Appendix A payload, signed requests, HTTP) behind
 //!   `dmrelay send` and `dmrelay inbox`.
 //! - [`demo`]: `dmrelay demo`, a three-node mesh and a story told in the terminal.

@@ -2,7 +2,10 @@
 
 use dmrelay::peer::auth::{derive_peer_key, derive_prk, sign_request, verify_request};
 use dmrelay::peer::url::normalize_peer_url;
-use dmrelay::protocol::{AckObject, Envelope, EnvelopeLimits, PollRequest, signing_key_from_hex};
+use dmrelay::protocol::signature::{verify_batch, verify_one};
+use dmrelay::protocol::{
+    AckObject, Envelope, EnvelopeLimits, PollRequest, SignatureCheck, Signed, signing_key_from_hex,
+};
 use serde_json::Value;
 
 fn vectors() -> Value {
@@ -111,6 +114,41 @@ fn ack_canonical_string_and_signature() {
     let resigned = AckObject::sign(&bob, ack.ts, ack.msg_ids.clone());
     assert_eq!(resigned, ack);
     assert_eq!(serde_json::to_value(&ack).unwrap(), v["ack"]["json"]);
+}
+
+/// Every signature of the vectors, under the node's rule: each alone, all in one batch, and a
+/// batch in which one of them is spoiled answers false for that one only.
+#[test]
+fn every_signature_verifies_alone_and_in_one_batch() {
+    let v = vectors();
+    let limits = EnvelopeLimits::default();
+    let envelope = Envelope::parse(
+        &serde_json::to_vec(&v["envelope"]["json"]).unwrap(),
+        &limits,
+    )
+    .unwrap();
+    let sealed = Envelope::from_value(v["payload"]["envelope"].clone(), &limits).unwrap();
+    let poll = PollRequest::parse(&serde_json::to_vec(&v["poll"]["json"]).unwrap()).unwrap();
+    let ack = AckObject::parse(&serde_json::to_vec(&v["ack"]["json"]).unwrap()).unwrap();
+    let signed: [&dyn Signed; 4] = [&envelope, &sealed, &poll, &ack];
+    let checks: Vec<SignatureCheck> = signed.iter().map(|s| s.signature_check()).collect();
+    for (check, what) in checks
+        .iter()
+        .zip(["envelope", "payload envelope", "poll", "ack"])
+    {
+        assert!(verify_one(check), "{what}");
+    }
+    assert_eq!(verify_batch(&checks), vec![true; 4]);
+    for spoiled in 0..checks.len() {
+        let mut batch = checks.clone();
+        let mut message = batch[spoiled].message().to_vec();
+        message.push(b'\n');
+        batch[spoiled] =
+            SignatureCheck::new(*batch[spoiled].key(), message, *batch[spoiled].signature());
+        let mut expected = vec![true; 4];
+        expected[spoiled] = false;
+        assert_eq!(verify_batch(&batch), expected);
+    }
 }
 
 #[test]

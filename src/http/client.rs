@@ -1,16 +1,19 @@
 //! Client-plane routes (SPEC §6.1–6.4): deposit, poll, ack, health, metrics.
 //!
-//! Each handler only translates: read the body under its limit, parse and verify (pure, in
-//! [`crate::protocol`]), ask the owning mailbox shard, map the outcome to status and JSON.
+//! Each handler only translates: read the body under its limit, parse and check the time window
+//! (pure, in [`crate::protocol`]), verify the signature in this worker's batch
+//! ([`super::signature_batch`]), ask the owning mailbox shard, map the outcome to status and
+//! JSON.
 
 use super::AppState;
 use super::body::{read_limited, require_body};
 use super::error::{ApiError, deposit_outcome};
+use super::signature_batch;
 use crate::mailbox::Origin;
 use crate::mailbox::bodies::PolledMail;
 use crate::mailbox::rules::NonceRefusal;
 use crate::protocol::wire::MAX_CLIENT_BODY_BYTES;
-use crate::protocol::{AckObject, Envelope, PollRequest, now_unix};
+use crate::protocol::{AckObject, Envelope, PollRequest, ProtocolError, Signed, now_unix};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use std::sync::Arc;
@@ -68,7 +71,8 @@ pub async fn send(
         let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
         require_body(&body, "signed envelope (see `dmrelay envelope`)")?;
         let envelope = Envelope::parse(&body, &state.envelope_limits)?;
-        envelope.verify(now_unix(), &state.envelope_limits)?;
+        envelope.check_time(now_unix(), &state.envelope_limits)?;
+        verify_signature(&envelope).await?;
         Ok::<_, ApiError>(Arc::new(envelope))
     }
     .await;
@@ -102,7 +106,8 @@ pub async fn poll(
     let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
     require_body(&body, "signed poll request (see `dmrelay poll-request`)")?;
     let request = PollRequest::parse(&body)?;
-    request.verify(now_unix())?;
+    request.check_time(now_unix())?;
+    verify_signature(&request).await?;
     let view = state.mailboxes.poll(request).await?.map_err(|refusal| match refusal {
         NonceRefusal::Replay => ApiError::Replay(
             "This poll nonce was already used for this mailbox; sign every poll with a fresh random nonce."
@@ -128,7 +133,8 @@ pub async fn ack(
     let body = read_limited(&req, payload, MAX_CLIENT_BODY_BYTES).await?;
     require_body(&body, "signed ack object (see `dmrelay ack-request`)")?;
     let ack = AckObject::parse(&body)?;
-    ack.verify_fresh(now_unix())?;
+    ack.check_fresh(now_unix())?;
+    verify_signature(&ack).await?;
     let sig = ack.sig;
     let report = state
         .mailboxes
@@ -140,6 +146,12 @@ pub async fn ack(
         removed: report.removed,
         unknown: report.unknown,
     }))
+}
+
+/// The signature of a request whose other checks passed, verified in this worker's batch.
+async fn verify_signature(signed: &impl Signed) -> Result<(), ProtocolError> {
+    let verified = signature_batch::verify(signed.signature_check()).await;
+    signed.signature_outcome(verified)
 }
 
 /// `GET /health`: 503 with the reason while the store refuses writes.

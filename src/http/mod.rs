@@ -10,6 +10,7 @@ pub mod client;
 pub mod error;
 pub mod peer;
 pub mod rate_limit;
+pub mod signature_batch;
 pub mod status;
 
 use crate::mailbox::MailboxRouter;

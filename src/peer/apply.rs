@@ -1,19 +1,21 @@
 //! The one replica applier: the push routes (SPEC §7.1–7.2) and the feed puller (SPEC §7.4)
 //! check and apply what a peer sends through it, so both directions behave the same.
 //!
-//! Items are checked (shape, time window, Ed25519 signature) and sent to their mailbox shards in
-//! order, eagerly, then the answers are collected: per-mailbox order holds, and the shards work
-//! in parallel. Every replica that a shard applied (accepted, a duplicate, already acked, an ack
-//! applied) is remembered by its signature in [`SeenReplicas`], and so is every client change of
-//! this node (its copies come back in the peers' feeds); the puller's pages skip those
-//! before any parsing of the item or signature check, so a feed entry that came by push costs
-//! a lookup, not a verification. (A different item with a copied signature would fail its own
+//! Items are checked (shape and time window of each, then the Ed25519 signatures of the whole
+//! batch in one [`verify_batch`]) and sent to their mailbox shards in order, eagerly, then the
+//! answers are collected: per-mailbox order holds, and the shards work in parallel. Every
+//! replica that a shard applied (accepted, a duplicate, already acked, an ack applied) is
+//! remembered by its signature in [`SeenReplicas`], and so is every client change of this node
+//! (its copies come back in the peers' feeds); the puller's pages skip those before any parsing
+//! of the item or signature check, so a feed entry that came by push costs a lookup, not a
+//! verification. (A different item with a copied signature would fail its own
 //! check anyway, so skipping it changes nothing.)
 
 use crate::mailbox::rules::Decision;
 use crate::mailbox::shard::{AckReport, ShardError};
 use crate::mailbox::{MailboxRouter, Origin};
-use crate::protocol::{AckObject, Envelope, EnvelopeLimits, ProtocolError};
+use crate::protocol::signature::verify_batch;
+use crate::protocol::{AckObject, Envelope, EnvelopeLimits, ProtocolError, Signed};
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -85,13 +87,51 @@ impl Replica {
 
     /// Checks the item exactly as a replica (SPEC §7.1–7.2): shape, time window, signature.
     pub fn check(self, limits: &EnvelopeLimits, now: u64) -> Checked {
+        let checked = self.check_unsigned(limits, now);
+        let verified = checked.signed().map(Signed::verify_signature);
+        match verified {
+            Some(Err(err)) => Checked::Refused(err),
+            Some(Ok(())) | None => checked,
+        }
+    }
+
+    /// Shape and time window, not the signature.
+    fn check_unsigned(self, limits: &EnvelopeLimits, now: u64) -> Checked {
         match self {
-            Self::Envelope(value) => Envelope::replica(value, limits, now)
+            Self::Envelope(value) => Envelope::unverified_replica(value, limits, now)
                 .map_or_else(Checked::Refused, Checked::Envelope),
-            Self::Ack(value) => AckObject::replica(value, now, limits.max_ttl_s)
+            Self::Ack(value) => AckObject::unverified_replica(value, now, limits.max_ttl_s)
                 .map_or_else(Checked::Refused, Checked::Ack),
         }
     }
+}
+
+/// Checks every item as [`Replica::check`] does, answering in order: first the shape and time
+/// window of each, then the signatures of those that passed, in one batch.
+pub fn check_batch(items: Vec<Replica>, limits: &EnvelopeLimits, now: u64) -> Vec<Checked> {
+    let checked: Vec<Checked> = items
+        .into_iter()
+        .map(|item| item.check_unsigned(limits, now))
+        .collect();
+    let signature_checks: Vec<_> = checked
+        .iter()
+        .filter_map(Checked::signed)
+        .map(Signed::signature_check)
+        .collect();
+    let mut verdicts = verify_batch(&signature_checks).into_iter();
+    checked
+        .into_iter()
+        .map(|checked| {
+            let Some(signed) = checked.signed() else {
+                return checked;
+            };
+            // One verdict per signed item, in the same order.
+            match signed.signature_outcome(verdicts.next() == Some(true)) {
+                Ok(()) => checked,
+                Err(err) => Checked::Refused(err),
+            }
+        })
+        .collect()
 }
 
 /// A replica after its checks.
@@ -100,6 +140,17 @@ pub enum Checked {
     Envelope(Envelope),
     Ack(AckObject),
     Refused(ProtocolError),
+}
+
+impl Checked {
+    /// The item whose signature is still to be verified (`None` if already refused).
+    fn signed(&self) -> Option<&dyn Signed> {
+        match self {
+            Self::Envelope(envelope) => Some(envelope),
+            Self::Ack(ack) => Some(ack),
+            Self::Refused(_) => None,
+        }
+    }
 }
 
 /// What became of one item.
@@ -153,23 +204,39 @@ impl ReplicaApplier {
         now: u64,
         skip_known: bool,
     ) -> Result<Vec<Applied>, ShardError> {
-        let mut answers: Vec<Answer> = Vec::with_capacity(items.len());
+        // Each item's kind, or `None` for one applied before; the others are checked together.
+        let mut kinds: Vec<Option<Kind>> = Vec::with_capacity(items.len());
+        let mut to_check = Vec::with_capacity(items.len());
         for item in items {
-            let (value, value_kind) = match &item {
+            let (value, kind) = match &item {
                 Replica::Envelope(value) => (value, Kind::Envelope),
                 Replica::Ack(value) => (value, Kind::Ack),
             };
             if skip_known
                 && SeenReplicas::key_of_value(value).is_some_and(|k| self.seen.contains(k))
             {
+                kinds.push(None);
+            } else {
+                kinds.push(Some(kind));
+                to_check.push(item);
+            }
+        }
+        let mut checked = check_batch(to_check, &self.limits, now).into_iter();
+        let mut answers: Vec<Answer> = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            let Some(kind) = kind else {
                 answers.push(Box::pin(async { Ok(Applied::Known) }));
                 continue;
-            }
-            answers.push(match item.check(&self.limits, now) {
+            };
+            // check_batch answers every item it was given, in order: one per kind here.
+            let Some(checked) = checked.next() else {
+                break;
+            };
+            answers.push(match checked {
                 Checked::Envelope(envelope) => self.envelope(envelope, origin),
                 Checked::Ack(ack) => self.ack(ack, origin),
                 Checked::Refused(err) => {
-                    let refused = match value_kind {
+                    let refused = match kind {
                         Kind::Envelope => Applied::Envelope(Err(err)),
                         Kind::Ack => Applied::Ack(Err(err)),
                     };

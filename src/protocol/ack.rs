@@ -2,7 +2,7 @@
 
 use super::fields::{MailboxKey, MsgId, parse_signature};
 use super::poll::check_fresh;
-use super::{ProtocolError, SKEW_S, json_error, verify_signature};
+use super::{ProtocolError, SKEW_S, Signed, json_error};
 use serde::{Deserialize, Serialize};
 
 /// The only ack version this node speaks.
@@ -82,8 +82,20 @@ impl AckObject {
         now: u64,
         max_ttl_s: u64,
     ) -> Result<Self, ProtocolError> {
+        let ack = Self::unverified_replica(value, now, max_ttl_s)?;
+        ack.verify_signature()?;
+        Ok(ack)
+    }
+
+    /// [`Self::replica`] but for the signature, which the caller still has to verify (a peer
+    /// batch verifies all its signatures at once).
+    pub fn unverified_replica(
+        value: serde_json::Value,
+        now: u64,
+        max_ttl_s: u64,
+    ) -> Result<Self, ProtocolError> {
         let ack = Self::from_value(value)?;
-        ack.verify_replica(now, max_ttl_s)?;
+        ack.check_replica_time(now, max_ttl_s)?;
         Ok(ack)
     }
 
@@ -121,13 +133,24 @@ impl AckObject {
 
     /// Client plane (SPEC §6.3): fresh within SKEW, and signed by the mailbox owner.
     pub fn verify_fresh(&self, now: u64) -> Result<(), ProtocolError> {
-        check_fresh(self.ts, now)?;
+        self.check_fresh(now)?;
         self.verify_signature()
+    }
+
+    /// The time rule of [`Self::verify_fresh`] alone; the signature is [`Signed`].
+    pub fn check_fresh(&self, now: u64) -> Result<(), ProtocolError> {
+        check_fresh(self.ts, now)
     }
 
     /// Peer plane (SPEC §7.2): acks may travel long, but not longer than `max_ttl`, and never
     /// from more than SKEW in the future.
     pub fn verify_replica(&self, now: u64, max_ttl_s: u64) -> Result<(), ProtocolError> {
+        self.check_replica_time(now, max_ttl_s)?;
+        self.verify_signature()
+    }
+
+    /// The time rule of [`Self::verify_replica`] alone; the signature is [`Signed`].
+    pub fn check_replica_time(&self, now: u64, max_ttl_s: u64) -> Result<(), ProtocolError> {
         if self.ts > now.saturating_add(SKEW_S) {
             return Err(ProtocolError::Stale(format!(
                 "The ack timestamp ts={} is more than {SKEW_S} s ahead of this node's clock ({now}).",
@@ -140,16 +163,7 @@ impl AckObject {
                 self.ts
             )));
         }
-        self.verify_signature()
-    }
-
-    fn verify_signature(&self) -> Result<(), ProtocolError> {
-        verify_signature(
-            &self.mailbox,
-            self.canonical().as_bytes(),
-            &self.sig,
-            "mailbox",
-        )
+        Ok(())
     }
 
     /// Builds and signs an ack (CLI, tests).
@@ -164,6 +178,20 @@ impl AckObject {
         };
         ack.sig = owner.sign(ack.canonical().as_bytes()).to_bytes();
         ack
+    }
+}
+
+impl Signed for AckObject {
+    fn signer(&self) -> (&MailboxKey, &'static str) {
+        (&self.mailbox, "mailbox")
+    }
+
+    fn signed_string(&self) -> String {
+        self.canonical()
+    }
+
+    fn signature(&self) -> &[u8; 64] {
+        &self.sig
     }
 }
 

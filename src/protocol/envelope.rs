@@ -1,10 +1,11 @@
 //! The envelope of SPEC §3: parsing, canonical string, verification, signing.
 //!
-//! `Envelope::parse` checks shape and sizes; `Envelope::verify` checks the time window and the
-//! sender's signature. Both run on the HTTP worker, before the mailbox actor sees the envelope.
+//! `Envelope::parse` checks shape and sizes; `Envelope::verify` checks the time window
+//! ([`Envelope::check_time`]) and the sender's signature ([`Signed`], which can also be verified
+//! in a batch). Both run on the HTTP worker, before the mailbox actor sees the envelope.
 
 use super::fields::{MailboxKey, MsgId, decode_base64, parse_signature};
-use super::{EnvelopeLimits, ProtocolError, SKEW_S, json_error, verify_signature};
+use super::{EnvelopeLimits, ProtocolError, SKEW_S, Signed, json_error};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -115,8 +116,20 @@ impl Envelope {
         limits: &EnvelopeLimits,
         now: u64,
     ) -> Result<Self, ProtocolError> {
+        let envelope = Self::unverified_replica(value, limits, now)?;
+        envelope.verify_signature()?;
+        Ok(envelope)
+    }
+
+    /// [`Self::replica`] but for the signature, which the caller still has to verify (a peer
+    /// batch verifies all its signatures at once).
+    pub fn unverified_replica(
+        value: serde_json::Value,
+        limits: &EnvelopeLimits,
+        now: u64,
+    ) -> Result<Self, ProtocolError> {
         let envelope = Self::from_value(value, limits)?;
-        envelope.verify(now, limits)?;
+        envelope.check_time(now, limits)?;
         Ok(envelope)
     }
 
@@ -171,6 +184,12 @@ impl Envelope {
 
     /// Checks the time rules of SPEC §3 at `now`, then the sender's signature.
     pub fn verify(&self, now: u64, limits: &EnvelopeLimits) -> Result<(), ProtocolError> {
+        self.check_time(now, limits)?;
+        self.verify_signature()
+    }
+
+    /// The time rules of SPEC §3 at `now` (the order of their errors is the order of the checks).
+    pub fn check_time(&self, now: u64, limits: &EnvelopeLimits) -> Result<(), ProtocolError> {
         if self.created_at > now.saturating_add(SKEW_S) {
             return Err(ProtocolError::Stale(format!(
                 "created_at is more than {SKEW_S} s ahead of this node's clock ({now}); check the sender's clock."
@@ -193,12 +212,7 @@ impl Envelope {
                 limits.max_ttl_s
             )));
         }
-        verify_signature(
-            &self.sender,
-            self.canonical().as_bytes(),
-            &self.sig,
-            "sender",
-        )
+        Ok(())
     }
 
     /// Builds and signs an envelope (CLI, benchmarks, tests).
@@ -228,6 +242,20 @@ impl Envelope {
         };
         envelope.sig = sender.sign(envelope.canonical().as_bytes()).to_bytes();
         envelope
+    }
+}
+
+impl Signed for Envelope {
+    fn signer(&self) -> (&MailboxKey, &'static str) {
+        (&self.sender, "sender")
+    }
+
+    fn signed_string(&self) -> String {
+        self.canonical()
+    }
+
+    fn signature(&self) -> &[u8; 64] {
+        &self.sig
     }
 }
 

@@ -6,6 +6,10 @@
 //! validated value the mailbox rules can trust. Every failure is a [`ProtocolError`] whose
 //! variant decides the HTTP status and whose text is the sentence the client reads.
 //!
+//! The time checks (`check_time`, …) and the signature ([`Signed`]) can also be taken apart, so
+//! that the signatures of many requests are verified in one batch
+//! ([`signature::verify_batch`], under the rule of [`signature`]).
+//!
 //! The signing side (`sign_*`) exists for the CLI helpers, the benchmarks and the tests.
 
 pub mod ack;
@@ -13,12 +17,14 @@ pub mod envelope;
 pub mod fields;
 pub mod peer_url;
 pub mod poll;
+pub mod signature;
 pub mod wire;
 
 pub use ack::AckObject;
 pub use envelope::Envelope;
 pub use fields::{MailboxKey, MsgId};
 pub use poll::PollRequest;
+pub use signature::SignatureCheck;
 
 /// How far a timestamp may lie ahead of `now`, and how old a signed client request may be (SPEC §1).
 pub const SKEW_S: u64 = 300;
@@ -76,24 +82,66 @@ pub(crate) fn json_error(what: &str, err: &serde_json::Error) -> ProtocolError {
     ))
 }
 
-/// Verifies an Ed25519 signature (RFC 8032, strict: no small-order keys or malleable encodings).
+/// Verifies an Ed25519 signature under the rule of [`signature`] (RFC 8032, cofactored, with
+/// no small-order points and no non-canonical encodings).
 pub(crate) fn verify_signature(
     public_key: &MailboxKey,
     message: &[u8],
     signature: &[u8; 64],
     whose: &str,
 ) -> Result<(), ProtocolError> {
-    let key = ed25519_dalek::VerifyingKey::from_bytes(public_key.as_bytes()).map_err(|_| {
-        ProtocolError::BadSignature(format!(
-            "The {whose} key is not a valid Ed25519 public key, so the signature cannot verify."
-        ))
-    })?;
-    let sig = ed25519_dalek::Signature::from_bytes(signature);
-    key.verify_strict(message, &sig).map_err(|_| {
-        ProtocolError::BadSignature(format!(
+    let check = SignatureCheck::new(*public_key.as_bytes(), message.to_vec(), *signature);
+    signature_outcome(signature::verify_one(&check), public_key, whose)
+}
+
+/// `Ok` for a signature that verified, otherwise the refusal's sentence: the key itself is
+/// unusable, or the signature does not verify with it.
+fn signature_outcome(
+    verified: bool,
+    public_key: &MailboxKey,
+    whose: &str,
+) -> Result<(), ProtocolError> {
+    if verified {
+        Ok(())
+    } else if signature::key_is_usable(public_key.as_bytes()) {
+        Err(ProtocolError::BadSignature(format!(
             "The signature does not verify with the {whose} key over the canonical string; sign exactly the fields you send."
-        ))
-    })
+        )))
+    } else {
+        Err(ProtocolError::BadSignature(format!(
+            "The {whose} key is not a valid Ed25519 public key, so the signature cannot verify."
+        )))
+    }
+}
+
+/// A signed request or replica. Its signature can be checked on its own
+/// ([`Signed::verify_signature`]) or taken out as a [`SignatureCheck`] to be verified in a batch,
+/// whose answer [`Signed::signature_outcome`] turns into the same result.
+pub trait Signed {
+    /// The key that must have signed, and whose it is in the refusal's sentence ("sender",
+    /// "mailbox").
+    fn signer(&self) -> (&MailboxKey, &'static str);
+    /// The canonical string that was signed.
+    fn signed_string(&self) -> String;
+    fn signature(&self) -> &[u8; 64];
+
+    fn signature_check(&self) -> SignatureCheck {
+        SignatureCheck::new(
+            *self.signer().0.as_bytes(),
+            self.signed_string().into_bytes(),
+            *self.signature(),
+        )
+    }
+
+    /// The result of a verification of [`Signed::signature_check`] that answered `verified`.
+    fn signature_outcome(&self, verified: bool) -> Result<(), ProtocolError> {
+        let (key, whose) = self.signer();
+        signature_outcome(verified, key, whose)
+    }
+
+    fn verify_signature(&self) -> Result<(), ProtocolError> {
+        self.signature_outcome(signature::verify_one(&self.signature_check()))
+    }
 }
 
 /// Reads a 32-byte Ed25519 seed written as 64 hex characters (the `dmrelay keygen` file format).

@@ -4,7 +4,7 @@
 //! node answers, never what it answers.
 
 use super::fields::{MailboxKey, check_nonce, parse_signature};
-use super::{ProtocolError, SKEW_S, json_error, verify_signature};
+use super::{ProtocolError, SKEW_S, Signed, json_error};
 use serde::{Deserialize, Serialize};
 
 /// `limit` when the request has none.
@@ -91,13 +91,13 @@ impl PollRequest {
     /// Checks freshness (`|now - ts| <= SKEW`) and the owner's signature. The nonce window is
     /// the mailbox actor's job, since only it sees every poll of the mailbox.
     pub fn verify(&self, now: u64) -> Result<(), ProtocolError> {
-        check_fresh(self.ts, now)?;
-        verify_signature(
-            &self.mailbox,
-            self.canonical().as_bytes(),
-            &self.sig,
-            "mailbox",
-        )
+        self.check_time(now)?;
+        self.verify_signature()
+    }
+
+    /// Freshness alone (`|now - ts| <= SKEW`); the signature is [`Signed`].
+    pub fn check_time(&self, now: u64) -> Result<(), ProtocolError> {
+        check_fresh(self.ts, now)
     }
 
     /// The same request, asking the node to wait up to `wait_s` seconds for mail (the
@@ -138,6 +138,20 @@ impl PollRequest {
             object.insert("wait_s".into(), self.wait_s.into());
         }
         json
+    }
+}
+
+impl Signed for PollRequest {
+    fn signer(&self) -> (&MailboxKey, &'static str) {
+        (&self.mailbox, "mailbox")
+    }
+
+    fn signed_string(&self) -> String {
+        self.canonical()
+    }
+
+    fn signature(&self) -> &[u8; 64] {
+        &self.sig
     }
 }
 

@@ -55,9 +55,9 @@ struct Args {
     /// Where the nodes keep their data (a temporary directory by default).
     #[arg(long)]
     data_root: Option<PathBuf>,
-    /// Which runs, comma-separated: throughput, memory, lag, mesh-lag, wrk (deposit, poll and
-    /// ack driven by `wrk`, with the node's CPU per request), million (memory and restart with
-    /// a million pending envelopes; minutes).
+    /// Which runs, comma-separated: throughput, memory, lag, mesh-lag; and, not by default, wrk
+    /// (deposit, poll and ack driven by `wrk`, with the node's CPU per request), million (memory
+    /// and restart with a million pending envelopes; minutes), verify (µs per signature).
     #[arg(
         long,
         value_delimiter = ',',
@@ -490,6 +490,7 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &Path) {
 
 mod mesh_lag;
 mod million;
+mod verify;
 mod wrk;
 
 fn main() {
@@ -531,6 +532,9 @@ fn main() {
         }
         if runs("million") {
             million::run(&args, &client, &root).await;
+        }
+        if runs("verify") {
+            verify::run();
         }
     });
     let _ = std::fs::remove_dir_all(&root);
