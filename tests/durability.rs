@@ -609,3 +609,47 @@ async fn every_mailbox_rule_holds_the_same_after_a_restart() {
         "mailbox_full",
     );
 }
+
+/// Whether opening the node's database file needs redb's repair (a walk of the whole file,
+/// seconds per GiB at start-up).
+fn needs_repair(node: &Node) -> bool {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let repaired = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&repaired);
+    let db = redb::Database::builder()
+        .set_repair_callback(move |_| flag.store(true, Ordering::SeqCst))
+        .open(node.data_dir.join(DATABASE_FILE))
+        .unwrap();
+    drop(db);
+    repaired.load(Ordering::SeqCst)
+}
+
+#[actix_rt::test]
+async fn sigterm_closes_the_store_so_the_next_start_needs_no_repair() {
+    let (alice, bob) = (Identity::new(), Identity::new());
+    let mut node = start(NodeConfig::default()).await;
+    assert_deposit(
+        "m1",
+        &node.send(&alice.envelope_to(&bob, "m1")).await,
+        "m1",
+        "accepted",
+    );
+    assert!(node.terminate(), "the node did not stop on SIGTERM");
+    assert!(!needs_repair(&node), "a SIGTERM'd node left its store open");
+
+    // The check sees an unclean file: after kill -9 the same open repairs it.
+    node.restart();
+    node.ready().await;
+    assert_deposit(
+        "m2",
+        &node.send(&alice.envelope_to(&bob, "m2")).await,
+        "m2",
+        "accepted",
+    );
+    node.kill9();
+    assert!(
+        needs_repair(&node),
+        "kill -9 should leave a file that needs repair"
+    );
+}

@@ -841,6 +841,18 @@ impl Store for RedbStore {
         Ok(())
     }
 
+    fn close(&self) -> Result<(), StoreError> {
+        let db = self
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match db {
+            Some(db) => db.close().map_err(StoreError::backend),
+            None => Ok(()),
+        }
+    }
+
     fn data_dir(&self) -> Option<&Path> {
         self.path.as_deref().and_then(Path::parent)
     }

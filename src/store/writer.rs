@@ -231,7 +231,12 @@ impl Writer {
                 if !batch.is_empty() {
                     self.commit_batch(&mut batch);
                 }
-                tracing::info!("store writer stopped; every queued write is committed");
+                match self.store.close() {
+                    Ok(()) => tracing::info!(
+                        "store writer stopped; every queued write is committed and the store is closed"
+                    ),
+                    Err(err) => tracing::warn!(%err, "closing the store at shutdown failed"),
+                }
                 return;
             }
             if self.outage.is_none() && last_gc.elapsed() >= GC_INTERVAL {
