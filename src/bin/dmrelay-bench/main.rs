@@ -94,6 +94,10 @@ struct Args {
     /// Mailboxes of the `million` run.
     #[arg(long, default_value_t = 100_000)]
     million_mailboxes: usize,
+    /// `MESH_DM_MAILBOX_IDLE_S` after the restart in the `million` run: long enough that the
+    /// poll pass over every mailbox ends before the first ones are evicted.
+    #[arg(long, default_value_t = 180)]
+    million_idle_s: u64,
 }
 
 const SECRET: &str = "bench-mesh-secret";
