@@ -20,7 +20,8 @@
 //! longer run.
 
 use dmrelay::mailbox::rules::{
-    Decision, MailboxLimits, MailboxState, NonceRefusal, PollItem, deposit_op,
+    Decision, MailboxLimits, MailboxState, NonceRefusal, PollItem, SigDigest, deposit_op,
+    sig_digest,
 };
 use dmrelay::mailbox::shard::state_from;
 use dmrelay::protocol::{AckObject, Envelope, EnvelopeLimits, MailboxKey, MsgId};
@@ -101,17 +102,17 @@ fn id(text: &str) -> MsgId {
     MsgId::parse("msg_id", text).unwrap()
 }
 
-fn ids_of(items: &[PollItem]) -> Vec<(String, [u8; 64])> {
+fn ids_of(items: &[PollItem]) -> Vec<(String, SigDigest)> {
     items
         .iter()
         .map(|e| (e.msg_id.as_str().to_string(), e.sig))
         .collect()
 }
 
-fn envelope_ids(envelopes: &[Arc<Envelope>]) -> Vec<(String, [u8; 64])> {
+fn envelope_ids(envelopes: &[Arc<Envelope>]) -> Vec<(String, SigDigest)> {
     envelopes
         .iter()
-        .map(|e| (e.msg_id.as_str().to_string(), e.sig))
+        .map(|e| (e.msg_id.as_str().to_string(), sig_digest(&e.sig)))
         .collect()
 }
 
@@ -295,7 +296,7 @@ impl RefMailbox {
 
 #[derive(Debug, PartialEq, Eq)]
 struct PollSeen {
-    messages: Vec<(String, [u8; 64])>,
+    messages: Vec<(String, SigDigest)>,
     pending: usize,
     has_more: bool,
 }
@@ -956,7 +957,7 @@ impl MeshNode {
                             .poll(usize::MAX, T0)
                             .messages
                             .iter()
-                            .any(|p| p.msg_id == e.msg_id && p.sig == e.sig)
+                            .any(|p| p.msg_id == e.msg_id && p.sig == sig_digest(&e.sig))
                 }
                 Item::Ack(_) => true,
             })

@@ -14,7 +14,7 @@ use crate::store::{Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::rules::PollItem;
+use super::rules::{PollItem, SigDigest};
 
 /// Bytes counted per cached body besides its JSON (key twice, map and queue entries).
 const ENTRY_OVERHEAD_BYTES: usize = 192;
@@ -24,9 +24,9 @@ pub type Body = Arc<[u8]>;
 
 #[derive(Default)]
 struct Cached {
-    bodies: HashMap<[u8; 64], Body>,
+    bodies: HashMap<SigDigest, Body>,
     /// Insertion order, oldest first.
-    order: VecDeque<[u8; 64]>,
+    order: VecDeque<SigDigest>,
     bytes: usize,
 }
 
@@ -44,14 +44,20 @@ pub struct PolledMail {
     pub has_more: bool,
 }
 
-/// Whether `json` is the stored JSON of the envelope signed `sig` (the node's own serializer
-/// writes `sig` last).
-fn signed_by(json: &[u8], sig: &[u8; 64]) -> bool {
-    let mut tail = Vec::with_capacity(128 + 10);
-    tail.extend_from_slice(b"\"sig\":\"");
-    tail.extend_from_slice(hex::encode(sig).as_bytes());
-    tail.extend_from_slice(b"\"}");
-    json.ends_with(&tail)
+/// Whether `json` is the stored JSON of the envelope whose signature has digest `sig` (the
+/// node's own serializer writes `"sig":"<128 hex>"` last; the digest is hex characters 64..96).
+fn signed_by(json: &[u8], sig: &SigDigest) -> bool {
+    const TAIL: usize = r#""sig":""#.len() + 128 + r#""}"#.len();
+    let Some(tail) = json
+        .len()
+        .checked_sub(TAIL)
+        .and_then(|start| json.get(start..))
+    else {
+        return false;
+    };
+    tail.starts_with(br#""sig":""#)
+        && tail.ends_with(br#""}"#)
+        && tail[7 + 64..7 + 96] == *hex::encode(sig).as_bytes()
 }
 
 impl EnvelopeBodies {
@@ -67,7 +73,7 @@ impl EnvelopeBodies {
     }
 
     /// Keeps the body of a durable envelope, dropping the oldest past the capacity.
-    pub fn insert(&self, sig: &[u8; 64], body: Body) {
+    pub fn insert(&self, sig: &SigDigest, body: Body) {
         let cost = body.len() + ENTRY_OVERHEAD_BYTES;
         if cost > self.capacity_bytes {
             return;
@@ -89,7 +95,7 @@ impl EnvelopeBodies {
         }
     }
 
-    fn get(&self, sig: &[u8; 64]) -> Option<Body> {
+    fn get(&self, sig: &SigDigest) -> Option<Body> {
         self.lock().bodies.get(sig).cloned()
     }
 
@@ -139,26 +145,40 @@ mod tests {
     fn keeps_the_newest_bodies_within_its_capacity() {
         let cache = EnvelopeBodies::new(3 * (100 + ENTRY_OVERHEAD_BYTES));
         for n in 0..5u8 {
-            cache.insert(&[n; 64], body(100, n));
+            cache.insert(&[n; 16], body(100, n));
         }
-        assert!(cache.get(&[0; 64]).is_none());
-        assert!(cache.get(&[1; 64]).is_none());
+        assert!(cache.get(&[0; 16]).is_none());
+        assert!(cache.get(&[1; 16]).is_none());
         for n in 2..5u8 {
-            assert_eq!(cache.get(&[n; 64]).as_deref(), Some(&[n; 100][..]));
+            assert_eq!(cache.get(&[n; 16]).as_deref(), Some(&[n; 100][..]));
         }
         assert_eq!(cache.bytes(), 3 * (100 + ENTRY_OVERHEAD_BYTES));
         // A body larger than the whole cache is not kept (and evicts nothing).
-        cache.insert(&[9; 64], body(10_000, 9));
-        assert!(cache.get(&[9; 64]).is_none());
-        assert!(cache.get(&[4; 64]).is_some());
+        cache.insert(&[9; 16], body(10_000, 9));
+        assert!(cache.get(&[9; 16]).is_none());
+        assert!(cache.get(&[4; 16]).is_some());
     }
 
     #[test]
     fn a_stored_body_counts_only_for_its_own_signature() {
-        let sig = [7u8; 64];
+        let mut sig = [7u8; 64];
+        sig[40] = 0xab;
         let json = format!("{{\"v\":1,\"sig\":\"{}\"}}", hex::encode(sig));
-        assert!(signed_by(json.as_bytes(), &sig));
-        assert!(!signed_by(json.as_bytes(), &[8u8; 64]));
-        assert!(!signed_by(b"{}", &sig));
+        let digest = crate::mailbox::rules::sig_digest(&sig);
+        assert!(signed_by(json.as_bytes(), &digest));
+        // Another S, the same R: not this envelope.
+        let mut other = sig;
+        other[40] = 0xac;
+        assert!(!signed_by(
+            json.as_bytes(),
+            &crate::mailbox::rules::sig_digest(&other)
+        ));
+        // Not our serializer's shape, or too short.
+        assert!(!signed_by(
+            json.replace("\"sig\"", "\"sag\"").as_bytes(),
+            &digest
+        ));
+        assert!(!signed_by(b"{}", &digest));
+        assert!(!signed_by(&json.as_bytes()[1..json.len() - 1], &digest));
     }
 }

@@ -90,12 +90,26 @@ pub struct AckEffect {
     pub changed: bool,
 }
 
-/// One envelope a poll delivers: which one, and the signature that tells it from an earlier
-/// envelope that had the same id (the body is fetched by id, then matched by signature).
+/// 16 bytes that tell one signed envelope from any other: the first half of its signature's `S`.
+/// `S = r + SHA-512(R‖A‖M)·a mod ℓ` is a hash-derived scalar for every other envelope, message or
+/// key, so two envelopes share these 128 bits with probability 2^-128, and a signer cannot steer
+/// it short of 2^128 tries. A mailbox keeps this instead of the 64-byte signature (48 bytes less
+/// per pending envelope, counted by a hash map's every bucket).
+pub type SigDigest = [u8; 16];
+
+/// The [`SigDigest`] of a signature.
+pub fn sig_digest(sig: &[u8; 64]) -> SigDigest {
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&sig[32..48]);
+    digest
+}
+
+/// One envelope a poll delivers: which one, and the digest of its signature that tells it from
+/// an earlier envelope that had the same id (the body is fetched by id, then matched by it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollItem {
     pub msg_id: MsgId,
-    pub sig: [u8; 64],
+    pub sig: SigDigest,
 }
 
 /// What a poll sees.
@@ -122,7 +136,7 @@ pub struct PendingMeta {
     pub created_at: u64,
     pub expires_at: u64,
     /// Tells a copy (`duplicate`) from another envelope with the same id (`conflict`).
-    pub sig: [u8; 64],
+    pub sig: SigDigest,
 }
 
 impl PendingMeta {
@@ -131,7 +145,7 @@ impl PendingMeta {
             sender: envelope.sender,
             created_at: envelope.created_at,
             expires_at: envelope.expires_at,
-            sig: envelope.sig,
+            sig: sig_digest(&envelope.sig),
         }
     }
 }
@@ -328,7 +342,7 @@ impl MailboxState {
             return Decision::Acked;
         }
         if let Some(existing) = self.pending.get(&envelope.msg_id) {
-            return if existing.meta.sig == envelope.sig {
+            return if existing.meta.sig == sig_digest(&envelope.sig) {
                 Decision::Duplicate
             } else {
                 Decision::Conflict
@@ -387,7 +401,7 @@ impl MailboxState {
     /// The write of `msg_id` failed: take back the reservation (only if it is still the same one).
     pub fn remove_uncommitted(&mut self, envelope: &Envelope) -> bool {
         match self.pending.get(&envelope.msg_id) {
-            Some(entry) if !entry.committed && entry.meta.sig == envelope.sig => {
+            Some(entry) if !entry.committed && entry.meta.sig == sig_digest(&envelope.sig) => {
                 self.remove_pending(&envelope.msg_id).is_some()
             }
             _ => false,

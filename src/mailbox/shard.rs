@@ -25,7 +25,9 @@
 use super::Origin;
 use super::bodies::EnvelopeBodies;
 use super::cache::{Admit, MailboxCache};
-use super::rules::{Decision, DepositPlan, MailboxLimits, MailboxState, NonceRefusal, PollView};
+use super::rules::{
+    Decision, DepositPlan, MailboxLimits, MailboxState, NonceRefusal, PollView, sig_digest,
+};
 use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
@@ -653,7 +655,7 @@ impl MailboxShard {
                 Ok(_) => {
                     entry.state.mark_committed(&envelope.msg_id);
                     if let Some(json) = json {
-                        shard.bodies.insert(&envelope.sig, json);
+                        shard.bodies.insert(&sig_digest(&envelope.sig), json);
                     }
                     shard.count_decision(Decision::Accept, &origin);
                     for (copy_origin, copy_reply) in copies {
