@@ -129,6 +129,9 @@ pub enum NonceRefusal {
     TooMany,
 }
 
+/// Pending envelopes past which a mailbox keeps a per-sender count (below, it counts by a scan).
+pub const SENDER_COUNTS_FROM: usize = 64;
+
 /// What a mailbox keeps of a pending envelope: all its rules need, and no ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingMeta {
@@ -163,7 +166,10 @@ pub struct MailboxState {
     pending: HashMap<MsgId, PendingEntry>,
     /// Delivery order: oldest first by `created_at`, then `msg_id` (SPEC §6.2).
     order: BTreeSet<(u64, MsgId)>,
-    per_sender: HashMap<MailboxKey, u32>,
+    /// Pending envelopes per sender, kept only for mailboxes holding more than
+    /// [`SENDER_COUNTS_FROM`]; a smaller mailbox counts by a scan of its pending entries, which
+    /// is as fast at that size and saves a hash map per mailbox (~650 bytes for 10 senders).
+    per_sender: Option<HashMap<MailboxKey, u32>>,
     /// Acknowledged ids and the time their tombstone may go.
     tombstones: HashMap<MsgId, u64>,
     pending_expiry: BTreeSet<(u64, MsgId)>,
@@ -305,7 +311,13 @@ impl MailboxState {
 
     /// Pending envelopes from `sender`.
     pub fn pending_from(&self, sender: &MailboxKey) -> u32 {
-        self.per_sender.get(sender).copied().unwrap_or(0)
+        match &self.per_sender {
+            Some(counts) => counts.get(sender).copied().unwrap_or(0),
+            None => {
+                let from_sender = self.pending.values().filter(|e| e.meta.sender == *sender);
+                u32::try_from(from_sender.count()).unwrap_or(u32::MAX)
+            }
+        }
     }
 
     /// SPEC §4 for `envelope`, in the rule order. The caller has run [`Self::expire`] first.
@@ -374,7 +386,19 @@ impl MailboxState {
         self.order.insert((envelope.created_at, id.clone()));
         self.pending_expiry
             .insert((envelope.expires_at, id.clone()));
-        *self.per_sender.entry(envelope.sender).or_insert(0) += 1;
+        match &mut self.per_sender {
+            Some(counts) => *counts.entry(envelope.sender).or_insert(0) += 1,
+            // This envelope is not in `pending` yet: it is counted below, once there.
+            None if self.pending.len() >= SENDER_COUNTS_FROM => {
+                let mut counts: HashMap<MailboxKey, u32> = HashMap::new();
+                for entry in self.pending.values() {
+                    *counts.entry(entry.meta.sender).or_insert(0) += 1;
+                }
+                *counts.entry(envelope.sender).or_insert(0) += 1;
+                self.per_sender = Some(counts);
+            }
+            None => {}
+        }
         self.pending.insert(
             id,
             PendingEntry {
@@ -413,11 +437,17 @@ impl MailboxState {
         self.order.remove(&(meta.created_at, msg_id.clone()));
         self.pending_expiry
             .remove(&(meta.expires_at, msg_id.clone()));
-        if let Some(count) = self.per_sender.get_mut(&meta.sender) {
+        if let Some(counts) = &mut self.per_sender
+            && let Some(count) = counts.get_mut(&meta.sender)
+        {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                self.per_sender.remove(&meta.sender);
+                counts.remove(&meta.sender);
             }
+        }
+        // Hysteresis: a mailbox hovering at the threshold does not build the map every time.
+        if self.pending.len() < SENDER_COUNTS_FROM / 2 {
+            self.per_sender = None;
         }
         Some(meta)
     }
@@ -585,6 +615,74 @@ mod tests {
             .map(|id| MsgId::parse("msg_ids", id).unwrap())
             .collect();
         AckObject::sign(owner, NOW, ids)
+    }
+
+    #[test]
+    fn the_cap_holds_whether_senders_are_counted_by_scan_or_by_map() {
+        let bob = key(200);
+        let senders: Vec<SigningKey> = (0..100).map(key).collect();
+        let limits = MailboxLimits {
+            pending_per_sender: 3,
+            mailbox: 1000,
+            ..MailboxLimits::default()
+        };
+        let mut state = MailboxState::default();
+        let mut ids: Vec<(usize, String)> = Vec::new();
+        let check = |state: &MailboxState, ids: &[(usize, String)]| {
+            for (n, sender) in senders.iter().enumerate() {
+                let expected = ids.iter().filter(|(s, _)| *s == n).count() as u32;
+                assert_eq!(
+                    state.pending_from(&mailbox_of(sender)),
+                    expected,
+                    "sender {n}"
+                );
+            }
+        };
+        // One each from 80 senders: past SENDER_COUNTS_FROM the map takes over.
+        for (n, sender) in senders.iter().enumerate().take(80) {
+            let id = format!("a{n}");
+            let e = envelope(sender, &bob, &id, NOW);
+            assert_eq!(state.decide(&e, &limits), Decision::Accept);
+            state.insert(e, true);
+            ids.push((n, id));
+        }
+        assert!(state.per_sender.is_some());
+        check(&state, &ids);
+        // Sender 0 up to its cap, then refused.
+        for id in ["b1", "b2"] {
+            let e = envelope(&senders[0], &bob, id, NOW);
+            assert_eq!(state.decide(&e, &limits), Decision::Accept);
+            state.insert(e, true);
+            ids.push((0, id.to_string()));
+        }
+        let over = envelope(&senders[0], &bob, "b3", NOW);
+        assert_eq!(
+            state.decide(&over, &limits),
+            Decision::CapViolation {
+                pending: 3,
+                limit: 3
+            }
+        );
+        // Acknowledge down below the hysteresis: counting falls back to the scan, still exact.
+        while ids.len() > 20 {
+            let (_, id) = ids.remove(1);
+            let effect = state.acknowledge(&ack(&bob, &[id.as_str()]), 3600);
+            assert_eq!(effect.removed.len(), 1);
+        }
+        assert!(state.per_sender.is_none());
+        check(&state, &ids);
+        // a0, b1 and b2 are still pending (index 1 was acknowledged each time).
+        assert_eq!(ids.iter().filter(|(s, _)| *s == 0).count(), 3);
+        assert_eq!(
+            state.decide(&over, &limits),
+            Decision::CapViolation {
+                pending: 3,
+                limit: 3
+            }
+        );
+        // One of them acknowledged: room for exactly one more.
+        state.acknowledge(&ack(&bob, &["b1"]), 3600);
+        assert_eq!(state.decide(&over, &limits), Decision::Accept);
     }
 
     #[test]
