@@ -95,6 +95,7 @@ impl EnvelopeBodies {
         }
     }
 
+    #[cfg(test)]
     fn get(&self, sig: &SigDigest) -> Option<Body> {
         self.lock().bodies.get(sig).cloned()
     }
@@ -113,7 +114,13 @@ impl EnvelopeBodies {
         mailbox: MailboxKey,
         items: Vec<PollItem>,
     ) -> Result<Vec<Body>, StoreError> {
-        let mut found: Vec<Option<Body>> = items.iter().map(|item| self.get(&item.sig)).collect();
+        let mut found: Vec<Option<Body>> = {
+            let cached = self.lock();
+            items
+                .iter()
+                .map(|item| cached.bodies.get(&item.sig).cloned())
+                .collect()
+        };
         let missing: Vec<usize> = (0..items.len()).filter(|&i| found[i].is_none()).collect();
         if !missing.is_empty() {
             let ids = missing.iter().map(|&i| items[i].msg_id.clone()).collect();

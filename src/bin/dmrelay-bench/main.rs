@@ -21,6 +21,7 @@
 use clap::Parser;
 use dmrelay::peer::auth::{derive_peer_key, sign_request};
 use dmrelay::protocol::{Envelope, MailboxKey, MsgId, generate_signing_key, now_unix};
+use ed25519_dalek::SigningKey;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -183,6 +184,39 @@ async fn wait_ready(client: &awc::Client, node: &NodeProcess) {
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     fail("node did not become healthy");
+}
+
+/// A signing key made from `seed` and `role` (the same bench input gets the same keys).
+pub(crate) fn key(seed: u64, role: u8) -> SigningKey {
+    let mut bytes = [role; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    SigningKey::from_bytes(&bytes)
+}
+
+/// `make(i)` for every `i` in `range`, on every core.
+pub(crate) fn sign_parallel(
+    range: std::ops::Range<usize>,
+    make: impl Fn(usize) -> Vec<u8> + Sync,
+) -> Vec<Vec<u8>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = range.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = range
+            .clone()
+            .step_by(chunk)
+            .map(|start| {
+                let (make, end) = (&make, (start + chunk).min(range.end));
+                scope.spawn(move || (start..end).map(make).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| fail("a signing thread panicked"))
+            })
+            .collect()
+    })
 }
 
 fn envelopes(count: usize, bytes: usize) -> Vec<(String, Vec<u8>)> {

@@ -13,7 +13,8 @@
 //! 4. Wait until every mailbox was evicted as idle: RSS idle.
 
 use crate::{
-    Args, NodeProcess, fail, free_port, metric_sum, rss_bytes, spawn_node, start_node, wait_ready,
+    Args, NodeProcess, fail, free_port, key, metric_sum, rss_bytes, sign_parallel, spawn_node,
+    start_node, wait_ready,
 };
 use dmrelay::protocol::{Envelope, MailboxKey, MsgId, PollRequest, now_unix};
 use ed25519_dalek::SigningKey;
@@ -25,38 +26,6 @@ use std::time::{Duration, Instant};
 
 /// Envelopes signed and sent per slice (bounds the bench's own memory).
 const SLICE: usize = 50_000;
-
-fn key(seed: u64, role: u8) -> SigningKey {
-    let mut bytes = [role; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    SigningKey::from_bytes(&bytes)
-}
-
-/// `make(i)` for every `i` in `range`, on every core.
-fn sign_parallel(
-    range: std::ops::Range<usize>,
-    make: impl Fn(usize) -> Vec<u8> + Sync,
-) -> Vec<Vec<u8>> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let chunk = range.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = range
-            .clone()
-            .step_by(chunk)
-            .map(|start| {
-                let (make, end) = (&make, (start + chunk).min(range.end));
-                scope.spawn(move || (start..end).map(make).collect::<Vec<_>>())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| fail("a signing thread panicked"))
-            })
-            .collect()
-    })
-}
 
 /// POSTs every body to `path` with `concurrency` in flight; returns the count of non-200s.
 async fn post_all(

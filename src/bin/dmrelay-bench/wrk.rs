@@ -11,7 +11,9 @@
 //! deposits the node answered 200), `/health` again. A run whose bodies ran out (the script
 //! wraps around to reuse them) or that got any answer but 2xx is reported as invalid.
 
-use crate::{Args, NodeProcess, fail, free_port, metric_sum, start_node, wait_ready};
+use crate::{
+    Args, NodeProcess, fail, free_port, key, metric_sum, sign_parallel, start_node, wait_ready,
+};
 use dmrelay::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
 use ed25519_dalek::SigningKey;
 use std::io::Write as _;
@@ -166,30 +168,10 @@ fn run_wrk(args: &Args, node: &NodeProcess, path: &str, bodies: Option<&Path>) -
 
 /// Signs `count` bodies with `make(i)` on every core, written one per line to `file`.
 fn write_bodies(file: &Path, count: usize, make: impl Fn(usize) -> Vec<u8> + Sync) {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let chunk = count.div_ceil(threads).max(1);
-    let parts: Vec<Vec<u8>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..count)
-            .step_by(chunk)
-            .map(|start| {
-                let make = &make;
-                scope.spawn(move || {
-                    let mut out = Vec::new();
-                    for i in start..(start + chunk).min(count) {
-                        out.extend_from_slice(&make(i));
-                        out.push(b'\n');
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| fail("a signing thread panicked"))
-            })
-            .collect()
+    let parts = sign_parallel(0..count, |i| {
+        let mut line = make(i);
+        line.push(b'\n');
+        line
     });
     let mut writer = std::io::BufWriter::new(
         std::fs::File::create(file)
@@ -203,12 +185,6 @@ fn write_bodies(file: &Path, count: usize, make: impl Fn(usize) -> Vec<u8> + Syn
     writer
         .flush()
         .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", file.display())));
-}
-
-fn key(seed: u64, role: u8) -> SigningKey {
-    let mut bytes = [role; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    SigningKey::from_bytes(&bytes)
 }
 
 fn json(value: &impl serde::Serialize) -> Vec<u8> {
