@@ -44,6 +44,18 @@ pub enum PersistMode {
     Memory,
 }
 
+/// Which embedded store keeps the state on disk (`MESH_DM_STORE_ENGINE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEngine {
+    /// fjall, unless the data dir already holds a redb store, which is then kept (default).
+    Auto,
+    /// fjall (an LSM tree), in `{data_dir}/fjall/`.
+    Fjall,
+    /// redb (a copy-on-write B-tree), in `{data_dir}/dmrelay.redb`: the store of earlier
+    /// releases.
+    Redb,
+}
+
 /// One configured peer relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSettings {
@@ -77,6 +89,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// `fsync` (default) or `memory` (`MESH_DM_PERSIST`).
     pub persist: PersistMode,
+    /// The store on disk (`MESH_DM_STORE_ENGINE`: `auto`, default, `fjall` or `redb`); memory
+    /// mode always runs on redb's in-memory backend.
+    pub store_engine: StoreEngine,
     /// Most unread envelopes per (mailbox, sender) (`MESH_DM_PENDING_PER_SENDER_LIMIT`, default 2).
     pub pending_per_sender_limit: u32,
     /// Most unread envelopes per mailbox (`MESH_DM_MAILBOX_LIMIT`, default 48).
@@ -204,6 +219,8 @@ settings! {
     data_dir: PathBuf = "MESH_DM_DATA_DIR";
     /// `fsync` or `memory`.
     persist: String = "MESH_DM_PERSIST";
+    /// `auto`, `fjall` or `redb`.
+    store_engine: String = "MESH_DM_STORE_ENGINE";
     /// Most unread envelopes per (mailbox, sender).
     pending_per_sender_limit: u64 = "MESH_DM_PENDING_PER_SENDER_LIMIT", "a whole number";
     /// Most unread envelopes per mailbox.
@@ -575,6 +592,18 @@ impl Layered {
                 ));
             }
         };
+        let store_engine = match &self.store_engine {
+            None => StoreEngine::Auto,
+            Some(engine) if engine.value == "auto" => StoreEngine::Auto,
+            Some(engine) if engine.value == "fjall" => StoreEngine::Fjall,
+            Some(engine) if engine.value == "redb" => StoreEngine::Redb,
+            Some(Sourced { value, setting, .. }) => {
+                return Err(bad(
+                    setting,
+                    format!("{value:?} is none of \"auto\", \"fjall\" and \"redb\""),
+                ));
+            }
+        };
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
         let storage_budget_bytes = match self.storage_budget_mb {
             None => None,
@@ -604,6 +633,7 @@ impl Layered {
             peers,
             data_dir,
             persist,
+            store_engine,
             pending_per_sender_limit: in_range(
                 self.pending_per_sender_limit,
                 "pending_per_sender_limit",

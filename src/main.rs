@@ -194,7 +194,7 @@ fn init_logging() -> Result<(), String> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let directives = dmrelay::startup::check_log_filter(rust_log.as_deref())?;
     let filter = tracing_subscriber::EnvFilter::builder()
-        .parse(&directives)
+        .parse(dmrelay::startup::quiet_store_engine(&directives))
         .map_err(|e| format!("invalid configuration: RUST_LOG: {e}"))?;
     // A log line that cannot be written (stderr a closed pipe, as after `| head -1`) is dropped.
     // With internal-error logging on, tracing-subscriber would report it with `eprintln!`, which

@@ -6,7 +6,7 @@
 //! saving its cursor), and only then does the writer commit what is queued and stop. One
 //! function (`serve`) builds the HTTP server of either plane.
 
-use crate::config::{PersistMode, Settings};
+use crate::config::{PersistMode, Settings, StoreEngine};
 use crate::http::rate_limit::ClientRateLimit;
 use crate::http::{self, AppState};
 use crate::mailbox::MailboxRouter;
@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::peer::auth::derive_peer_key;
 use crate::peer::{PeerPlane, pushed::PushedThrough, replica_applier};
 use crate::protocol::EnvelopeLimits;
-use crate::store::{RedbStore, Store, StoreHandle};
+use crate::store::{FjallStore, RedbStore, Store, StoreError, StoreHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use std::net::TcpListener;
@@ -63,6 +63,41 @@ pub enum StartError {
     Mailbox(#[from] crate::mailbox::MailboxError),
 }
 
+/// Opens the store the settings ask for. `auto` keeps a data dir's existing redb store (a
+/// release before fjall wrote it) and starts fjall everywhere else.
+fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+    let cache = settings.store_cache_bytes;
+    let dir = &settings.data_dir;
+    if settings.persist == PersistMode::Memory {
+        return Ok(Arc::new(RedbStore::in_memory_with_cache(cache)?));
+    }
+    let has_redb = dir.join(crate::store::redb_store::DATABASE_FILE).exists();
+    let has_fjall = dir.join(crate::store::fjall_store::DATABASE_DIR).exists();
+    let redb = match settings.store_engine {
+        StoreEngine::Auto => has_redb,
+        StoreEngine::Redb => true,
+        StoreEngine::Fjall => false,
+    };
+    // Never start an empty store beside a full one: the node would forget what it holds.
+    let (chosen, other, other_exists) = if redb {
+        ("redb", "fjall", has_fjall)
+    } else {
+        ("fjall", "redb", has_redb)
+    };
+    if other_exists {
+        return Err(StartError::Store(StoreError::Backend(format!(
+            "{} holds a {other} store but MESH_DM_STORE_ENGINE asks for {chosen}; set it to \
+             {other} (or auto), or move the data dir away",
+            dir.display()
+        ))));
+    }
+    Ok(if redb {
+        Arc::new(RedbStore::open_with_cache(dir, cache)?)
+    } else {
+        Arc::new(FjallStore::open_with_cache(dir, cache)?)
+    })
+}
+
 /// Runs a node until SIGTERM/SIGINT. Must be called inside an actix `System`.
 pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), StartError> {
     // First of all, so that a SIGTERM arriving while the store opens is not fatal: it is held
@@ -82,10 +117,7 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
     }
     let metrics = Arc::new(Metrics::new());
     let cache = settings.store_cache_bytes;
-    let store: Arc<dyn Store> = match settings.persist {
-        PersistMode::Fsync => Arc::new(RedbStore::open_with_cache(&settings.data_dir, cache)?),
-        PersistMode::Memory => Arc::new(RedbStore::in_memory_with_cache(cache)?),
-    };
+    let store = open_store(&settings)?;
     let budget = settings.storage_budget_bytes.unwrap_or_else(|| {
         // What the store holds already does not count against the disk's free share twice.
         let free = store

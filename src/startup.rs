@@ -149,6 +149,22 @@ pub fn check_log_filter(value: Option<&str>) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// The store engine's own targets (fjall logs through the `log` crate).
+const STORE_ENGINE_TARGETS: [&str; 2] = ["fjall", "lsm_tree"];
+
+/// `directives` with the store engine's logs at `warn` unless they name its targets: at `info`
+/// fjall reports every database it opens and every memtable it flushes, which tells an
+/// operator nothing the node's own "store opened" line does not.
+pub fn quiet_store_engine(directives: &str) -> String {
+    let mut out = directives.to_string();
+    for target in STORE_ENGINE_TARGETS {
+        if !directives.contains(target) {
+            out.push_str(&format!(",{target}=warn"));
+        }
+    }
+    out
+}
+
 fn directives(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|d| !d.is_empty())
 }
@@ -284,6 +300,15 @@ mod tests {
             wildcard_self_url_warning("http://0.0.0.0:1").is_some_and(|w| {
                 w.contains("cannot be a peer URL") && w.contains("MESH_SELF_PEER_URL")
             })
+        );
+    }
+
+    #[test]
+    fn the_store_engine_logs_at_warn_unless_named() {
+        assert_eq!(quiet_store_engine("info"), "info,fjall=warn,lsm_tree=warn");
+        assert_eq!(
+            quiet_store_engine("debug,fjall=trace"),
+            "debug,fjall=trace,lsm_tree=warn"
         );
     }
 }

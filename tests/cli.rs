@@ -222,6 +222,7 @@ fn serve_fails(env: &[(&str, &str)], args: &[&str]) -> String {
 fn serve_stops_at_start_with_one_line_naming_an_invalid_setting() {
     let cases: &[(&str, &str)] = &[
         ("MESH_DM_PERSIST", "disk"),
+        ("MESH_DM_STORE_ENGINE", "rocksdb"),
         ("MESH_DM_LISTEN", "nonsense"),
         ("MESH_DM_PEER_LISTEN", "nowhere:port"),
         ("MESH_DM_PENDING_PER_SENDER_LIMIT", "0"),

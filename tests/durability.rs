@@ -12,7 +12,10 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
+/// redb's file (`MESH_DM_STORE_ENGINE=redb`, or a data dir that already held it).
 const DATABASE_FILE: &str = "dmrelay.redb";
+/// fjall's directory (the default store of a new data dir).
+const FJALL_DIR: &str = "fjall";
 
 async fn start(config: NodeConfig) -> Node {
     let node = Node::start(config);
@@ -331,10 +334,12 @@ async fn memory_mode_serves_without_writing_a_database_and_forgets_on_restart() 
     assert_deposit("m2 again", &node.send(&m2).await, "m2", "acked");
 
     let files = files_under(&node.data_dir);
-    assert!(
-        !node.data_dir.join(DATABASE_FILE).exists(),
-        "memory mode wrote {DATABASE_FILE}: {files:?}"
-    );
+    for store in [DATABASE_FILE, FJALL_DIR] {
+        assert!(
+            !node.data_dir.join(store).exists(),
+            "memory mode wrote {store}: {files:?}"
+        );
+    }
     use base64::Engine as _;
     let marker_b64 = base64::engine::general_purpose::STANDARD.encode(secret);
     for file in &files {
@@ -358,6 +363,7 @@ async fn memory_mode_serves_without_writing_a_database_and_forgets_on_restart() 
     node.ready().await;
     assert!(node.pending_ids(&bob).await.is_empty());
     assert!(!node.data_dir.join(DATABASE_FILE).exists());
+    assert!(!node.data_dir.join(FJALL_DIR).exists());
 }
 
 #[actix_rt::test]
@@ -370,7 +376,49 @@ async fn fsync_mode_writes_its_database_in_the_data_dir() {
         "m1",
         "accepted",
     );
+    assert!(node.data_dir.join(FJALL_DIR).is_dir(), "fjall by default");
+    assert!(!node.data_dir.join(DATABASE_FILE).exists());
+}
+
+/// A data dir written by a release before fjall (redb) is kept on redb: upgrading never starts
+/// an empty store beside a full one, and asking for the other engine stops with one line.
+#[actix_rt::test]
+async fn a_data_dir_holding_a_redb_store_stays_on_redb() {
+    let mut node = start(NodeConfig::default().env("MESH_DM_STORE_ENGINE", "redb")).await;
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_deposit(
+        "m1",
+        &node.send(&alice.envelope_to(&bob, "m1")).await,
+        "m1",
+        "accepted",
+    );
     assert!(node.data_dir.join(DATABASE_FILE).is_file());
+    assert!(node.terminate());
+
+    // The default (`auto`) finds the redb file and keeps it.
+    node.set_env("MESH_DM_STORE_ENGINE", "auto");
+    node.restart();
+    node.ready().await;
+    assert_eq!(node.pending_ids(&bob).await, ["m1"]);
+    assert!(!node.data_dir.join(FJALL_DIR).exists(), "no second store");
+    assert!(node.terminate());
+
+    // Asking for fjall on that data dir is refused before anything is written.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dmrelay"))
+        .arg("serve")
+        .env("MESH_DM_DATA_DIR", &node.data_dir)
+        .env("MESH_DM_STORE_ENGINE", "fjall")
+        .env("MESH_DM_LISTEN", "127.0.0.1:0")
+        .current_dir(&node.data_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds a redb store") && stderr.contains("MESH_DM_STORE_ENGINE"),
+        "{stderr}"
+    );
+    assert!(!node.data_dir.join(FJALL_DIR).exists());
 }
 
 #[actix_rt::test]
@@ -628,7 +676,7 @@ fn needs_repair(node: &Node) -> bool {
 #[actix_rt::test]
 async fn sigterm_closes_the_store_so_the_next_start_needs_no_repair() {
     let (alice, bob) = (Identity::new(), Identity::new());
-    let mut node = start(NodeConfig::default()).await;
+    let mut node = start(NodeConfig::default().env("MESH_DM_STORE_ENGINE", "redb")).await;
     assert_deposit(
         "m1",
         &node.send(&alice.envelope_to(&bob, "m1")).await,

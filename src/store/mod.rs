@@ -19,6 +19,10 @@
 //! takes writes again. A node-wide [`budget`] bounds the bytes of stored envelopes and acks.
 
 pub mod budget;
+#[cfg(test)]
+mod contract_tests;
+pub mod fjall_store;
+mod records;
 pub mod redb_store;
 pub mod status;
 pub mod writer;
@@ -26,6 +30,7 @@ pub mod writer;
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
 use std::sync::Arc;
 
+pub use fjall_store::FjallStore;
 pub use redb_store::RedbStore;
 pub use writer::{StoreHandle, WriterError};
 

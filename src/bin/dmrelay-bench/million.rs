@@ -119,14 +119,14 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     let pending = metric_sum(client, &node.url, "dm_pending_envelopes").await;
     let loaded = metric_sum(client, &node.url, "dm_mailboxes_loaded").await;
     let in_use = rss_bytes(node.child.id());
-    let file_bytes = std::fs::metadata(data.join("dmrelay.redb")).map_or(0, |m| m.len());
+    let file_bytes = dir_bytes(&data);
     println!(
         "million: {pending:.0} pending envelopes of {} ciphertext bytes in {loaded:.0} loaded mailboxes ({failed} deposits failed), deposited in {:.0} s",
         args.ciphertext_bytes,
         started.elapsed().as_secs_f64()
     );
     println!(
-        "million: RSS idle {:.0} MiB -> {:.0} MiB with all in use: {:.0} bytes per pending envelope; store file {:.0} MiB ({:.0} bytes per envelope)",
+        "million: RSS idle {:.0} MiB -> {:.0} MiB with all in use: {:.0} bytes per pending envelope; store files {:.0} MiB ({:.0} bytes per envelope)",
         mib(idle_before),
         mib(in_use),
         in_use.saturating_sub(idle_before) as f64 / pending.max(1.0),
@@ -182,4 +182,18 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     );
     drop(node);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Bytes of every file under `dir` (the store is one file on redb, a directory on fjall).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|entry| match entry.metadata() {
+                Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+                Ok(meta) => meta.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
 }

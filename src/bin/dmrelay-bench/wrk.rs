@@ -135,6 +135,32 @@ fn run_wrk(args: &Args, node: &NodeProcess, path: &str, bodies: Option<&Path>) -
     if let Some(file) = bodies {
         command.arg("--").arg(path).arg(file);
     }
+    let profiler = args.wrk_perf.as_ref().map(|dir| {
+        let name = match path.trim_start_matches('/').rsplit('/').next() {
+            Some(last) if !last.is_empty() => last,
+            _ => "root",
+        };
+        let _ = std::fs::create_dir_all(dir);
+        let out = dir.join(format!("{name}.perf.data"));
+        Command::new("perf")
+            .args([
+                "record",
+                "-g",
+                "-q",
+                "-p",
+                &node.child.id().to_string(),
+                "-o",
+            ])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                fail(&format!(
+                    "cannot run perf ({e}); install it or leave out --wrk-perf"
+                ))
+            })
+    });
     let cpu_before = cpu_seconds(node.child.id());
     let output = command.output().unwrap_or_else(|e| {
         fail(&format!(
@@ -142,6 +168,13 @@ fn run_wrk(args: &Args, node: &NodeProcess, path: &str, bodies: Option<&Path>) -
         ))
     });
     let cpu = cpu_seconds(node.child.id()) - cpu_before;
+    if let Some(mut perf) = profiler {
+        // perf writes its file on SIGINT.
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         fail(&format!(
@@ -275,8 +308,15 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
         ..health_after
     };
     println!(
-        "wrk: 1 thread, {} connections, {} s per run, {} ciphertext bytes, fsync, {mailboxes} mailboxes",
-        args.wrk_connections, args.wrk_seconds, args.ciphertext_bytes
+        "wrk: 1 thread, {} connections, {} s per run, {} ciphertext bytes, fsync, {mailboxes} mailboxes{}",
+        args.wrk_connections,
+        args.wrk_seconds,
+        args.ciphertext_bytes,
+        if args.wrk_perf.is_some() {
+            " (PROFILED with perf: CPU figures are inflated)"
+        } else {
+            ""
+        }
     );
     println!(
         "| request | rps | share of GET /health | node CPU µs/request | p50 ms | p99 ms | |\n| --- | --- | --- | --- | --- | --- | --- |"
