@@ -128,7 +128,7 @@ pub struct Settings {
     /// Most long polls waiting at once on this node (`MESH_DM_MAX_WAITING_POLLS`, default
     /// 16384); past that a long poll is answered at once. Each holds one connection (one fd).
     pub max_waiting_polls: usize,
-    /// Page cache of the embedded store in bytes (`MESH_DM_STORE_CACHE_MB`, default 64 MiB).
+    /// Page cache of the embedded store in bytes (`MESH_DM_STORE_CACHE_MB`, default 32 MiB).
     pub store_cache_bytes: usize,
     /// JSON of recently stored envelopes kept for polls, in bytes (`MESH_DM_BODY_CACHE_MB`,
     /// default 32 MiB; 0: every poll reads the store).
@@ -673,7 +673,7 @@ impl Layered {
                 0,
                 1_000_000,
             )? as usize,
-            store_cache_bytes: in_range(self.store_cache_mb, "store_cache_mb", 64, 1, 1 << 20)?
+            store_cache_bytes: in_range(self.store_cache_mb, "store_cache_mb", 32, 1, 1 << 20)?
                 as usize
                 * 1024
                 * 1024,
@@ -736,7 +736,7 @@ mod tests {
     #[test]
     fn the_store_cache_and_the_storage_budget_are_in_mib() {
         let s = from_toml("", &[]).unwrap();
-        assert_eq!(s.store_cache_bytes, 64 << 20);
+        assert_eq!(s.store_cache_bytes, 32 << 20);
         assert_eq!(s.body_cache_bytes, 32 << 20);
         assert_eq!(
             s.storage_budget_bytes, None,

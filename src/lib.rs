@@ -9,7 +9,7 @@
 //!                                            mailbox::shard::MailboxShard  (rules: mailbox::rules)
 //!                                                           │ StoreOp (tagged: from a client or a peer)
 //!                                                           ▼
-//!                                            store::writer ─▶ store::RedbStore (fsync, one log)
+//!                          store::writer ─▶ store::FjallStore or store::RedbStore (fsync, one log)
 //!                                                           │ durable: reply; announce the seq
 //!                                                           ▼
 //!  peer::pusher (one per peer) reads the client changes after its durable cursor ─HTTP─▶ peer
@@ -21,7 +21,8 @@
 //!   for single and batch checks), peer URL normalization, the peer plane's wire constants (no
 //!   I/O).
 //! - [`mailbox`]: the rules of SPEC §4 and the shard actors that own them.
-//! - [`store`]: the durable state behind a trait, and the group-commit writer thread.
+//! - [`store`]: the durable state behind a trait (fjall by default, redb for older data dirs and
+//!   memory mode), and the group-commit writer thread.
 //! - [`peer`]: peer URLs, HMAC authentication, the pushers (from the log), the pullers, and the
 //!   one replica applier both directions share.
 //! - [`http`]: routes, body limits, the error table, the per-worker batch of client signatures.

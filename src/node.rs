@@ -65,11 +65,15 @@ pub enum StartError {
 
 /// Opens the store the settings ask for. `auto` keeps a data dir's existing redb store (a
 /// release before fjall wrote it) and starts fjall everywhere else.
-fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+/// Returns the store and its engine's name (for the start-up log).
+fn open_store(settings: &Settings) -> Result<(Arc<dyn Store>, &'static str), StartError> {
     let cache = settings.store_cache_bytes;
     let dir = &settings.data_dir;
     if settings.persist == PersistMode::Memory {
-        return Ok(Arc::new(RedbStore::in_memory_with_cache(cache)?));
+        return Ok((
+            Arc::new(RedbStore::in_memory_with_cache(cache)?),
+            "redb (in memory)",
+        ));
     }
     let has_redb = dir.join(crate::store::redb_store::DATABASE_FILE).exists();
     let has_fjall = dir.join(crate::store::fjall_store::DATABASE_DIR).exists();
@@ -92,9 +96,9 @@ fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
         ))));
     }
     Ok(if redb {
-        Arc::new(RedbStore::open_with_cache(dir, cache)?)
+        (Arc::new(RedbStore::open_with_cache(dir, cache)?), chosen)
     } else {
-        Arc::new(FjallStore::open_with_cache(dir, cache)?)
+        (Arc::new(FjallStore::open_with_cache(dir, cache)?), chosen)
     })
 }
 
@@ -117,7 +121,7 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
     }
     let metrics = Arc::new(Metrics::new());
     let cache = settings.store_cache_bytes;
-    let store = open_store(&settings)?;
+    let (store, engine) = open_store(&settings)?;
     let budget = settings.storage_budget_bytes.unwrap_or_else(|| {
         // What the store holds already does not count against the disk's free share twice.
         let free = store
@@ -135,6 +139,7 @@ pub async fn run(mut settings: Settings, listeners: Listeners) -> Result<(), Sta
         stored_bytes = store.stored_bytes(),
         storage_budget_bytes = budget,
         cache_bytes = cache,
+        engine,
         "store opened"
     );
     let (store_handle, writer) =

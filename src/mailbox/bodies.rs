@@ -3,8 +3,12 @@
 //!
 //! [`EnvelopeBodies`] is a bounded cache of that JSON (`MESH_DM_BODY_CACHE_MB`), filled when a
 //! deposit or replica becomes durable, so that mail polled soon after it arrived (the common
-//! case: the recipient is online) costs no store read. Older mail is read from the store on a
-//! blocking-pool thread (and not cached: a mailbox is read back once, then acknowledged). A body is found by its envelope's signature, and a body read from the
+//! case: the recipient is online) costs no store read. Older mail is read from the store right on
+//! the HTTP worker (and not cached: a mailbox is read back once, then acknowledged): a few point
+//! reads that the store's cache or the OS page cache answer. On tokio's blocking pool the same
+//! read cost ~50 µs more CPU per poll and, with dozens of pool threads competing for two cores,
+//! gave polls a p99 of 0.34–0.65 s against 19 ms inline (`BENCHMARKS.md`). A body is found by its
+//! envelope's signature, and a body read from the
 //! store is used only if it ends with that signature: an id acknowledged and later reused by
 //! another envelope can never be served with the old one's body. Eviction is first in, first
 //! out, by bytes.
@@ -108,9 +112,9 @@ impl EnvelopeBodies {
     /// The bodies of `items` of `mailbox`, in order: from the cache, the rest from the store.
     /// An item whose envelope left the store meanwhile (acknowledged or expired since the
     /// mailbox answered) is left out.
-    pub async fn fetch(
-        self: &Arc<Self>,
-        store: &Arc<dyn Store>,
+    pub fn fetch(
+        &self,
+        store: &dyn Store,
         mailbox: MailboxKey,
         items: Vec<PollItem>,
     ) -> Result<Vec<Body>, StoreError> {
@@ -124,10 +128,7 @@ impl EnvelopeBodies {
         let missing: Vec<usize> = (0..items.len()).filter(|&i| found[i].is_none()).collect();
         if !missing.is_empty() {
             let ids = missing.iter().map(|&i| items[i].msg_id.clone()).collect();
-            let store = Arc::clone(store);
-            let read = actix_rt::task::spawn_blocking(move || store.envelope_json(&mailbox, ids))
-                .await
-                .map_err(StoreError::backend)??;
+            let read = store.envelope_json(&mailbox, ids)?;
             for (&i, json) in missing.iter().zip(read) {
                 let Some(json) = json.filter(|json| signed_by(json, &items[i].sig)) else {
                     continue;

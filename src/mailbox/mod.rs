@@ -194,8 +194,7 @@ impl MailboxRouter {
                 Err(refusal) => return Ok(Err(refusal)),
             };
             let messages = bodies
-                .fetch(&store, mailbox, view.messages)
-                .await
+                .fetch(store.as_ref(), mailbox, view.messages)
                 .map_err(|err| ShardError::Unavailable(err.to_string()))?;
             Ok(Ok(PolledMail {
                 messages,

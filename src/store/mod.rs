@@ -1,4 +1,6 @@
-//! Durable state: the [`Store`] trait, its redb implementation, and the group-commit writer.
+//! Durable state: the [`Store`] trait, its two engines ([`fjall_store`], the default on disk;
+//! [`redb_store`], for data dirs earlier releases wrote and for memory mode), the record layout
+//! they share ([`records`]), and the group-commit writer.
 //!
 //! Mailbox actors never touch the disk. They send [`StoreOp`]s to the single [`writer`]
 //! thread through a bounded channel; the writer takes every request that arrived while the
@@ -12,7 +14,8 @@
 //! (a client of this node, or a peer: the log the pushers read, [`LogFilter`]); tombstones; an expiry index
 //! that lets garbage collection drop expired changes and tombstones without a scan; and small
 //! metadata (the store's epoch, the next seq, peer cursors). `MESH_DM_PERSIST=memory` runs the
-//! very same code on redb's in-memory backend.
+//! very same code on redb's in-memory backend. Both engines pass the same contract tests
+//! (`contract_tests.rs`).
 //!
 //! A failed commit puts the store in an *outage* ([`status`]): the writer answers every write
 //! with 503 and the time of its next attempt, and reopens the database with backoff until it
@@ -22,7 +25,7 @@ pub mod budget;
 #[cfg(test)]
 mod contract_tests;
 pub mod fjall_store;
-mod records;
+pub mod records;
 pub mod redb_store;
 pub mod status;
 pub mod writer;
@@ -142,8 +145,8 @@ pub struct FeedPage {
     pub more: bool,
 }
 
-/// What a store must do. One implementation ([`RedbStore`]) serves both the file and the
-/// memory mode; the trait keeps the rest of the node independent of it.
+/// What a store must do: [`FjallStore`] on disk, [`RedbStore`] on disk or in memory; the trait
+/// keeps the rest of the node independent of them.
 pub trait Store: Send + Sync + 'static {
     /// The id of this store, created with it (SPEC §7.3).
     fn epoch(&self) -> &str;

@@ -7,8 +7,8 @@
 //! and assigns seqs inside the transaction, seqs become visible in commit order (SPEC §7.3).
 //! Between requests it collects expired records every [`GC_INTERVAL`].
 //!
-//! Storage faults: when a commit (or a garbage collection) fails with a storage error, redb
-//! refuses every later write until the database is reopened. The writer then records an
+//! Storage faults: when a commit (or a garbage collection) fails with a storage error, the
+//! engine refuses every later write until the database is reopened. The writer then records an
 //! [`Outage`] in the shared [`StoreStatus`], answers every request at once with
 //! [`WriterError::Degraded`] (503 with the time to its next attempt), and tries to reopen the
 //! store on its own with backoff ([`reopen_delay`]) — first checking that the data dir's
@@ -283,7 +283,7 @@ impl Writer {
         self.outage = outage;
     }
 
-    /// The reason shown in `/health`: a full disk says so, whatever redb's words for it.
+    /// The reason shown in `/health`: a full disk says so, whatever the engine's words for it.
     fn describe(&self, err: &StoreError) -> String {
         let no_space = err.to_string().contains("No space left on device");
         match self.store.data_dir() {
