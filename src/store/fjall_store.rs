@@ -36,10 +36,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 /// The directory (inside `MESH_DM_DATA_DIR`) that holds the fjall database.
 pub const DATABASE_DIR: &str = "fjall";
 
-/// Largest memtable of the change log before fjall flushes it to a table file; the other
-/// keyspaces hold small records and get a quarter. Bounds the memory the store holds beyond
-/// its block cache (fjall's default is 64 MiB per keyspace).
+/// Largest memtable of the change log before fjall flushes it to a table file. Bounds the
+/// memory the store holds beyond its block cache (fjall's default is 64 MiB per keyspace).
 const CHANGES_MEMTABLE_BYTES: u64 = 8 << 20;
+/// The same for the other keyspaces, whose records are small (keys, seqs, times).
+const SMALL_MEMTABLE_BYTES: u64 = 1 << 20;
 /// Most bytes of journal kept before memtables are flushed: bounds what a restart after
 /// `kill -9` replays.
 const JOURNAL_BYTES: u64 = 64 << 20;
@@ -140,7 +141,7 @@ fn open_dir(dir: &Path, cache_bytes: u64) -> Result<Open, StoreError> {
             db.keyspace(table.name(), || {
                 KeyspaceCreateOptions::default().max_memtable_size(match table {
                     Table::Changes => CHANGES_MEMTABLE_BYTES,
-                    _ => CHANGES_MEMTABLE_BYTES / 4,
+                    _ => SMALL_MEMTABLE_BYTES,
                 })
             })
             .map_err(backend)?,
