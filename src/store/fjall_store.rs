@@ -18,20 +18,18 @@
 //! opens the directory again, which replays the journal up to its last whole batch.
 
 use super::records::{
-    EXPIRY_CHANGE, EXPIRY_NONCE, EXPIRY_PARKED, EXPIRY_TOMBSTONE, GC_BATCH_RECORDS, change_kind,
-    change_record, envelope_key, expiry_key, parse_change_kind, parse_change_record, prefix_end,
-    read_u64, split_envelope_key,
+    EXPIRY_CHANGE, EXPIRY_NONCE, EXPIRY_PARKED, EXPIRY_TOMBSTONE, GC_BATCH_RECORDS, LogPage,
+    change_kind, change_record, envelope_key, expiry_key, live_envelope, live_nonce, live_parked,
+    live_tombstone, nonce_key, parse_change_record, prefix_end, read_u64, split_envelope_key,
 };
-use super::{
-    FeedEntry, FeedPage, LogFilter, MAX_SCANNED_PER_READ, Recovered, Store, StoreError, StoreOp,
-};
+use super::{FeedPage, LogFilter, Recovered, Store, StoreError, StoreOp};
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{PoisonError, RwLock};
 
 /// The directory (inside `MESH_DM_DATA_DIR`) that holds the fjall database.
 pub const DATABASE_DIR: &str = "fjall";
@@ -474,48 +472,28 @@ impl FjallStore {
             let range = prefix_range(prefix);
             for item in snapshot.range(open.keyspace(Table::Index), range.clone()) {
                 let (_, seq) = item.into_inner().map_err(backend)?;
-                let Some(record) = snapshot
+                let record = snapshot
                     .get(open.keyspace(Table::Changes), &*seq)
-                    .map_err(backend)?
-                else {
-                    continue;
-                };
-                let (until, kind, json) = parse_change_record(&record)?;
-                if !parse_change_kind(kind)?.0 || until <= now {
-                    continue;
+                    .map_err(backend)?;
+                if let Some(envelope) = record.map(|r| live_envelope(&r, now)).transpose()? {
+                    state.envelopes.extend(envelope);
                 }
-                let envelope: Envelope = serde_json::from_slice(json)
-                    .map_err(|e| StoreError::Corrupt(format!("stored envelope: {e}")))?;
-                state.envelopes.push(Arc::new(envelope));
             }
             for item in snapshot.range(open.keyspace(Table::Parked), range.clone()) {
                 let (_, json) = item.into_inner().map_err(backend)?;
-                let envelope: Envelope = serde_json::from_slice(&json)
-                    .map_err(|e| StoreError::Corrupt(format!("parked envelope: {e}")))?;
-                if envelope.expires_at > now {
-                    state.parked.push(Arc::new(envelope));
-                }
+                state.parked.extend(live_parked(&json, now)?);
             }
             for item in snapshot.range(open.keyspace(Table::Nonces), range.clone()) {
                 let (key, until) = item.into_inner().map_err(backend)?;
-                let until = read_u64(&until)?;
-                if until > now
-                    && let Some((mailbox, nonce)) = key.split_at_checked(32)
-                    && let (Ok(mailbox), Ok(nonce)) =
-                        (<[u8; 32]>::try_from(mailbox), std::str::from_utf8(nonce))
-                {
-                    state
-                        .nonces
-                        .push((MailboxKey::from_bytes(mailbox), nonce.into(), until));
-                }
+                state
+                    .nonces
+                    .extend(live_nonce(&key, read_u64(&until)?, now));
             }
             for item in snapshot.range(open.keyspace(Table::Tombstones), range) {
                 let (key, until) = item.into_inner().map_err(backend)?;
-                let until = read_u64(&until)?;
-                if until > now {
-                    let (mailbox, msg_id) = split_envelope_key(&key)?;
-                    state.tombstones.push((mailbox, msg_id, until));
-                }
+                state
+                    .tombstones
+                    .extend(live_tombstone(&key, read_u64(&until)?, now)?);
             }
             Ok(state)
         })
@@ -553,9 +531,7 @@ impl Store for FjallStore {
                         nonce,
                         until,
                     } => {
-                        let mut key = Vec::with_capacity(32 + nonce.len());
-                        key.extend_from_slice(mailbox.as_bytes());
-                        key.extend_from_slice(nonce.as_bytes());
+                        let key = nonce_key(mailbox, nonce);
                         let expiry = expiry_key(*until, EXPIRY_NONCE, &[&key]);
                         overlay.insert(Table::Nonces, key, until.to_be_bytes().to_vec());
                         overlay.insert(Table::Expiry, expiry, Vec::new());
@@ -682,56 +658,23 @@ impl Store for FjallStore {
         now: u64,
         filter: LogFilter,
     ) -> Result<FeedPage, StoreError> {
-        let mut page = FeedPage {
-            through: since,
-            ..FeedPage::default()
-        };
+        let mut page = LogPage::new(since, limit, now, filter);
         if until <= since {
-            return Ok(page);
+            return Ok(page.finish());
         }
         self.with_open(|open| {
             let start = since.saturating_add(1).to_be_bytes();
             let end = until.to_be_bytes();
-            let mut stepped_over = 0usize;
             for item in open
                 .keyspace(Table::Changes)
                 .range::<&[u8], _>(start.as_slice()..=end.as_slice())
             {
                 let (seq, record) = item.into_inner().map_err(backend)?;
-                let seq = read_u64(&seq)?;
-                let (expires, kind, json) = parse_change_record(&record)?;
-                let (envelope, from_client) = parse_change_kind(kind)?;
-                let wanted = match filter {
-                    LogFilter::All => true,
-                    LogFilter::FromClients => from_client,
-                    LogFilter::SkipClientsThrough(through) => !(from_client && seq <= through),
-                };
-                if expires <= now || !wanted {
-                    stepped_over += 1;
-                    page.through = seq;
-                    if stepped_over == MAX_SCANNED_PER_READ {
-                        page.more = true;
-                        break;
-                    }
-                    continue;
-                }
-                if page.changes.len() == limit {
-                    page.more = true;
+                if !page.take(read_u64(&seq)?, &record)? {
                     break;
                 }
-                let json = String::from_utf8(json.to_vec())
-                    .map_err(|_| StoreError::Corrupt("change is not UTF-8".into()))?;
-                page.changes.push((
-                    seq,
-                    if envelope {
-                        FeedEntry::Envelope(json)
-                    } else {
-                        FeedEntry::Ack(json)
-                    },
-                ));
-                page.through = seq;
             }
-            Ok(page)
+            Ok(page.finish())
         })
     }
 

@@ -2,8 +2,9 @@
 //! the redb and the fjall store hold the same things the same way (see [`super::redb_store`] for
 //! the tables).
 
-use super::StoreError;
-use crate::protocol::{MailboxKey, MsgId};
+use super::{FeedEntry, FeedPage, LogFilter, MAX_SCANNED_PER_READ, StoreError};
+use crate::protocol::{Envelope, MailboxKey, MsgId};
+use std::sync::Arc;
 
 pub(super) const KIND_ENVELOPE: u8 = b'E';
 pub(super) const KIND_ACK: u8 = b'A';
@@ -105,6 +106,118 @@ pub(super) fn read_u64(bytes: &[u8]) -> Result<u64, StoreError> {
         .try_into()
         .map_err(|_| StoreError::Corrupt("bad integer".into()))?;
     Ok(u64::from_be_bytes(array))
+}
+
+/// `mailbox ‖ nonce`, the key of a poll nonce.
+pub(super) fn nonce_key(mailbox: &MailboxKey, nonce: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32 + nonce.len());
+    key.extend_from_slice(mailbox.as_bytes());
+    key.extend_from_slice(nonce.as_bytes());
+    key
+}
+
+/// The envelope of a change record an index entry points to, if it is still pending at `now`.
+pub(super) fn live_envelope(record: &[u8], now: u64) -> Result<Option<Arc<Envelope>>, StoreError> {
+    let (until, kind, json) = parse_change_record(record)?;
+    if !parse_change_kind(kind)?.0 || until <= now {
+        return Ok(None);
+    }
+    let envelope: Envelope = serde_json::from_slice(json)
+        .map_err(|e| StoreError::Corrupt(format!("stored envelope: {e}")))?;
+    Ok(Some(Arc::new(envelope)))
+}
+
+/// A parked replica's envelope, if it has not expired at `now`.
+pub(super) fn live_parked(json: &[u8], now: u64) -> Result<Option<Arc<Envelope>>, StoreError> {
+    let envelope: Envelope = serde_json::from_slice(json)
+        .map_err(|e| StoreError::Corrupt(format!("parked envelope: {e}")))?;
+    Ok((envelope.expires_at > now).then(|| Arc::new(envelope)))
+}
+
+/// A poll nonce record, if its window is still open at `now` (a malformed key is skipped).
+pub(super) fn live_nonce(key: &[u8], until: u64, now: u64) -> Option<(MailboxKey, Box<str>, u64)> {
+    let (mailbox, nonce) = key.split_at_checked(32)?;
+    let mailbox = <[u8; 32]>::try_from(mailbox).ok()?;
+    let nonce = std::str::from_utf8(nonce).ok()?;
+    (until > now).then(|| (MailboxKey::from_bytes(mailbox), nonce.into(), until))
+}
+
+/// A tombstone record, if it still holds at `now`.
+pub(super) fn live_tombstone(
+    key: &[u8],
+    until: u64,
+    now: u64,
+) -> Result<Option<(MailboxKey, MsgId, u64)>, StoreError> {
+    if until <= now {
+        return Ok(None);
+    }
+    let (mailbox, msg_id) = split_envelope_key(key)?;
+    Ok(Some((mailbox, msg_id, until)))
+}
+
+/// One page of the change log, built from the records of a scan in seq order: both engines
+/// apply the same filter, expiry and step limit (SPEC §7.3, [`LogFilter`]).
+pub(super) struct LogPage {
+    page: FeedPage,
+    limit: usize,
+    now: u64,
+    filter: LogFilter,
+    stepped_over: usize,
+}
+
+impl LogPage {
+    pub(super) fn new(since: u64, limit: usize, now: u64, filter: LogFilter) -> Self {
+        Self {
+            page: FeedPage {
+                through: since,
+                ..FeedPage::default()
+            },
+            limit,
+            now,
+            filter,
+            stepped_over: 0,
+        }
+    }
+
+    /// Takes the change `seq`; `Ok(false)`: the page is complete, stop the scan.
+    pub(super) fn take(&mut self, seq: u64, record: &[u8]) -> Result<bool, StoreError> {
+        let (until, kind, json) = parse_change_record(record)?;
+        let (envelope, from_client) = parse_change_kind(kind)?;
+        let wanted = match self.filter {
+            LogFilter::All => true,
+            LogFilter::FromClients => from_client,
+            LogFilter::SkipClientsThrough(through) => !(from_client && seq <= through),
+        };
+        if until <= self.now || !wanted {
+            self.stepped_over += 1;
+            self.page.through = seq;
+            if self.stepped_over == MAX_SCANNED_PER_READ {
+                self.page.more = true;
+                return Ok(false);
+            }
+            return Ok(true);
+        }
+        if self.page.changes.len() == self.limit {
+            self.page.more = true;
+            return Ok(false);
+        }
+        let json = String::from_utf8(json.to_vec())
+            .map_err(|_| StoreError::Corrupt("change is not UTF-8".into()))?;
+        self.page.changes.push((
+            seq,
+            if envelope {
+                FeedEntry::Envelope(json)
+            } else {
+                FeedEntry::Ack(json)
+            },
+        ));
+        self.page.through = seq;
+        Ok(true)
+    }
+
+    pub(super) fn finish(self) -> FeedPage {
+        self.page
+    }
 }
 
 #[cfg(test)]

@@ -19,19 +19,17 @@
 //! error (a 503), never a half-opened database.
 
 use super::records::{
-    EXPIRY_CHANGE, EXPIRY_NONCE, EXPIRY_PARKED, EXPIRY_TOMBSTONE, GC_BATCH_RECORDS, change_kind,
-    change_record, envelope_key, expiry_key, parse_change_kind, parse_change_record, prefix_end,
-    read_u64, split_envelope_key,
+    EXPIRY_CHANGE, EXPIRY_NONCE, EXPIRY_PARKED, EXPIRY_TOMBSTONE, GC_BATCH_RECORDS, LogPage,
+    change_kind, change_record, envelope_key, expiry_key, live_envelope, live_nonce, live_parked,
+    live_tombstone, nonce_key, parse_change_record, prefix_end, read_u64, split_envelope_key,
 };
-use super::{
-    FeedEntry, FeedPage, LogFilter, MAX_SCANNED_PER_READ, Recovered, Store, StoreError, StoreOp,
-};
+use super::{FeedPage, LogFilter, Recovered, Store, StoreError, StoreOp};
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{PoisonError, RwLock};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
@@ -220,40 +218,22 @@ impl RedbStore {
         let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
         for item in index.range::<&[u8]>(range).map_err(StoreError::backend)? {
             let (_, seq) = item.map_err(StoreError::backend)?;
-            let Some(record) = changes.get(seq.value()).map_err(StoreError::backend)? else {
-                continue;
-            };
-            let (until, kind, json) = parse_change_record(record.value())?;
-            if !parse_change_kind(kind)?.0 || until <= now {
-                continue;
+            let record = changes.get(seq.value()).map_err(StoreError::backend)?;
+            if let Some(envelope) = record.map(|r| live_envelope(r.value(), now)).transpose()? {
+                state.envelopes.extend(envelope);
             }
-            let envelope: Envelope = serde_json::from_slice(json)
-                .map_err(|e| StoreError::Corrupt(format!("stored envelope: {e}")))?;
-            state.envelopes.push(Arc::new(envelope));
         }
         let parked = txn.open_table(PARKED).map_err(StoreError::backend)?;
         for item in parked.range::<&[u8]>(range).map_err(StoreError::backend)? {
             let (_, json) = item.map_err(StoreError::backend)?;
-            let envelope: Envelope = serde_json::from_slice(json.value())
-                .map_err(|e| StoreError::Corrupt(format!("parked envelope: {e}")))?;
-            if envelope.expires_at > now {
-                state.parked.push(Arc::new(envelope));
-            }
+            state.parked.extend(live_parked(json.value(), now)?);
         }
         let nonces = txn.open_table(NONCES).map_err(StoreError::backend)?;
         for item in nonces.range::<&[u8]>(range).map_err(StoreError::backend)? {
             let (key, until) = item.map_err(StoreError::backend)?;
-            let until = until.value();
-            let key = key.value();
-            if until > now
-                && let Some((mailbox, nonce)) = key.split_at_checked(32)
-                && let (Ok(mailbox), Ok(nonce)) =
-                    (<[u8; 32]>::try_from(mailbox), std::str::from_utf8(nonce))
-            {
-                state
-                    .nonces
-                    .push((MailboxKey::from_bytes(mailbox), nonce.into(), until));
-            }
+            state
+                .nonces
+                .extend(live_nonce(key.value(), until.value(), now));
         }
         let tombstones = txn.open_table(TOMBSTONES).map_err(StoreError::backend)?;
         for item in tombstones
@@ -261,11 +241,9 @@ impl RedbStore {
             .map_err(StoreError::backend)?
         {
             let (key, until) = item.map_err(StoreError::backend)?;
-            let until = until.value();
-            if until > now {
-                let (mailbox, msg_id) = split_envelope_key(key.value())?;
-                state.tombstones.push((mailbox, msg_id, until));
-            }
+            state
+                .tombstones
+                .extend(live_tombstone(key.value(), until.value(), now)?);
         }
         Ok(state)
     }
@@ -612,9 +590,7 @@ impl Store for RedbStore {
                         nonce,
                         until,
                     } => {
-                        let mut key = Vec::with_capacity(32 + nonce.len());
-                        key.extend_from_slice(mailbox.as_bytes());
-                        key.extend_from_slice(nonce.as_bytes());
+                        let key = nonce_key(mailbox, nonce);
                         tables
                             .nonces
                             .insert(key.as_slice(), *until)
@@ -784,54 +760,20 @@ impl Store for RedbStore {
     ) -> Result<FeedPage, StoreError> {
         let txn = self.begin_read()?;
         let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
-        let mut page = FeedPage {
-            through: since,
-            ..FeedPage::default()
-        };
+        let mut page = LogPage::new(since, limit, now, filter);
         if until <= since {
-            return Ok(page);
+            return Ok(page.finish());
         }
-        let mut stepped_over = 0usize;
         for item in changes
             .range(since.saturating_add(1)..=until)
             .map_err(StoreError::backend)?
         {
             let (seq, record) = item.map_err(StoreError::backend)?;
-            let seq = seq.value();
-            let (until, kind, json) = parse_change_record(record.value())?;
-            let (envelope, from_client) = parse_change_kind(kind)?;
-            let wanted = match filter {
-                LogFilter::All => true,
-                LogFilter::FromClients => from_client,
-                LogFilter::SkipClientsThrough(through) => !(from_client && seq <= through),
-            };
-            if until <= now || !wanted {
-                stepped_over += 1;
-                if stepped_over == MAX_SCANNED_PER_READ {
-                    page.through = seq;
-                    page.more = true;
-                    break;
-                }
-                page.through = seq;
-                continue;
-            }
-            if page.changes.len() == limit {
-                page.more = true;
+            if !page.take(seq.value(), record.value())? {
                 break;
             }
-            let json = String::from_utf8(json.to_vec())
-                .map_err(|_| StoreError::Corrupt("change is not UTF-8".into()))?;
-            page.changes.push((
-                seq,
-                if envelope {
-                    FeedEntry::Envelope(json)
-                } else {
-                    FeedEntry::Ack(json)
-                },
-            ));
-            page.through = seq;
         }
-        Ok(page)
+        Ok(page.finish())
     }
 
     fn envelope_json(
