@@ -489,6 +489,40 @@ fn reopen_keeps_everything_and_takes_writes(engine: Engine) {
     assert_eq!(store.pending_count(), 2);
 }
 
+/// A reader of the log never sees part of a commit: the pushers move their cursor past what
+/// they read, so a change that became visible after a later one of the same commit would never
+/// be pushed.
+fn readers_see_whole_commits_only(engine: Engine) {
+    const COMMITS: usize = 150;
+    const PER_COMMIT: usize = 24;
+    let store = engine.fresh();
+    let total = (COMMITS * PER_COMMIT) as u64;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for c in 0..COMMITS {
+                let ops: Vec<StoreOp> = (0..PER_COMMIT)
+                    .map(|i| replica_op(envelope(&format!("c{c}-{i}"), NOW + 100)))
+                    .collect();
+                store.commit(&ops).unwrap();
+            }
+        });
+        let mut cursor = 0;
+        while cursor < total {
+            let page = store.read_log(cursor, 10_000, NOW, LogFilter::All).unwrap();
+            for (seq, _) in &page.changes {
+                assert_eq!(*seq, cursor + 1, "a gap in the log after seq {cursor}");
+                cursor = *seq;
+            }
+            assert_eq!(page.through, cursor);
+            assert_eq!(
+                cursor % PER_COMMIT as u64,
+                0,
+                "a read ended inside a commit, at seq {cursor}"
+            );
+        }
+    });
+}
+
 /// Each test once per engine.
 macro_rules! on_every_engine {
     ($($name:ident),* $(,)?) => {
@@ -508,6 +542,7 @@ macro_rules! on_every_engine {
 }
 
 on_every_engine!(
+    readers_see_whole_commits_only,
     a_commit_reads_its_own_writes,
     reopen_keeps_everything_and_takes_writes,
     seqs_increase_in_commit_order_and_survive_reopen,

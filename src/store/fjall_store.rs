@@ -14,6 +14,10 @@
 //! envelopes, stored bytes) live in memory, are written into every batch, and are read back
 //! on open. Only the writer thread commits, so nothing else races these read-modify-writes.
 //!
+//! Readers other than the writer read through a snapshot (`Database::snapshot`), which fjall
+//! moves past a batch only once all of it is in; a plain keyspace read would see a commit half
+//! applied (`readers_see_whole_commits_only` in the contract tests).
+//!
 //! After a failed write fjall poisons the database: [`Store::reopen`] drops every handle and
 //! opens the directory again, which replays the journal up to its last whole batch.
 
@@ -639,7 +643,7 @@ impl Store for FjallStore {
     fn parked_mailboxes(&self) -> Result<Vec<MailboxKey>, StoreError> {
         self.with_open(|open| {
             let mut mailboxes: Vec<MailboxKey> = Vec::new();
-            for item in open.keyspace(Table::Parked).iter() {
+            for item in open.db.snapshot().iter(open.keyspace(Table::Parked)) {
                 let key = item.key().map_err(backend)?;
                 let (mailbox, _) = split_envelope_key(&key)?;
                 if mailboxes.last() != Some(&mailbox) {
@@ -665,10 +669,14 @@ impl Store for FjallStore {
         self.with_open(|open| {
             let start = since.saturating_add(1).to_be_bytes();
             let end = until.to_be_bytes();
-            for item in open
-                .keyspace(Table::Changes)
-                .range::<&[u8], _>(start.as_slice()..=end.as_slice())
-            {
+            // A snapshot, never the keyspace itself: a keyspace read sees a batch while fjall is
+            // still inserting it, key by key, and a pusher would move its cursor past a change
+            // of that commit that was not in yet (a hole in what it pushes).
+            let snapshot = open.db.snapshot();
+            for item in snapshot.range::<&[u8], _>(
+                open.keyspace(Table::Changes),
+                start.as_slice()..=end.as_slice(),
+            ) {
                 let (seq, record) = item.into_inner().map_err(backend)?;
                 if !page.take(read_u64(&seq)?, &record)? {
                     break;
@@ -710,8 +718,9 @@ impl Store for FjallStore {
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.with_open(|open| {
             Ok(open
-                .keyspace(Table::Meta)
-                .get(key)
+                .db
+                .snapshot()
+                .get(open.keyspace(Table::Meta), key)
                 .map_err(backend)?
                 .map(|v| v.to_vec()))
         })
