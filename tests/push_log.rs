@@ -117,6 +117,41 @@ async fn a_cursor_saved_at_sigterm_sends_nothing_twice() {
     assert_eq!(b.metric("dm_replica_duplicate_total").await, 0.0);
 }
 
+/// A batch still waiting for its answer at SIGTERM: the pusher waits for the answer before it
+/// saves its cursor, so the peer does not get the batch again after the restart.
+#[actix_rt::test]
+async fn a_sigterm_waits_for_the_answer_to_the_batch_in_flight() {
+    let peer = FakePeer::start();
+    let mut node = Node::start(
+        mesh_config()
+            .env("MESH_RELAY_PEERS", &peer.url)
+            .env(NO_PULL.0, NO_PULL.1),
+    );
+    node.ready().await;
+    peer.delay_replies(Duration::from_millis(600));
+    let (alice, bob) = (Identity::new(), Identity::new());
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
+    // The peer has the batch; its answer is 600 ms away when the node is told to stop.
+    wait_for(Duration::from_secs(10), || async {
+        peer.pushed() == ["m1"]
+    })
+    .await;
+    assert!(node.terminate(), "SIGTERM exits 0");
+    peer.delay_replies(Duration::ZERO);
+    node.restart();
+    node.ready().await;
+    assert_eq!(node.send(&alice.envelope_to(&bob, "m2")).await.0, 200);
+    wait_for(Duration::from_secs(10), || async {
+        peer.pushed().ends_with(&["m2".to_string()])
+    })
+    .await;
+    assert_eq!(
+        peer.pushed(),
+        ["m1", "m2"],
+        "m1 was pushed again after the restart"
+    );
+}
+
 fn until(query: &str) -> Option<u64> {
     query
         .split('&')

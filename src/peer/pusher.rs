@@ -42,6 +42,10 @@ use tokio::sync::watch;
 pub const READ_AHEAD_MAX: usize = 1024;
 /// How often, at most, the cursor is written to the store while pushing.
 pub const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// At shutdown, how long a pusher waits for the answer to the batch it has in flight before it
+/// saves its cursor: a batch the peer took but whose answer came too late is sent again at the
+/// next start (replicas are idempotent, so that costs a duplicate, not a loss).
+const STOP_WAIT_FOR_BATCH: Duration = Duration::from_secs(2);
 /// Wait before reading the log again after a failed read (the store is in an outage).
 const READ_RETRY: Duration = Duration::from_secs(1);
 
@@ -116,6 +120,8 @@ pub struct PeerPusher {
     read_failures: u32,
     /// Shutting down: no new batch goes out.
     stopping: bool,
+    /// Set at shutdown while a batch is in flight: told when its answer has been handled.
+    batch_landed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The store key of the push record for `peer_url`.
@@ -214,6 +220,7 @@ impl PeerPusher {
             link,
             read_failures: 0,
             stopping: false,
+            batch_landed: None,
         }
     }
 
@@ -407,6 +414,9 @@ impl PeerPusher {
                 .observe(sent.elapsed().as_secs_f64());
             if let Some(batch) = pusher.in_flight.take() {
                 pusher.on_reply(result, batch, ctx);
+            }
+            if let Some(landed) = pusher.batch_landed.take() {
+                let _ = landed.send(());
             }
             pusher.pump(ctx);
         }));
@@ -621,22 +631,37 @@ impl Handler<StopPushing> for PeerPusher {
 
     fn handle(&mut self, _: StopPushing, _: &mut Self::Context) -> Self::Result {
         self.stopping = true;
-        let record = self.record();
-        let commit = (self.saved != Some(record)).then(|| {
-            self.store.commit(vec![StoreOp::PutMeta {
-                key: cursor_key(self.link.url()),
-                value: record.encode(),
-            }])
+        // The answer to a batch in flight moves the cursor: wait for it (a while), or the batch
+        // the peer already took would be sent again after the restart.
+        let landed = self.in_flight.is_some().then(|| {
+            let (tell, landed) = tokio::sync::oneshot::channel();
+            self.batch_landed = Some(tell);
+            landed
         });
         Box::pin(
             async move {
-                if let Some(commit) = commit
-                    && let Err(err) = commit.await
-                {
-                    tracing::warn!(%err, "push cursor not saved at shutdown; the next start sends some changes again");
+                if let Some(landed) = landed {
+                    let _ = actix_rt::time::timeout(STOP_WAIT_FOR_BATCH, landed).await;
                 }
             }
             .into_actor(self)
+            .then(|(), pusher, _| {
+                let record = pusher.record();
+                let commit = (pusher.saved != Some(record)).then(|| {
+                    pusher.store.commit(vec![StoreOp::PutMeta {
+                        key: cursor_key(pusher.link.url()),
+                        value: record.encode(),
+                    }])
+                });
+                async move {
+                    if let Some(commit) = commit
+                        && let Err(err) = commit.await
+                    {
+                        tracing::warn!(%err, "push cursor not saved at shutdown; the next start sends some changes again");
+                    }
+                }
+                .into_actor(pusher)
+            })
             .map(|(), _, ctx| ctx.stop()),
         )
     }

@@ -142,7 +142,7 @@ impl StoreHandle {
     pub fn commit(
         &self,
         ops: Vec<StoreOp>,
-    ) -> impl std::future::Future<Output = CommitResult> + 'static {
+    ) -> impl std::future::Future<Output = CommitResult> + use<> {
         let (reply, answer) = oneshot::channel();
         let queued = match self.requests.try_send(Request::Commit { ops, reply }) {
             Ok(()) => Ok(answer),

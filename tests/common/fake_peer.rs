@@ -23,6 +23,8 @@ struct FakeState {
     queries: Vec<String>,
     /// msg_ids of the envelopes pushed to this peer, in order.
     pushed: Vec<String>,
+    /// How long a push waits for its answer (after it was recorded).
+    reply_delay: Duration,
 }
 
 impl FakePeer {
@@ -33,6 +35,7 @@ impl FakePeer {
             next_seq: 1,
             queries: Vec::new(),
             pushed: Vec::new(),
+            reply_delay: Duration::ZERO,
         }));
         let data = web::Data::from(Arc::clone(&state));
         let url = spawn_http_server(move |cfg| {
@@ -75,6 +78,11 @@ impl FakePeer {
 
     pub fn epoch(&self) -> String {
         self.state().epoch.clone()
+    }
+
+    /// Answers every later push only after `delay` (it is recorded at once).
+    pub fn delay_replies(&self, delay: Duration) {
+        self.state().reply_delay = delay;
     }
 
     pub fn pushed(&self) -> Vec<String> {
@@ -143,13 +151,15 @@ async fn serve_feed(req: HttpRequest, state: web::Data<Mutex<FakeState>>) -> Htt
 
 async fn take_push(body: web::Bytes, state: web::Data<Mutex<FakeState>>) -> HttpResponse {
     let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if let Some(envelopes) = value["envelopes"].as_array() {
+    let delay = {
         let mut state = state.lock().unwrap();
-        for envelope in envelopes {
+        for envelope in value["envelopes"].as_array().into_iter().flatten() {
             let id = envelope["msg_id"].as_str().unwrap_or("?").to_string();
             state.pushed.push(id);
         }
-    }
+        state.reply_delay
+    };
+    actix_rt::time::sleep(delay).await;
     let count = ["envelopes", "acks"]
         .iter()
         .find_map(|k| value[*k].as_array().map(Vec::len))
