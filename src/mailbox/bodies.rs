@@ -6,9 +6,8 @@
 //! case: the recipient is online) costs no store read. Older mail is read from the store right on
 //! the HTTP worker (and not cached: a mailbox is read back once, then acknowledged): a few point
 //! reads that the store's cache or the OS page cache answer. On tokio's blocking pool the same
-//! read cost ~50 µs more CPU per poll and, with dozens of pool threads competing for two cores,
-//! gave polls a p99 of 0.34–0.65 s against 19 ms inline (`BENCHMARKS.md`). A body is found by its
-//! envelope's signature, and a body read from the
+//! read cost ~50 µs more node CPU per poll (a hop to a pool thread and back; `BENCHMARKS.md`).
+//! A body is found by its envelope's signature, and a body read from the
 //! store is used only if it ends with that signature: an id acknowledged and later reused by
 //! another envelope can never be served with the old one's body. Eviction is first in, first
 //! out, by bytes.
