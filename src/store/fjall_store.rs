@@ -189,7 +189,9 @@ fn prepare(open: &Open) -> Result<(String, Counters), StoreError> {
 /// commit's own reads see first.
 struct Overlay<'o> {
     open: &'o Open,
-    writes: HashMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    /// One map per table (in [`Table::ALL`] order), so that a lookup borrows the key instead
+    /// of copying it.
+    writes: [HashMap<Vec<u8>, Option<Vec<u8>>>; 7],
     counters: Counters,
 }
 
@@ -197,13 +199,13 @@ impl<'o> Overlay<'o> {
     fn new(open: &'o Open, counters: Counters) -> Self {
         Self {
             open,
-            writes: HashMap::new(),
+            writes: Default::default(),
             counters,
         }
     }
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(value) = self.writes.get(&(table, key.to_vec())) {
+        if let Some(value) = self.writes[table as usize].get(key) {
             return Ok(value.clone());
         }
         Ok(self
@@ -219,14 +221,14 @@ impl<'o> Overlay<'o> {
     }
 
     fn insert(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert((table, key), Some(value));
+        self.writes[table as usize].insert(key, Some(value));
     }
 
     /// Removes `key`; returns what it held.
     fn remove(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let old = self.get(table, key)?;
         if old.is_some() {
-            self.writes.insert((table, key.to_vec()), None);
+            self.writes[table as usize].insert(key.to_vec(), None);
         }
         Ok(old)
     }
@@ -400,11 +402,13 @@ impl<'o> Overlay<'o> {
             counters.stored.to_be_bytes().to_vec(),
         );
         let mut batch = self.open.db.batch().durability(Some(PersistMode::SyncData));
-        for ((table, key), value) in self.writes {
+        for (table, writes) in Table::ALL.into_iter().zip(self.writes) {
             let keyspace = self.open.keyspace(table);
-            match value {
-                Some(value) => batch.insert(keyspace, key, value),
-                None => batch.remove(keyspace, key),
+            for (key, value) in writes {
+                match value {
+                    Some(value) => batch.insert(keyspace, key, value),
+                    None => batch.remove(keyspace, key),
+                }
             }
         }
         batch.commit().map_err(backend)?;
