@@ -76,7 +76,7 @@ async fn rss_returns_near_idle_after_bursts_once_mailboxes_are_evicted() {
         after.push(rss_mib(pid));
     }
     let stored_mib = node.metric("dm_store_bytes").await / (1024.0 * 1024.0);
-    let file_mib = dir_bytes(&node.data_dir) as f64 / (1024.0 * 1024.0);
+    let file_mib = dmrelay::store::budget::files_bytes(&node.data_dir) as f64 / (1024.0 * 1024.0);
     eprintln!(
         "cache {cache_mb} MiB: idle {idle:.0} MiB, after each burst {after:.0?} MiB, {stored_mib:.0} MiB stored in {file_mib:.0} MiB of files"
     );
@@ -91,18 +91,4 @@ async fn rss_returns_near_idle_after_bursts_once_mailboxes_are_evicted() {
             round + 1
         );
     }
-}
-
-/// Bytes of every file under `dir`.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|entry| match entry.metadata() {
-                Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
-                Ok(meta) => meta.len(),
-                Err(_) => 0,
-            })
-            .sum()
-    })
 }

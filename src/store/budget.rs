@@ -22,6 +22,21 @@ pub const DEFAULT_BUDGET_FLOOR: u64 = 16 << 20;
 /// The default budget in memory mode (the store is in RAM): 256 MiB.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
 
+/// Bytes of every file under `dir`, recursively (0 for what cannot be read): what a store
+/// takes on disk, one file on redb, a directory of tables and journals on fjall.
+pub fn files_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|entry| match entry.metadata() {
+                Ok(meta) if meta.is_dir() => files_bytes(&entry.path()),
+                Ok(meta) => meta.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
 /// Free bytes (for an unprivileged user) on the filesystem holding `dir`.
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -90,6 +105,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_bytes(dir.path()).is_some_and(|free| free > 0));
         assert_eq!(free_bytes(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn the_bytes_of_a_store_count_every_file_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), [0u8; 100]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub").join("b"), [0u8; 28]).unwrap();
+        assert_eq!(files_bytes(dir.path()), 128);
+        assert_eq!(files_bytes(&dir.path().join("missing")), 0);
     }
 
     #[test]

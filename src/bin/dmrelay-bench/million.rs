@@ -119,7 +119,7 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     let pending = metric_sum(client, &node.url, "dm_pending_envelopes").await;
     let loaded = metric_sum(client, &node.url, "dm_mailboxes_loaded").await;
     let in_use = rss_bytes(node.child.id());
-    let file_bytes = dir_bytes(&data);
+    let file_bytes = dmrelay::store::budget::files_bytes(&data);
     println!(
         "million: {pending:.0} pending envelopes of {} ciphertext bytes in {loaded:.0} loaded mailboxes ({failed} deposits failed), deposited in {:.0} s",
         args.ciphertext_bytes,
@@ -194,18 +194,4 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     );
     drop(node);
     let _ = std::fs::remove_dir_all(&data);
-}
-
-/// Bytes of every file under `dir` (the store is one file on redb, a directory on fjall).
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|entry| match entry.metadata() {
-                Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
-                Ok(meta) => meta.len(),
-                Err(_) => 0,
-            })
-            .sum()
-    })
 }
