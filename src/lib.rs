@@ -22,7 +22,8 @@
 //!   I/O).
 //! - [`mailbox`]: the rules of SPEC §4 and the shard actors that own them.
 //! - [`store`]: the durable state behind a trait (fjall by default, redb for older data dirs and
-//!   memory mode), and the group-commit writer thread.
+//!   memory mode), the group-commit writer thread, and its in-memory window of the newest client
+//!   changes that the pushers read.
 //! - [`peer`]: peer URLs, HMAC authentication, the pushers (from the log), the pullers, and the
 //!   one replica applier both directions share.
 //! - [`http`]: routes, body limits, the error table, the per-worker batch of client signatures.

@@ -29,7 +29,9 @@ pub struct Metrics {
     pub push_rejected_total: IntCounterVec,
     /// Push attempts that failed (transport, 5xx, 429) and will be retried.
     pub push_error_total: IntCounterVec,
-    /// Items dropped from a full push queue (the change feed repairs them).
+    /// Log reads of the pushers, by where they read: `memory` (the writer's window of newest
+    /// client changes) or `store` (a scan of the change log).
+    pub push_log_reads_total: IntCounterVec,
     /// Ack objects applied (client and replica).
     pub ack_total: IntCounter,
     /// Envelopes pending on this node.
@@ -164,6 +166,12 @@ impl Metrics {
             .rate_limited_total
             .with_label_values(&["client"])
             .inc_by(0);
+        for source in ["memory", "store"] {
+            metrics
+                .push_log_reads_total
+                .with_label_values(&[source])
+                .inc_by(0);
+        }
         metrics
     }
 
@@ -214,6 +222,12 @@ impl Metrics {
                 "dm_replication_push_error_total",
                 "Push attempts that failed and will be retried.",
                 "peer",
+            ),
+            push_log_reads_total: counter_vec(
+                &r,
+                "dm_push_log_reads_total",
+                "Reads of the change log by the pushers: from the writer's window of newest client changes (memory) or from the store (store).",
+                "source",
             ),
             ack_total: counter(&r, "dm_ack_total", "Ack objects applied."),
             pending_envelopes: gauge(

@@ -10,6 +10,9 @@ use std::time::Duration;
 /// A pull that can only run once, at start-up: whatever arrives later came by push.
 const NO_PULL: (&str, &str) = ("MESH_DM_SYNC_INTERVAL_S", "3600");
 
+const READS_FROM_MEMORY: &str = "dm_push_log_reads_total{source=\"memory\"}";
+const READS_FROM_STORE: &str = "dm_push_log_reads_total{source=\"store\"}";
+
 fn label(node_url: &str) -> String {
     format!("{{peer=\"{node_url}\"}}")
 }
@@ -65,6 +68,12 @@ async fn a_push_pending_at_a_kill_9_is_delivered_after_restart_by_the_push_path(
 
     a.restart();
     a.ready().await;
+    // Its cursor lies before anything the restarted writer has kept in memory: the pusher
+    // reads the backlog from the store.
+    wait_for(Duration::from_secs(10), || async {
+        a.metric(READS_FROM_STORE).await >= 1.0
+    })
+    .await;
     // The pusher resumes from its durable cursor: m1 and m2 arrive, and m3 does not (its ack
     // removed it from the log; the ack, after it in the log, is pushed instead).
     wait_for_id_set(&b, &bob, &["m1", "m2"]).await;
@@ -107,6 +116,10 @@ async fn a_cursor_saved_at_sigterm_sends_nothing_twice() {
     let (alice, bob) = (Identity::new(), Identity::new());
     assert_eq!(a.send(&alice.envelope_to(&bob, "m1")).await.0, 200);
     wait_for_ids(&b, &bob, &["m1"]).await;
+    // A pusher that keeps up takes what was just committed from the writer's window in
+    // memory, never from a scan of the store.
+    assert!(a.metric(READS_FROM_MEMORY).await >= 1.0);
+    assert_eq!(a.metric(READS_FROM_STORE).await, 0.0);
     assert!(a.terminate(), "SIGTERM exits 0");
     a.restart();
     a.ready().await;

@@ -5,8 +5,10 @@
 //! its own durable cursor (`push/{peer url}` in the store's metadata), so nothing is lost to a
 //! restart, a kill -9 or a burst. The writer announces each commit on a watch channel
 //! ([`StoreHandle::last_seq`]); a pusher that has caught up waits on it, so a push starts the
-//! moment a commit is durable. A new peer starts at the head of the log (its pull of our feed
-//! repairs the history).
+//! moment a commit is durable. What was committed a moment ago it takes from the writer's
+//! in-memory window of newest client changes ([`crate::store::recent`]); only a pusher whose
+//! cursor lies before that window (a slow or dead peer, a restart) scans the log in the store.
+//! A new peer starts at the head of the log (its pull of our feed repairs the history).
 //!
 //! What was read waits in a small look-ahead (at most [`READ_AHEAD_MAX`] changes). Its head goes
 //! out as one batch of same-kind items, limited by the token bucket, and carrying its place in
@@ -53,17 +55,30 @@ const READ_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct LogItem {
     seq: u64,
-    entry: FeedEntry,
+    envelope: bool,
+    json: Arc<str>,
 }
 
 impl LogItem {
     fn is_envelope(&self) -> bool {
-        matches!(self.entry, FeedEntry::Envelope(_))
+        self.envelope
     }
 
     fn json(&self) -> &str {
-        match &self.entry {
-            FeedEntry::Envelope(json) | FeedEntry::Ack(json) => json,
+        &self.json
+    }
+}
+
+impl From<(u64, FeedEntry)> for LogItem {
+    fn from((seq, entry): (u64, FeedEntry)) -> Self {
+        let (envelope, json) = match entry {
+            FeedEntry::Envelope(json) => (true, json),
+            FeedEntry::Ack(json) => (false, json),
+        };
+        Self {
+            seq,
+            envelope,
+            json: json.into(),
         }
     }
 }
@@ -288,9 +303,31 @@ impl PeerPusher {
             self.wait_for_commit(ctx);
             return;
         }
+        let (after, limit) = (self.read_through, READ_AHEAD_MAX - self.ahead.len());
+        // What was committed a moment ago is in the writer's window: no store scan for it.
+        if let Some(page) = self.store.recent().read_after(after, limit, now_unix()) {
+            self.metrics
+                .push_log_reads_total
+                .with_label_values(&["memory"])
+                .inc();
+            self.ahead
+                .extend(page.changes.into_iter().map(|change| LogItem {
+                    seq: change.seq,
+                    envelope: change.envelope,
+                    json: change.json,
+                }));
+            self.read_through = page.through;
+            if self.read_through >= head {
+                self.wait_for_commit(ctx);
+            }
+            return;
+        }
+        self.metrics
+            .push_log_reads_total
+            .with_label_values(&["store"])
+            .inc();
         self.reading = true;
         let store = Arc::clone(self.store.store());
-        let (after, limit) = (self.read_through, READ_AHEAD_MAX - self.ahead.len());
         let read = actix_web::rt::task::spawn_blocking(move || {
             store.read_log(after, limit, now_unix(), LogFilter::FromClients)
         });
@@ -299,11 +336,9 @@ impl PeerPusher {
             match result {
                 Ok(Ok(page)) => {
                     pusher.read_failures = 0;
-                    pusher.ahead.extend(
-                        page.changes
-                            .into_iter()
-                            .map(|(seq, entry)| LogItem { seq, entry }),
-                    );
+                    pusher
+                        .ahead
+                        .extend(page.changes.into_iter().map(LogItem::from));
                     // A read that reached the end saw every commit up to `head`.
                     pusher.read_through = if page.more {
                         page.through

@@ -541,7 +541,61 @@ macro_rules! on_every_engine {
     };
 }
 
+/// The writer's window of newest client changes ([`super::recent`]) numbers a commit's changes
+/// itself, from the rule of [`Store::commit`]: it must hand out exactly what the store's log
+/// gives a pusher.
+fn the_writer_window_numbers_client_changes_as_the_store_does(engine: Engine) {
+    let store = engine.fresh();
+    store
+        .commit(&[replica_op(envelope("before", NOW + 100))])
+        .unwrap();
+    let recent = super::recent::RecentClientChanges::new(store.last_seq().unwrap());
+    let ops = vec![
+        client_op(envelope("a", NOW + 100)),
+        StoreOp::PutNonce {
+            mailbox: envelope("a", NOW).mailbox,
+            nonce: "n1".into(),
+            until: NOW + 100,
+        },
+        replica_op(envelope("b", NOW + 100)),
+        StoreOp::Park(envelope("parked", NOW + 100)),
+        client_op(envelope("c", NOW + 100)),
+        StoreOp::ApplyAck {
+            ack: ack_of(&["b"]),
+            removed: vec![MsgId::parse("m", "b").unwrap()],
+            tombstones: vec![],
+            live_until: NOW + 100,
+            from_client: true,
+        },
+        StoreOp::PutMeta {
+            key: "k".into(),
+            value: vec![],
+        },
+    ];
+    let last = store.commit(&ops).unwrap();
+    recent.committed(&ops, last);
+    let from_store = store.read_log(1, 100, NOW, LogFilter::FromClients).unwrap();
+    let from_window = recent.read_after(1, 100, NOW).unwrap();
+    let window: Vec<(u64, FeedEntry)> = from_window
+        .changes
+        .iter()
+        .map(|change| {
+            let json = change.json.to_string();
+            let entry = if change.envelope {
+                FeedEntry::Envelope(json)
+            } else {
+                FeedEntry::Ack(json)
+            };
+            (change.seq, entry)
+        })
+        .collect();
+    assert_eq!(window.len(), 3, "a, c and the ack");
+    assert_eq!(window, from_store.changes);
+    assert_eq!(from_window.through, last);
+}
+
 on_every_engine!(
+    the_writer_window_numbers_client_changes_as_the_store_does,
     readers_see_whole_commits_only,
     a_commit_reads_its_own_writes,
     reopen_keeps_everything_and_takes_writes,

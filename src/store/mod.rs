@@ -7,7 +7,9 @@
 //! previous commit was running, applies them in one transaction (one fsync), assigns each
 //! stored change its `seq` in commit order, then answers every request and announces the highest
 //! seq on a watch channel ([`StoreHandle::last_seq`]), which wakes the pushers. A 200 on deposit or ack
-//! is sent only after that answer, so it means "on disk".
+//! is sent only after that answer, so it means "on disk". Before announcing, the writer keeps the
+//! commit's client changes in a small in-memory window ([`recent`]), from which pushers that keep
+//! up read without a store scan.
 //!
 //! What is stored (see [`redb_store`] for the tables): every accepted envelope and every applied
 //! ack object as a *change* numbered by a strictly increasing `seq` and tagged with its origin
@@ -25,6 +27,7 @@ pub mod budget;
 #[cfg(test)]
 mod contract_tests;
 pub mod fjall_store;
+pub mod recent;
 pub mod records;
 pub mod redb_store;
 pub mod status;
@@ -151,6 +154,8 @@ pub trait Store: Send + Sync + 'static {
     /// The id of this store, created with it (SPEC §7.3).
     fn epoch(&self) -> &str;
     /// Applies `ops` in one durable transaction; returns the highest seq given so far (0: none).
+    /// Each [`StoreOp::PutEnvelope`] and [`StoreOp::ApplyAck`] gets the next seq, in the order
+    /// of `ops` ([`recent`] relies on it); no other op takes one.
     fn commit(&self, ops: &[StoreOp]) -> Result<u64, StoreError>;
     /// The highest seq given so far (0: none).
     fn last_seq(&self) -> Result<u64, StoreError>;

@@ -19,6 +19,7 @@
 //! past the budget is refused with [`WriterError::OverBudget`] (see [`super::budget`]).
 
 use super::budget::{free_bytes, request_cost};
+use super::recent::RecentClientChanges;
 use super::status::{Outage, StoreStatus, reopen_delay};
 use super::{Store, StoreError, StoreOp};
 use crate::metrics::Metrics;
@@ -72,6 +73,8 @@ pub struct StoreHandle {
     status: Arc<StoreStatus>,
     /// The highest seq on disk, published after every commit that gave one.
     last_seq: watch::Receiver<u64>,
+    /// The newest client changes, filled before `last_seq` announces them.
+    recent: Arc<RecentClientChanges>,
 }
 
 /// Joins the writer thread once it has committed everything queued before the shutdown.
@@ -97,9 +100,12 @@ impl StoreHandle {
         update_gauges(store.as_ref(), &metrics);
         metrics.store_degraded.set(0);
         let status = Arc::new(StoreStatus::default());
-        let (seq_sender, last_seq) = watch::channel(store.last_seq().unwrap_or(0));
+        let head = store.last_seq().unwrap_or(0);
+        let (seq_sender, last_seq) = watch::channel(head);
+        let recent = Arc::new(RecentClientChanges::new(head));
         let mut writer = Writer {
             last_seq: seq_sender,
+            recent: Arc::clone(&recent),
             store: Arc::clone(&store),
             metrics,
             status: Arc::clone(&status),
@@ -117,6 +123,7 @@ impl StoreHandle {
                 store,
                 status,
                 last_seq,
+                recent,
             },
             WriterThread(thread),
         ))
@@ -136,6 +143,11 @@ impl StoreHandle {
     /// wait on it instead of polling the log.
     pub fn last_seq(&self) -> watch::Receiver<u64> {
         self.last_seq.clone()
+    }
+
+    /// The newest client changes, complete up to the seq [`Self::last_seq`] announces.
+    pub fn recent(&self) -> &RecentClientChanges {
+        &self.recent
     }
 
     /// Queues `ops` for the next commit; resolves once they are durable.
@@ -181,6 +193,7 @@ type Batch = Vec<(Vec<StoreOp>, oneshot::Sender<CommitResult>)>;
 struct Writer {
     store: Arc<dyn Store>,
     last_seq: watch::Sender<u64>,
+    recent: Arc<RecentClientChanges>,
     metrics: Arc<Metrics>,
     status: Arc<StoreStatus>,
     budget: u64,
@@ -241,6 +254,7 @@ impl Writer {
             }
             if self.outage.is_none() && last_gc.elapsed() >= GC_INTERVAL {
                 last_gc = Instant::now();
+                self.recent.forget_old();
                 let collected = self.store.collect_garbage(crate::protocol::now_unix());
                 update_gauges(self.store.as_ref(), &self.metrics);
                 match collected {
@@ -394,8 +408,9 @@ impl Writer {
                 for reply in replies {
                     let _ = reply.send(Ok(()));
                 }
-                // After the replies: a pusher woken by this sends nothing before the client's
-                // 200 is on its way.
+                // After the replies: a pusher sends nothing before the client's 200 is on its
+                // way. The window first, so that what `last_seq` announces is in it.
+                self.recent.committed(&all_ops, last_seq);
                 self.last_seq.send_if_modified(|seen| {
                     let newer = last_seq > *seen;
                     *seen = last_seq.max(*seen);
