@@ -87,7 +87,7 @@ fn the_seed_corpus_reaches_the_signature_checks() {
     let applied = page
         .changes
         .into_iter()
-        .filter_map(dmrelay::peer::apply::Replica::from_change)
+        .filter_map(|change| dmrelay::peer::apply::Replica::from_change(&change))
         .map(|replica| replica.check(&limits, targets::NOW))
         .filter(|checked| {
             matches!(

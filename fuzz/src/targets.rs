@@ -138,7 +138,7 @@ pub fn feed_page(data: &[u8]) {
     };
     let limits = EnvelopeLimits::default();
     for change in page.changes {
-        let Some(replica) = Replica::from_change(change) else {
+        let Some(replica) = Replica::from_change(&change) else {
             continue;
         };
         match replica.check(&limits, NOW) {

@@ -250,7 +250,7 @@ async fn apply_batch(
     let origin = Origin::Peer(Arc::clone(&peer.peer));
     state
         .applier
-        .apply(items, &origin, now_unix(), false)
+        .apply(items, &origin, now_unix())
         .await
         .map_err(service_error)
 }
@@ -288,8 +288,8 @@ pub async fn replicate_envelope(
             Applied::Envelope(Err(err)) | Applied::Ack(Err(err)) => {
                 ItemResult::rejected(msg_id, parse_error(err))
             }
-            // Not asked for (no skipping on push), and an envelope batch holds no acks.
-            Applied::Known | Applied::Ack(Ok(_)) => ItemResult {
+            // An envelope batch holds no acks.
+            Applied::Ack(Ok(_)) => ItemResult {
                 msg_id,
                 status: "duplicate",
                 ..ItemResult::default()
@@ -319,8 +319,8 @@ pub async fn replicate_ack(
             Applied::Ack(Err(err)) | Applied::Envelope(Err(err)) => {
                 ItemResult::rejected(None, parse_error(err))
             }
-            // Not asked for (no skipping on push), and an ack batch holds no envelopes.
-            Applied::Known | Applied::Envelope(Ok(_)) => ItemResult {
+            // An ack batch holds no envelopes.
+            Applied::Envelope(Ok(_)) => ItemResult {
                 status: "applied",
                 ..ItemResult::default()
             },

@@ -16,6 +16,8 @@ use crate::mailbox::shard::{AckReport, ShardError};
 use crate::mailbox::{MailboxRouter, Origin};
 use crate::protocol::signature::verify_batch;
 use crate::protocol::{AckObject, Envelope, EnvelopeLimits, ProtocolError, Signed};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -38,9 +40,15 @@ impl SeenReplicas {
         u128::from_le_bytes(head)
     }
 
-    /// The key of a still unparsed item, from its `sig` field (`None` if it has none).
-    fn key_of_value(item: &serde_json::Value) -> Option<u128> {
-        let hex_sig = item.get("sig")?.as_str()?;
+    /// The key of a still unparsed item, from its `sig` field (`None` if it has none): only
+    /// that field is read out of the raw JSON, the rest is stepped over.
+    fn key_of_raw(item: &RawValue) -> Option<u128> {
+        #[derive(Deserialize)]
+        struct SigOnly<'a> {
+            #[serde(borrow)]
+            sig: Option<&'a str>,
+        }
+        let hex_sig = serde_json::from_str::<SigOnly>(item.get()).ok()?.sig?;
         let mut head = [0u8; 16];
         hex::decode_to_slice(hex_sig.get(..32)?, &mut head).ok()?;
         Some(u128::from_le_bytes(head))
@@ -74,15 +82,54 @@ pub enum Replica {
     Ack(serde_json::Value),
 }
 
+/// A feed entry's item (SPEC §7.3), still raw JSON: recognized by its signature
+/// ([`ReplicaApplier::knows`]) before anything else of it is parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedItem<'a> {
+    kind: Kind,
+    raw: &'a RawValue,
+}
+
+impl<'a> FeedItem<'a> {
+    /// The `envelope` or `ack` of a feed entry; `None` for an entry that is not an object
+    /// with one of them.
+    pub fn of_change(change: &'a RawValue) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Change<'a> {
+            #[serde(borrow)]
+            envelope: Option<&'a RawValue>,
+            #[serde(borrow)]
+            ack: Option<&'a RawValue>,
+        }
+        let change = serde_json::from_str::<Change>(change.get()).ok()?;
+        match (change.envelope, change.ack) {
+            (Some(raw), _) => Some(Self {
+                kind: Kind::Envelope,
+                raw,
+            }),
+            (None, Some(raw)) => Some(Self {
+                kind: Kind::Ack,
+                raw,
+            }),
+            (None, None) => None,
+        }
+    }
+
+    /// The item, parsed for its checks.
+    pub fn into_replica(self) -> Option<Replica> {
+        // Raw values are valid JSON: this parse fails only on nesting too deep for serde_json.
+        let value = serde_json::from_str(self.raw.get()).ok()?;
+        Some(match self.kind {
+            Kind::Envelope => Replica::Envelope(value),
+            Kind::Ack => Replica::Ack(value),
+        })
+    }
+}
+
 impl Replica {
     /// A feed entry's `envelope` or `ack` (SPEC §7.3); `None` for an entry with neither.
-    pub fn from_change(mut change: serde_json::Value) -> Option<Self> {
-        if let Some(value) = change.get_mut("envelope").map(serde_json::Value::take) {
-            Some(Self::Envelope(value))
-        } else {
-            let value = change.get_mut("ack").map(serde_json::Value::take)?;
-            Some(Self::Ack(value))
-        }
+    pub fn from_change(change: &RawValue) -> Option<Self> {
+        FeedItem::of_change(change)?.into_replica()
     }
 
     /// Checks the item exactly as a replica (SPEC §7.1–7.2): shape, time window, signature.
@@ -159,11 +206,9 @@ pub enum Applied {
     /// The shard's decision, or why the envelope was refused before it reached the shard.
     Envelope(Result<(Arc<Envelope>, Decision), ProtocolError>),
     Ack(Result<AckReport, ProtocolError>),
-    /// Applied here before (recognized by its signature); not checked again.
-    Known,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Kind {
     Envelope,
     Ack,
@@ -194,40 +239,32 @@ impl ReplicaApplier {
         self.seen.insert(sig);
     }
 
-    /// Applies `items` in order as coming from `origin`, at `now`; with `skip_known`, items
-    /// applied here before are answered [`Applied::Known`] without a check. Fails only when a
-    /// shard could not answer (overloaded, store down): nothing is lost, the sender retries.
+    /// Whether `item` was applied here before (or is a change of this node's clients),
+    /// recognized by its signature. A different item with a copied signature would fail its
+    /// own check anyway, so skipping it changes nothing.
+    pub fn knows(&self, item: &FeedItem) -> bool {
+        SeenReplicas::key_of_raw(item.raw).is_some_and(|key| self.seen.contains(key))
+    }
+
+    /// Applies `items` in order as coming from `origin`, at `now`, each checked. Fails only
+    /// when a shard could not answer (overloaded, store down): nothing is lost, the sender
+    /// retries.
     pub async fn apply(
         &self,
         items: Vec<Replica>,
         origin: &Origin,
         now: u64,
-        skip_known: bool,
     ) -> Result<Vec<Applied>, ShardError> {
-        // Each item's kind, or `None` for one applied before; the others are checked together.
-        let mut kinds: Vec<Option<Kind>> = Vec::with_capacity(items.len());
-        let mut to_check = Vec::with_capacity(items.len());
-        for item in items {
-            let (value, kind) = match &item {
-                Replica::Envelope(value) => (value, Kind::Envelope),
-                Replica::Ack(value) => (value, Kind::Ack),
-            };
-            if skip_known
-                && SeenReplicas::key_of_value(value).is_some_and(|k| self.seen.contains(k))
-            {
-                kinds.push(None);
-            } else {
-                kinds.push(Some(kind));
-                to_check.push(item);
-            }
-        }
-        let mut checked = check_batch(to_check, &self.limits, now).into_iter();
+        let kinds: Vec<Kind> = items
+            .iter()
+            .map(|item| match item {
+                Replica::Envelope(_) => Kind::Envelope,
+                Replica::Ack(_) => Kind::Ack,
+            })
+            .collect();
+        let mut checked = check_batch(items, &self.limits, now).into_iter();
         let mut answers: Vec<Answer> = Vec::with_capacity(kinds.len());
         for kind in kinds {
-            let Some(kind) = kind else {
-                answers.push(Box::pin(async { Ok(Applied::Known) }));
-                continue;
-            };
             // check_batch answers every item it was given, in order: one per kind here.
             let Some(checked) = checked.next() else {
                 break;
@@ -290,20 +327,22 @@ mod tests {
     fn seen_signatures_are_bounded_and_recognized_from_their_hex() {
         let seen = SeenReplicas::default();
         let sig = [7u8; 64];
-        let value = serde_json::json!({ "sig": hex::encode(sig) });
-        let key = SeenReplicas::key_of_value(&value).unwrap();
+        let raw = |json: serde_json::Value| RawValue::from_string(json.to_string()).unwrap();
+        let value = raw(serde_json::json!({ "sig": hex::encode(sig), "ciphertext": "x\"y" }));
+        let key = SeenReplicas::key_of_raw(&value).unwrap();
         assert!(!seen.contains(key));
         seen.insert(&sig);
         assert!(seen.contains(key));
         assert_eq!(
-            SeenReplicas::key_of_value(&serde_json::json!({"sig": "zz"})),
+            SeenReplicas::key_of_raw(&raw(serde_json::json!({"sig": "zz"}))),
             None
         );
         assert_eq!(
-            SeenReplicas::key_of_value(&serde_json::json!({"sig": 5})),
+            SeenReplicas::key_of_raw(&raw(serde_json::json!({"sig": 5}))),
             None
         );
-        assert_eq!(SeenReplicas::key_of_value(&serde_json::json!({})), None);
+        assert_eq!(SeenReplicas::key_of_raw(&raw(serde_json::json!({}))), None);
+        assert_eq!(SeenReplicas::key_of_raw(&raw(serde_json::json!([1]))), None);
         // Two generations: the first signature survives one full generation, not two.
         for i in 0..SEEN_PER_GENERATION as u64 {
             let mut other = [0u8; 64];

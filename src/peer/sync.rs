@@ -13,7 +13,7 @@
 //! shard leaves it where it was, and the page is simply applied again (every operation is
 //! idempotent). A feed from another epoch restarts from 0.
 
-use super::apply::{Applied, Replica, ReplicaApplier};
+use super::apply::{Applied, FeedItem, ReplicaApplier};
 use super::client::{PeerCallError, PeerClient, PeerLink};
 use super::health::LinkHealth;
 use super::policy::CallVerdict;
@@ -25,6 +25,7 @@ use crate::protocol::wire::{PATH_CHANGES, QUERY_PUSHED_THROUGH, QUERY_UNTIL};
 use crate::store::{StoreHandle, StoreOp};
 use actix::prelude::*;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,8 @@ pub struct FeedReply {
     pub next: u64,
     #[serde(default)]
     pub more: bool,
-    pub changes: Vec<serde_json::Value>,
+    /// Each entry still raw: most are recognized by their signature alone.
+    pub changes: Vec<Box<RawValue>>,
 }
 
 impl FeedReply {
@@ -190,27 +192,34 @@ impl Puller {
         Ok((next, feed.more))
     }
 
-    /// Applies feed entries in order, as if pushed.
-    async fn apply(&self, changes: Vec<serde_json::Value>) -> Result<(), SyncError> {
-        let mut unknown = 0usize;
-        let replicas: Vec<Replica> = changes
-            .into_iter()
-            .filter_map(|change| {
-                let replica = Replica::from_change(change);
-                unknown += usize::from(replica.is_none());
-                replica
-            })
-            .collect();
+    /// Applies feed entries in order, as if pushed; those applied here before are recognized by
+    /// their signature and skipped before any other parsing or check.
+    async fn apply(&self, changes: Vec<Box<RawValue>>) -> Result<(), SyncError> {
+        let (mut unknown, mut known) = (0u64, 0u64);
+        let mut replicas = Vec::new();
+        for change in &changes {
+            let Some(item) = FeedItem::of_change(change) else {
+                unknown += 1;
+                continue;
+            };
+            if self.applier.knows(&item) {
+                known += 1;
+                continue;
+            }
+            match item.into_replica() {
+                Some(replica) => replicas.push(replica),
+                None => unknown += 1,
+            }
+        }
         let origin = Origin::Peer(Arc::clone(&self.peer_url));
         let applied = self
             .applier
-            .apply(replicas, &origin, now_unix(), true)
+            .apply(replicas, &origin, now_unix())
             .await
             .map_err(|e| SyncError::Local(e.to_string()))?;
-        let (mut taken, mut known, mut refused) = (0u64, 0u64, unknown);
+        let (mut taken, mut refused) = (0u64, unknown);
         for outcome in &applied {
             match outcome {
-                Applied::Known => known += 1,
                 Applied::Envelope(Ok(_)) | Applied::Ack(Ok(_)) => taken += 1,
                 Applied::Envelope(Err(err)) | Applied::Ack(Err(err)) => {
                     refused += 1;
