@@ -654,10 +654,15 @@ impl Actor for PeerPusher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.client = Some(self.link.client());
+        self.store.recent().add_reader();
         // A new peer's starting point is saved at once; later moves at most once per interval.
         self.save_cursor(ctx);
         ctx.run_interval(CURSOR_SAVE_INTERVAL, |pusher, ctx| pusher.save_cursor(ctx));
         self.pump(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.store.recent().remove_reader();
     }
 }
 

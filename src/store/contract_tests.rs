@@ -550,6 +550,7 @@ fn the_writer_window_numbers_client_changes_as_the_store_does(engine: Engine) {
         .commit(&[replica_op(envelope("before", NOW + 100))])
         .unwrap();
     let recent = super::recent::RecentClientChanges::new(store.last_seq().unwrap());
+    recent.add_reader();
     let ops = vec![
         client_op(envelope("a", NOW + 100)),
         StoreOp::PutNonce {

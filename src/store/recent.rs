@@ -9,9 +9,10 @@
 //! cursor lies inside the window takes its items from here; one that fell behind the window
 //! (a slow or dead peer, a restart) reads the store as before.
 //!
-//! The window is bounded ([`MAX_BYTES`], [`MAX_CHANGES`]) and forgets changes older than
-//! [`MAX_AGE`], so an idle node holds nothing here. It states exactly what it holds: every
-//! client change with `complete_after < seq <= through`.
+//! The window is bounded ([`MAX_BYTES`], [`MAX_CHANGES`]), forgets changes older than
+//! [`MAX_AGE`] (an idle node holds nothing here), and keeps nothing while no pusher reads it
+//! ([`RecentClientChanges::add_reader`]: a node without peers). It states exactly what it
+//! holds: every client change with `complete_after < seq <= through`.
 //!
 //! A change acknowledged or expired after it entered the window is still handed out (the store
 //! would have left it out): its peer then gets the envelope and, right after it, the ack,
@@ -19,6 +20,7 @@
 
 use super::StoreOp;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -61,6 +63,8 @@ struct Window {
 #[derive(Debug, Default)]
 pub struct RecentClientChanges {
     window: Mutex<Window>,
+    /// Pushers reading the window; none, nothing is kept.
+    readers: AtomicUsize,
 }
 
 impl RecentClientChanges {
@@ -72,7 +76,20 @@ impl RecentClientChanges {
                 through: last_seq,
                 ..Window::default()
             }),
+            readers: AtomicUsize::new(0),
         }
+    }
+
+    /// A pusher starts reading the window (call [`Self::remove_reader`] when it stops).
+    pub fn add_reader(&self) {
+        self.readers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn remove_reader(&self) {
+        // Never below 0, whatever the order of calls.
+        let _ = self
+            .readers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     fn window(&self) -> std::sync::MutexGuard<'_, Window> {
@@ -87,9 +104,10 @@ impl RecentClientChanges {
         let first = last_seq.saturating_add(1).saturating_sub(numbered);
         let now = Instant::now();
         let mut window = self.window();
-        if first != window.through.saturating_add(1) {
-            // Seqs this window never saw (cannot happen with one writer; if it did, the
-            // store holds the truth): start again after this commit.
+        if first != window.through.saturating_add(1) || self.readers.load(Ordering::Relaxed) == 0 {
+            // Nobody reads the window (no peers): keep nothing. Or seqs this window never saw
+            // (cannot happen with one writer; if it did, the store holds the truth). Either
+            // way, start again after this commit.
             *window = Window {
                 complete_after: last_seq,
                 through: last_seq,
@@ -246,13 +264,20 @@ mod tests {
         StoreOp::put_envelope(Arc::new(envelope), from_client)
     }
 
+    /// A window with one reader, as on a node with a peer.
+    fn read_by_a_pusher(last_seq: u64) -> RecentClientChanges {
+        let recent = RecentClientChanges::new(last_seq);
+        recent.add_reader();
+        recent
+    }
+
     fn seqs(page: &RecentPage) -> Vec<u64> {
         page.changes.iter().map(|change| change.seq).collect()
     }
 
     #[test]
     fn client_changes_get_the_seqs_the_store_gave_them() {
-        let recent = RecentClientChanges::new(10);
+        let recent = read_by_a_pusher(10);
         // Seqs 11 (client), 12 (replica), 13 (client); a nonce takes none.
         let ops = vec![
             envelope_op("a", true),
@@ -284,7 +309,7 @@ mod tests {
 
     #[test]
     fn a_cursor_before_the_window_reads_the_store() {
-        let recent = RecentClientChanges::new(10);
+        let recent = read_by_a_pusher(10);
         recent.committed(&[envelope_op("a", true)], 11);
         assert!(recent.read_after(9, 100, now_unix()).is_none());
         assert!(recent.read_after(10, 100, now_unix()).is_some());
@@ -292,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_limited_page_is_complete_only_up_to_what_it_holds() {
-        let recent = RecentClientChanges::new(0);
+        let recent = read_by_a_pusher(0);
         let ops: Vec<StoreOp> = ["a", "b", "c"]
             .iter()
             .map(|id| envelope_op(id, true))
@@ -305,7 +330,7 @@ mod tests {
 
     #[test]
     fn dropping_old_changes_moves_the_start_of_the_window() {
-        let recent = RecentClientChanges::new(0);
+        let recent = read_by_a_pusher(0);
         let ops: Vec<StoreOp> = (0..MAX_CHANGES + 2)
             .map(|i| envelope_op(&format!("m{i}"), true))
             .collect();
@@ -318,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_commit_with_unexpected_seqs_starts_the_window_again() {
-        let recent = RecentClientChanges::new(0);
+        let recent = read_by_a_pusher(0);
         recent.committed(&[envelope_op("a", true)], 1);
         // Seq 2 was never announced: this commit's change is seq 3.
         recent.committed(&[envelope_op("b", true)], 3);
@@ -330,7 +355,7 @@ mod tests {
 
     #[test]
     fn forgetting_old_changes_empties_an_idle_window() {
-        let recent = RecentClientChanges::new(0);
+        let recent = read_by_a_pusher(0);
         recent.committed(&[envelope_op("a", true)], 1);
         recent.forget_old();
         assert_eq!(recent.len(), 1, "a change of a moment ago stays");
@@ -342,8 +367,28 @@ mod tests {
     }
 
     #[test]
-    fn expired_changes_are_not_handed_out_but_count_as_read() {
+    fn without_readers_nothing_is_kept() {
         let recent = RecentClientChanges::new(0);
+        recent.committed(&[envelope_op("a", true)], 1);
+        assert!(recent.is_empty());
+        assert!(
+            recent.read_after(0, 10, now_unix()).is_none(),
+            "read the store"
+        );
+        recent.add_reader();
+        recent.committed(&[envelope_op("b", true)], 2);
+        let page = recent.read_after(1, 10, now_unix()).expect("in the window");
+        assert_eq!(seqs(&page), vec![2]);
+        recent.remove_reader();
+        recent.remove_reader();
+        recent.committed(&[envelope_op("c", true)], 3);
+        assert!(recent.is_empty());
+        assert!(recent.read_after(2, 10, now_unix()).is_none());
+    }
+
+    #[test]
+    fn expired_changes_are_not_handed_out_but_count_as_read() {
+        let recent = read_by_a_pusher(0);
         recent.committed(&[envelope_op("a", true)], 1);
         let page = recent
             .read_after(0, 10, now_unix() + 3600)
