@@ -47,6 +47,10 @@ pub struct Metrics {
     /// Feed entries applied from each peer.
     pub sync_applied_total: IntCounterVec,
     pub sync_known_total: IntCounterVec,
+    /// Feed pages read as signatures only (nothing in them was new here).
+    pub sync_digest_pages_total: IntCounterVec,
+    /// Feed pages read in full (a digest showed something new, or the peer sent items).
+    pub sync_full_pages_total: IntCounterVec,
     pub sync_rounds_total: IntCounterVec,
     pub sync_error_total: IntCounterVec,
     /// Time from sending a push batch to its reply, per peer.
@@ -289,6 +293,18 @@ impl Metrics {
                 &r,
                 "dm_sync_known_total",
                 "Change-feed entries pulled from a peer that this node had applied already (by push), recognized without a check.",
+                "peer",
+            ),
+            sync_digest_pages_total: counter_vec(
+                &r,
+                "dm_sync_digest_pages_total",
+                "Pages of a peer's feed read as signatures only: every entry was here already, no body was fetched.",
+                "peer",
+            ),
+            sync_full_pages_total: counter_vec(
+                &r,
+                "dm_sync_full_pages_total",
+                "Pages of a peer's feed read in full: its digest showed an entry new here, or the peer does not answer digests.",
                 "peer",
             ),
             store_commits_total: counter(

@@ -273,6 +273,34 @@ async fn feed(node: &Node, peer_url: &str, query: &str) -> (Vec<String>, u64) {
     (ids, page["next"].as_u64().unwrap())
 }
 
+/// The `(seq, sig)` entries of a digest page (`digest=1`) of `node` read as `peer_url`.
+async fn digest(node: &Node, peer_url: &str, query: &str) -> Vec<(u64, String)> {
+    let path = format!("/api/mesh/dm/changes?{query}&digest=1");
+    let (status, page) = peer_request(
+        &node.peer_url,
+        "GET",
+        &path,
+        Vec::new(),
+        peer_url,
+        MESH_SECRET,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let entry = c.as_object().unwrap();
+            assert_eq!(entry.len(), 2, "a digest entry is its seq and sig: {c}");
+            (
+                c["seq"].as_u64().unwrap(),
+                c["sig"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[actix_rt::test]
 async fn the_feed_leaves_out_client_changes_up_to_pushed_through() {
     let peer_url = "http://127.0.0.1:9";
@@ -291,7 +319,8 @@ async fn the_feed_leaves_out_client_changes_up_to_pushed_through() {
     let (status, reply) =
         peer_request(&node.peer_url, "POST", path, body, peer_url, MESH_SECRET).await;
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(node.send(&alice.envelope_to(&bob, "c2")).await.0, 200);
+    let c2 = alice.envelope_to(&bob, "c2");
+    assert_eq!(node.send(&c2).await.0, 200);
     assert_eq!(
         feed(&node, peer_url, "since=0").await,
         (vec!["c1".into(), "r1".into(), "c2".into()], 3)
@@ -322,6 +351,22 @@ async fn the_feed_leaves_out_client_changes_up_to_pushed_through() {
     assert_eq!(
         feed(&node, peer_url, "since=2&pushed_through=1").await,
         (vec!["c2".into()], 3)
+    );
+    // As digests: the same entries, each its seq and signature, under the same filters.
+    let (status, ack_reply) = node.ack(&bob, &["c1"]).await;
+    assert_eq!(status, 200, "{ack_reply}");
+    let digests = digest(&node, peer_url, "since=0").await;
+    assert_eq!(
+        digests.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        [2, 3, 4],
+        "c1 is acknowledged; the ack object is seq 4"
+    );
+    assert_eq!(digests[0].1, hex::encode(replica.sig));
+    assert_eq!(digests[1].1, hex::encode(c2.sig));
+    assert_eq!(digests[2].1.len(), 128, "the ack object's signature");
+    assert_eq!(
+        digest(&node, peer_url, "since=0&pushed_through=4&until=3").await,
+        [(2, hex::encode(replica.sig))]
     );
 }
 
@@ -383,4 +428,79 @@ async fn an_open_breaker_survives_a_restart_so_a_dead_peer_is_not_hammered() {
     let status = peer_status(&node, &dead_url).await;
     assert_eq!(status["breaker"], "open", "{status}");
     assert_eq!(status["consecutive_failures"], 3, "{status}");
+}
+
+/// The pull asks for signatures first (`digest=1`): the replicas a third node pushed here already
+/// are recognized from them, and no body is fetched again.
+#[actix_rt::test]
+async fn replicas_a_third_node_pushed_already_are_pulled_as_signatures_only() {
+    let nodes = mesh(3, &full_mesh_links(3), &[("MESH_DM_SYNC_INTERVAL_S", "2")]);
+    for node in &nodes {
+        node.ready().await;
+    }
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let c_label = label(&c.peer_url);
+    let metric = |name: &str| format!("{name}{c_label}");
+    // B's first pull of C is done: the next is 2 s away, long after the pushes below land.
+    wait_for(Duration::from_secs(10), || async {
+        b.metric(&metric("dm_sync_rounds_total")).await >= 1.0
+    })
+    .await;
+    let bob = Identity::new();
+    let ids = ["m1", "m2", "m3", "m4"];
+    for id in ids {
+        assert_eq!(a.send(&Identity::new().envelope_to(&bob, id)).await.0, 200);
+    }
+    wait_for_id_set(b, &bob, &ids).await;
+    wait_for_id_set(c, &bob, &ids).await;
+    // C's feed holds A's four envelopes (C stored them as replicas): B's next pull of C reads
+    // their signatures, knows them all, and fetches no page in full.
+    wait_for(Duration::from_secs(10), || async {
+        b.metric(&metric("dm_sync_known_total")).await >= 4.0
+    })
+    .await;
+    assert_eq!(b.metric(&metric("dm_sync_full_pages_total")).await, 0.0);
+    assert!(b.metric(&metric("dm_sync_digest_pages_total")).await >= 1.0);
+    assert_eq!(b.metric(&metric("dm_sync_applied_total")).await, 0.0);
+}
+
+/// What the push did not deliver shows up as a new signature in the digest, and the puller then
+/// fetches that range in full and applies it; later rounds read signatures only again.
+#[actix_rt::test]
+async fn an_entry_the_push_did_not_deliver_is_pulled_in_full() {
+    let (a_seat, b_seat) = (Reserved::new(false), Reserved::new(false));
+    // A pushes to a port where nobody answers; B names itself by that URL, so A takes B's pulls.
+    let dead = Reserved::new(false);
+    let a_url = a_seat.peer_url.clone();
+    let a = a_seat.start(mesh_config().env("MESH_RELAY_PEERS", &dead.peer_url));
+    let b = b_seat.start(
+        mesh_config()
+            .env("MESH_RELAY_PEERS", &a_url)
+            .env("MESH_SELF_PEER_URL", &dead.peer_url),
+    );
+    a.ready().await;
+    b.ready().await;
+    let bob = Identity::new();
+    for id in ["m1", "m2", "m3"] {
+        // One sender each: the cap is two unread per sender.
+        assert_eq!(a.send(&Identity::new().envelope_to(&bob, id)).await.0, 200);
+    }
+    wait_for_id_set(&b, &bob, &["m1", "m2", "m3"]).await;
+    let a_label = label(&a_url);
+    let metric = |name: &str| format!("{name}{a_label}");
+    wait_for(Duration::from_secs(10), || async {
+        b.metric(&metric("dm_sync_applied_total")).await == 3.0
+    })
+    .await;
+    let full = b.metric(&metric("dm_sync_full_pages_total")).await;
+    assert!(full >= 1.0, "the new entries came in a full page");
+    // Three more rounds, nothing new: signatures only.
+    let rounds = b.metric(&metric("dm_sync_rounds_total")).await;
+    let digests = b.metric(&metric("dm_sync_digest_pages_total")).await;
+    wait_for(Duration::from_secs(10), || async {
+        b.metric(&metric("dm_sync_rounds_total")).await >= rounds + 3.0
+    })
+    .await;
+    assert_eq!(b.metric(&metric("dm_sync_full_pages_total")).await, full);
+    assert!(b.metric(&metric("dm_sync_digest_pages_total")).await >= digests + 3.0);
 }

@@ -14,11 +14,11 @@ use crate::mailbox::shard::ShardError;
 use crate::peer::apply::{Applied, Replica};
 use crate::peer::auth::verify_request;
 use crate::peer::url::normalize_peer_url;
-use crate::protocol::wire::LogPosition;
 use crate::protocol::wire::{
     FEED_DEFAULT_LIMIT, FEED_MAX_LIMIT, HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL,
     MAX_CLIENT_BODY_BYTES, MAX_ITEMS_PER_BATCH, MAX_PEER_BATCH_BYTES,
 };
+use crate::protocol::wire::{LogPosition, signature_field};
 use crate::protocol::{ProtocolError, SKEW_S, now_unix};
 use crate::store::{FeedEntry, LogFilter};
 use actix_web::dev::Payload;
@@ -337,6 +337,8 @@ struct FeedQuery {
     pushed_through: Option<u64>,
     /// A dmrelay extension: the page ends at this seq.
     until: Option<u64>,
+    /// A dmrelay extension: `1` asks for each entry's seq and signature instead of its item.
+    digest: Option<u8>,
 }
 
 /// `GET /api/mesh/dm/changes?since=<seq>&limit=<n>`
@@ -347,7 +349,7 @@ pub async fn changes(
 ) -> Result<HttpResponse, ApiError> {
     let query: FeedQuery = serde_urlencoded::from_str(req.query_string()).map_err(|e| {
         ApiError::BadRequest(format!(
-            "Query must be since=<seq>&limit=<1..={FEED_MAX_LIMIT}> (and optionally pushed_through=<seq>, until=<seq>): {e}."
+            "Query must be since=<seq>&limit=<1..={FEED_MAX_LIMIT}> (and optionally pushed_through=<seq>, until=<seq>, digest=1): {e}."
         ))
     })?;
     let since = query.since.unwrap_or(0);
@@ -387,6 +389,7 @@ pub async fn changes(
         state.store.store().epoch(),
         page.more
     ));
+    let digest = query.digest == Some(1);
     for (i, (seq, entry)) in page.changes.iter().enumerate() {
         if i > 0 {
             body.push(',');
@@ -396,7 +399,11 @@ pub async fn changes(
             FeedEntry::Envelope(json) => ("envelope", json),
             FeedEntry::Ack(json) => ("ack", json),
         };
-        body.push_str(&format!("{{\"seq\":{seq},\"{kind}\":{json}}}"));
+        // A stored item always has its hex signature; were it ever missing, the item goes whole.
+        match signature_field(json).filter(|_| digest) {
+            Some(sig) => body.push_str(&format!("{{\"seq\":{seq},\"sig\":\"{sig}\"}}")),
+            None => body.push_str(&format!("{{\"seq\":{seq},\"{kind}\":{json}}}")),
+        }
     }
     body.push_str("]}");
     Ok(HttpResponse::Ok()

@@ -15,6 +15,7 @@ use crate::mailbox::rules::Decision;
 use crate::mailbox::shard::{AckReport, ShardError};
 use crate::mailbox::{MailboxRouter, Origin};
 use crate::protocol::signature::verify_batch;
+use crate::protocol::wire::signature_field;
 use crate::protocol::{AckObject, Envelope, EnvelopeLimits, ProtocolError, Signed};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -40,18 +41,17 @@ impl SeenReplicas {
         u128::from_le_bytes(head)
     }
 
-    /// The key of a still unparsed item, from its `sig` field (`None` if it has none): only
-    /// that field is read out of the raw JSON, the rest is stepped over.
-    fn key_of_raw(item: &RawValue) -> Option<u128> {
-        #[derive(Deserialize)]
-        struct SigOnly<'a> {
-            #[serde(borrow)]
-            sig: Option<&'a str>,
-        }
-        let hex_sig = serde_json::from_str::<SigOnly>(item.get()).ok()?.sig?;
+    /// The key of a signature given as hex (`None` if it is not hex of at least 16 bytes).
+    fn key_of_hex(hex_sig: &str) -> Option<u128> {
         let mut head = [0u8; 16];
         hex::decode_to_slice(hex_sig.get(..32)?, &mut head).ok()?;
         Some(u128::from_le_bytes(head))
+    }
+
+    /// The key of a still unparsed item, from its `sig` field (`None` if it has none): only
+    /// that field is read out of the raw JSON, the rest is stepped over.
+    fn key_of_raw(item: &RawValue) -> Option<u128> {
+        Self::key_of_hex(signature_field(item.get())?)
     }
 
     fn insert(&self, sig: &[u8; 64]) {
@@ -90,31 +90,45 @@ pub struct FeedItem<'a> {
     raw: &'a RawValue,
 }
 
-impl<'a> FeedItem<'a> {
-    /// The `envelope` or `ack` of a feed entry; `None` for an entry that is not an object
-    /// with one of them.
-    pub fn of_change(change: &'a RawValue) -> Option<Self> {
+/// One entry of a feed page, still raw.
+#[derive(Debug, Clone, Copy)]
+pub enum FeedChange<'a> {
+    /// `{"seq", "envelope"}` or `{"seq", "ack"}` (SPEC §7.3).
+    Item(FeedItem<'a>),
+    /// `{"seq", "sig"}`: the answer to a digest request (`digest=1`, a dmrelay extension).
+    Digest { sig: &'a str },
+}
+
+impl<'a> FeedChange<'a> {
+    /// Reads a feed entry; `None` for one that is neither (not an object, or without an
+    /// `envelope`, an `ack` or a string `sig`).
+    pub fn of(change: &'a RawValue) -> Option<Self> {
         #[derive(Deserialize)]
         struct Change<'a> {
             #[serde(borrow)]
             envelope: Option<&'a RawValue>,
             #[serde(borrow)]
             ack: Option<&'a RawValue>,
+            #[serde(borrow)]
+            sig: Option<&'a str>,
         }
         let change = serde_json::from_str::<Change>(change.get()).ok()?;
-        match (change.envelope, change.ack) {
-            (Some(raw), _) => Some(Self {
+        match (change.envelope, change.ack, change.sig) {
+            (Some(raw), _, _) => Some(Self::Item(FeedItem {
                 kind: Kind::Envelope,
                 raw,
-            }),
-            (None, Some(raw)) => Some(Self {
+            })),
+            (None, Some(raw), _) => Some(Self::Item(FeedItem {
                 kind: Kind::Ack,
                 raw,
-            }),
-            (None, None) => None,
+            })),
+            (None, None, Some(sig)) => Some(Self::Digest { sig }),
+            (None, None, None) => None,
         }
     }
+}
 
+impl FeedItem<'_> {
     /// The item, parsed for its checks.
     pub fn into_replica(self) -> Option<Replica> {
         // Raw values are valid JSON: this parse fails only on nesting too deep for serde_json.
@@ -129,7 +143,10 @@ impl<'a> FeedItem<'a> {
 impl Replica {
     /// A feed entry's `envelope` or `ack` (SPEC §7.3); `None` for an entry with neither.
     pub fn from_change(change: &RawValue) -> Option<Self> {
-        FeedItem::of_change(change)?.into_replica()
+        match FeedChange::of(change)? {
+            FeedChange::Item(item) => item.into_replica(),
+            FeedChange::Digest { .. } => None,
+        }
     }
 
     /// Checks the item exactly as a replica (SPEC §7.1–7.2): shape, time window, signature.
@@ -244,6 +261,11 @@ impl ReplicaApplier {
     /// own check anyway, so skipping it changes nothing.
     pub fn knows(&self, item: &FeedItem) -> bool {
         SeenReplicas::key_of_raw(item.raw).is_some_and(|key| self.seen.contains(key))
+    }
+
+    /// [`Self::knows`] for an item known only by its signature (a digest entry), in hex.
+    pub fn knows_signature(&self, hex_sig: &str) -> bool {
+        SeenReplicas::key_of_hex(hex_sig).is_some_and(|key| self.seen.contains(key))
     }
 
     /// Applies `items` in order as coming from `origin`, at `now`, each checked. Fails only

@@ -4,8 +4,10 @@
 //!
 //! Pull is the repair path, not a second copy of the traffic: the request names how far the
 //! peer's own pushes reached ([`PushedThrough`], the `pushed_through` extension), so a dmrelay
-//! peer leaves those out of the page, and entries this node applied already (replicas that came
-//! from a third node, say) are recognized by signature before any check.
+//! peer leaves those out of the page; and each page is asked for as signatures first (`digest=1`),
+//! so entries this node holds already (replicas that came from a third node, say) cost no body.
+//! Only a page with a new signature is fetched again in full, and its known entries are still
+//! skipped by signature before any check. A peer that ignores `digest` sends its items at once.
 //!
 //! The cursor is `(epoch, seq)`, stored in the node's store under `cursor/{peer url}`. A page is
 //! applied in feed order (entries are sent to the mailbox shards eagerly, so per-mailbox order
@@ -13,7 +15,7 @@
 //! shard leaves it where it was, and the page is simply applied again (every operation is
 //! idempotent). A feed from another epoch restarts from 0.
 
-use super::apply::{Applied, FeedItem, ReplicaApplier};
+use super::apply::{Applied, FeedChange, ReplicaApplier};
 use super::client::{PeerCallError, PeerClient, PeerLink};
 use super::health::LinkHealth;
 use super::policy::CallVerdict;
@@ -21,7 +23,7 @@ use super::pushed::PushedThrough;
 use crate::mailbox::Origin;
 use crate::metrics::Metrics;
 use crate::protocol::now_unix;
-use crate::protocol::wire::{PATH_CHANGES, QUERY_PUSHED_THROUGH, QUERY_UNTIL};
+use crate::protocol::wire::{PATH_CHANGES, QUERY_DIGEST, QUERY_PUSHED_THROUGH, QUERY_UNTIL};
 use crate::store::{StoreHandle, StoreOp};
 use actix::prelude::*;
 use serde::Deserialize;
@@ -137,11 +139,50 @@ impl Puller {
         (cursor, Ok(()))
     }
 
+    /// The feed request for the entries after `since` (up to `until`, leaving out the peer's
+    /// own clients' changes through `pushed_through`), as digests or in full.
+    fn feed_path(
+        since: u64,
+        until: Option<u64>,
+        pushed_through: Option<u64>,
+        digest: bool,
+    ) -> String {
+        let mut path = format!("{PATH_CHANGES}?since={since}&limit={FEED_PAGE_LIMIT}");
+        if let Some(until) = until {
+            path.push_str(&format!("&{QUERY_UNTIL}={until}"));
+        }
+        if let Some(through) = pushed_through {
+            path.push_str(&format!("&{QUERY_PUSHED_THROUGH}={through}"));
+        }
+        if digest {
+            path.push_str(&format!("&{QUERY_DIGEST}=1"));
+        }
+        path
+    }
+
+    async fn fetch(&self, path: &str) -> Result<FeedReply, SyncError> {
+        let bytes = self.client.get(path).await?;
+        FeedReply::parse(&bytes).map_err(|e| SyncError::BadFeed(e.to_string()))
+    }
+
+    /// Whether a feed entry is a digest of an item this node does not hold.
+    fn is_new_digest(&self, change: &RawValue) -> bool {
+        matches!(FeedChange::of(change), Some(FeedChange::Digest { sig }) if !self.applier.knows_signature(sig))
+    }
+
+    /// The peer's store is a new one: its feed is read again from 0.
+    fn new_epoch(&self, epoch: String) -> (Cursor, bool) {
+        tracing::info!(peer = %self.peer_url, epoch = %epoch, "peer store has a new epoch; reading its feed from 0");
+        (
+            Cursor {
+                epoch: Some(epoch),
+                seq: 0,
+            },
+            true,
+        )
+    }
+
     async fn page(&self, cursor: &Cursor) -> Result<(Cursor, bool), SyncError> {
-        let mut path = format!(
-            "{PATH_CHANGES}?since={}&limit={FEED_PAGE_LIMIT}",
-            cursor.seq
-        );
         // While the peer's pushes are flowing, read only up to where they reached: the rest is
         // on its way by push, and fetching it too would be a second copy of the traffic.
         let window = (self.interval * 2).max(PUSHES_FLOWING_MIN);
@@ -151,27 +192,53 @@ impl Puller {
             window,
             Instant::now(),
         );
-        if let Some(until) = until {
-            path.push_str(&format!("&{QUERY_UNTIL}={until}"));
-        }
-        if let Some(through) =
+        let pushed_through =
             self.pushed
-                .skip_for(&self.peer_url, cursor.epoch.as_deref(), cursor.seq)
-        {
-            path.push_str(&format!("&{QUERY_PUSHED_THROUGH}={through}"));
+                .skip_for(&self.peer_url, cursor.epoch.as_deref(), cursor.seq);
+        // Signatures first: what a third node pushed here already is not fetched again.
+        let digest = self
+            .fetch(&Self::feed_path(cursor.seq, until, pushed_through, true))
+            .await?;
+        if cursor.epoch.as_deref().is_some_and(|e| e != digest.epoch) {
+            return Ok(self.new_epoch(digest.epoch));
         }
-        let bytes = self.client.get(&path).await?;
-        let feed = FeedReply::parse(&bytes).map_err(|e| SyncError::BadFeed(e.to_string()))?;
-        if cursor.epoch.as_deref().is_some_and(|e| e != feed.epoch) {
-            tracing::info!(peer = %self.peer_url, epoch = %feed.epoch, "peer store has a new epoch; reading its feed from 0");
-            return Ok((
-                Cursor {
-                    epoch: Some(feed.epoch),
-                    seq: 0,
-                },
-                true,
-            ));
-        }
+        let label = [&*self.peer_url];
+        let (feed, more) = if digest.changes.iter().any(|c| self.is_new_digest(c)) {
+            // Something new: the same range again, in full (what it holds that is known here
+            // is still skipped by signature).
+            let range_end = until.map_or(digest.next, |until| until.min(digest.next));
+            let full = self
+                .fetch(&Self::feed_path(
+                    cursor.seq,
+                    Some(range_end),
+                    pushed_through,
+                    false,
+                ))
+                .await?;
+            if full.epoch != digest.epoch {
+                return Ok(self.new_epoch(full.epoch));
+            }
+            self.metrics
+                .sync_full_pages_total
+                .with_label_values(&label)
+                .inc();
+            let more = digest.more || full.more;
+            (full, more)
+        } else {
+            let digests = digest
+                .changes
+                .iter()
+                .any(|c| matches!(FeedChange::of(c), Some(FeedChange::Digest { .. })));
+            let counter = if digests || digest.changes.is_empty() {
+                &self.metrics.sync_digest_pages_total
+            } else {
+                // A peer that ignores `digest` sent its items.
+                &self.metrics.sync_full_pages_total
+            };
+            counter.with_label_values(&label).inc();
+            let more = digest.more;
+            (digest, more)
+        };
         self.apply(feed.changes).await?;
         let next = Cursor {
             epoch: Some(feed.epoch),
@@ -189,7 +256,7 @@ impl Puller {
                 .await
                 .map_err(|e| SyncError::Local(e.to_string()))?;
         }
-        Ok((next, feed.more))
+        Ok((next, more))
     }
 
     /// Applies feed entries in order, as if pushed; those applied here before are recognized by
@@ -198,9 +265,21 @@ impl Puller {
         let (mut unknown, mut known) = (0u64, 0u64);
         let mut replicas = Vec::new();
         for change in &changes {
-            let Some(item) = FeedItem::of_change(change) else {
-                unknown += 1;
-                continue;
+            let item = match FeedChange::of(change) {
+                Some(FeedChange::Item(item)) => item,
+                // A digest entry in a page asked for in full, or one this node holds.
+                Some(FeedChange::Digest { sig }) => {
+                    if self.applier.knows_signature(sig) {
+                        known += 1;
+                    } else {
+                        unknown += 1;
+                    }
+                    continue;
+                }
+                None => {
+                    unknown += 1;
+                    continue;
+                }
             };
             if self.applier.knows(&item) {
                 known += 1;
@@ -278,6 +357,8 @@ impl PeerSync {
         for counter in [
             &metrics.sync_applied_total,
             &metrics.sync_known_total,
+            &metrics.sync_digest_pages_total,
+            &metrics.sync_full_pages_total,
             &metrics.sync_rounds_total,
             &metrics.sync_error_total,
         ] {
