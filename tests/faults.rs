@@ -99,12 +99,74 @@ struct Latencies {
     p99: Duration,
     max: Duration,
     count: usize,
+    /// The three slowest deposits, with when they were sent.
+    slowest: String,
+}
+
+/// Watches this test process for stalls of its own (a busy or paused machine, not the node):
+/// a thread that sleeps 5 ms at a time and keeps the longest oversleep and when it began.
+struct StallWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Duration, Duration)>,
+}
+
+impl StallWatch {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let begun = Instant::now();
+            let (mut worst, mut worst_at) = (Duration::ZERO, Duration::ZERO);
+            while !flag.load(Ordering::Relaxed) {
+                let before = Instant::now();
+                std::thread::sleep(Duration::from_millis(5));
+                let over = before.elapsed().saturating_sub(Duration::from_millis(5));
+                if over > worst {
+                    (worst, worst_at) = (over, before - begun);
+                }
+            }
+            (worst, worst_at)
+        });
+        Self { stop, thread }
+    }
+
+    /// "the test process itself stalled N ms at +T s".
+    fn report(self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        let (worst, at) = self.thread.join().unwrap();
+        format!(
+            "the test process itself overslept at most {:.0} ms, at +{:.3} s",
+            worst.as_secs_f64() * 1e3,
+            at.as_secs_f64()
+        )
+    }
+}
+
+/// One deposit of [`deposit_all`]: when it was sent (since the first one) and how long it took.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    at: Duration,
+    took: Duration,
 }
 
 impl Latencies {
-    fn of(samples: &[Duration]) -> Self {
-        assert!(!samples.is_empty(), "no latency samples");
-        let mut sorted = samples.to_vec();
+    fn of(deposits: &[Timed]) -> Self {
+        assert!(!deposits.is_empty(), "no latency samples");
+        let mut by_time = deposits.to_vec();
+        by_time.sort_by_key(|d| std::cmp::Reverse(d.took));
+        let slowest = by_time
+            .iter()
+            .take(3)
+            .map(|d| {
+                format!(
+                    "{:.0} ms at +{:.3} s",
+                    d.took.as_secs_f64() * 1e3,
+                    d.at.as_secs_f64()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sorted: Vec<Duration> = deposits.iter().map(|d| d.took).collect();
         sorted.sort();
         let rank = |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).max(1) - 1];
         Self {
@@ -112,6 +174,7 @@ impl Latencies {
             p99: rank(0.99),
             max: sorted[sorted.len() - 1],
             count: sorted.len(),
+            slowest,
         }
     }
 }
@@ -120,11 +183,12 @@ impl std::fmt::Display for Latencies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} deposits: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "{} deposits: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (slowest: {})",
             self.count,
             self.p50.as_secs_f64() * 1e3,
             self.p99.as_secs_f64() * 1e3,
-            self.max.as_secs_f64() * 1e3
+            self.max.as_secs_f64() * 1e3,
+            self.slowest
         )
     }
 }
@@ -156,14 +220,16 @@ fn envelopes(
     all
 }
 
-/// Deposits `jobs` on `base` through `workers` concurrent clients; returns each deposit's
-/// latency. Every deposit must be answered `200 accepted`.
+/// Deposits `jobs` on `base` through `workers` concurrent clients; returns when each deposit
+/// was sent and its latency (the slowest are printed with their time: a stall shared by
+/// concurrent deposits shows as several at once). Every deposit must be answered `200 accepted`.
 async fn deposit_all(
     client: &awc::Client,
     base: &str,
     jobs: &[Envelope],
     workers: usize,
-) -> Vec<Duration> {
+) -> Vec<Timed> {
+    let first = Instant::now();
     let queue = Rc::new(RefCell::new(
         jobs.iter()
             .map(|e| serde_json::to_vec(e).unwrap())
@@ -181,7 +247,10 @@ async fn deposit_all(
                     };
                     let started = Instant::now();
                     let reply = post(&client, &base, SEND, body).await;
-                    latencies.borrow_mut().push(started.elapsed());
+                    latencies.borrow_mut().push(Timed {
+                        at: started - first,
+                        took: started.elapsed(),
+                    });
                     let (status, body) = reply.unwrap_or_else(|e| panic!("{e}"));
                     assert_eq!(
                         (status, body["status"].as_str()),
@@ -692,9 +761,11 @@ async fn a_slow_peer_behind_a_trickling_proxy_slows_neither_deposits_nor_the_hea
     wait_until_delivered(&client, &b.url, &owners, fast_jobs, Duration::from_secs(20)).await;
 
     proxy.slow.store(true, Ordering::Relaxed);
+    let watch = StallWatch::start();
     let slow = Latencies::of(&deposit_all(&client, &a.url, slow_jobs, 8).await);
+    let stalls = watch.report();
     let deposited_at = Instant::now();
-    eprintln!("peer trickling: {slow}");
+    eprintln!("peer trickling: {slow}; {stalls}");
     let c_took =
         wait_until_delivered(&client, &c.url, &owners, &all, Duration::from_secs(20)).await;
     eprintln!(
@@ -713,7 +784,7 @@ async fn a_slow_peer_behind_a_trickling_proxy_slows_neither_deposits_nor_the_hea
     let bound = p99_bound(&fast);
     assert!(
         slow.p99 < bound,
-        "deposits slowed down behind the slow peer: {slow} (bound {bound:?})"
+        "deposits slowed down behind the slow peer: {slow} (bound {bound:?}); {stalls}"
     );
     // Quicker than one push timeout (2 s): C's pushes never waited behind one to B.
     assert!(
