@@ -7,7 +7,9 @@ use super::policy::{CallVerdict, RETRY_AFTER_MAX, parse_retry_after};
 use crate::config::PeerSettings;
 use crate::protocol::now_unix;
 use crate::protocol::wire::{HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL};
+use actix_web::http::Method;
 use actix_web::web::Bytes;
+use awc::error::{ConnectError, SendRequestError};
 use std::time::Duration;
 
 /// Largest response body read from a peer (a full feed page of large envelopes fits).
@@ -136,34 +138,52 @@ impl PeerClient {
 
     /// `POST {path}` with a JSON body; the reply body on 2xx.
     pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<Bytes, PeerCallError> {
-        let path_and_query = format!("{}{path}", self.path_prefix);
-        let timestamp = now_unix();
-        let hmac = sign_request(&self.key, "POST", &path_and_query, timestamp, &body);
-        let request = self
-            .http
-            .post(format!("{}{path_and_query}", self.origin()))
-            .insert_header(("content-type", "application/json"))
-            .insert_header((HEADER_PEER_URL, self.self_url.as_str()))
-            .insert_header((HEADER_PEER_TIMESTAMP, timestamp.to_string()))
-            .insert_header((HEADER_PEER_HMAC, hmac));
-        let response = request.send_body(body).await;
-        Self::read(response).await
+        self.call(Method::POST, path, Bytes::from(body)).await
     }
 
     /// `GET {path_and_query}`; the reply body on 2xx.
     pub async fn get(&self, path_and_query: &str) -> Result<Bytes, PeerCallError> {
-        let path_and_query = format!("{}{path_and_query}", self.path_prefix);
-        let timestamp = now_unix();
-        let hmac = sign_request(&self.key, "GET", &path_and_query, timestamp, b"");
-        let response = self
-            .http
-            .get(format!("{}{path_and_query}", self.origin()))
-            .insert_header((HEADER_PEER_URL, self.self_url.as_str()))
-            .insert_header((HEADER_PEER_TIMESTAMP, timestamp.to_string()))
-            .insert_header((HEADER_PEER_HMAC, hmac))
-            .send()
-            .await;
-        Self::read(response).await
+        self.call(Method::GET, path_and_query, Bytes::new()).await
+    }
+
+    /// A signed call. A kept-alive connection that the peer closed without an answer (its
+    /// keep-alive ran out as this request went out on it: the peer's default is 5 s, the pull
+    /// interval's too) is tried once more on a new connection, freshly signed. Every peer call
+    /// is idempotent (feed reads, replicas), so a second try cannot apply anything twice.
+    async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, PeerCallError> {
+        let path_and_query = format!("{}{path}", self.path_prefix);
+        let url = format!("{}{path_and_query}", self.origin());
+        let mut tried_again = false;
+        loop {
+            let timestamp = now_unix();
+            let hmac = sign_request(
+                &self.key,
+                method.as_str(),
+                &path_and_query,
+                timestamp,
+                &body,
+            );
+            let request = self
+                .http
+                .request(method.clone(), &url)
+                .insert_header((HEADER_PEER_URL, self.self_url.as_str()))
+                .insert_header((HEADER_PEER_TIMESTAMP, timestamp.to_string()))
+                .insert_header((HEADER_PEER_HMAC, hmac));
+            let response = if method == Method::GET {
+                request.send().await
+            } else {
+                request
+                    .insert_header(("content-type", "application/json"))
+                    .send_body(body.clone())
+                    .await
+            };
+            match response {
+                Err(SendRequestError::Connect(ConnectError::Disconnected)) if !tried_again => {
+                    tried_again = true;
+                }
+                response => return Self::read(response).await,
+            }
+        }
     }
 
     async fn read<S>(
@@ -202,6 +222,80 @@ impl PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    /// A peer on a raw socket: each connection's request is read, then answered `200 ok` if
+    /// `answer(n)` says so for the n-th connection (from 1), else closed without an answer.
+    /// Returns its URL and, once `END` arrives on a connection, how many requests it saw.
+    fn raw_peer(answer: fn(usize) -> bool) -> (String, std::thread::JoinHandle<usize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::thread::spawn(move || {
+            let mut requests = 0;
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut buffer = [0u8; 4096];
+                let n = stream.read(&mut buffer).unwrap_or(0);
+                if buffer[..n].starts_with(b"END") {
+                    return requests;
+                }
+                requests += 1;
+                if answer(requests) {
+                    stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                        )
+                        .unwrap();
+                }
+            }
+            requests
+        });
+        (url, seen)
+    }
+
+    fn client_of(url: &str) -> PeerClient {
+        let peer = PeerSettings {
+            url: url.to_string(),
+            secret: "secret".into(),
+            socks_proxy: None,
+        };
+        let tls = crate::tls::client_config(None).unwrap();
+        PeerClient::new(
+            &peer,
+            "http://127.0.0.1:1",
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            std::sync::Arc::new(tls),
+        )
+    }
+
+    fn requests_seen(url: &str, seen: std::thread::JoinHandle<usize>) -> usize {
+        let mut end = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+        end.write_all(b"END").unwrap();
+        seen.join().unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_closed_without_an_answer_is_tried_once_more() {
+        let (url, seen) = raw_peer(|n| n > 1);
+        let client = client_of(&url);
+        assert_eq!(client.get("/feed").await.unwrap(), "ok");
+        assert_eq!(client.post("/push", b"{}".to_vec()).await.unwrap(), "ok");
+        assert_eq!(
+            requests_seen(&url, seen),
+            3,
+            "one more try, for the first call only"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_peer_that_never_answers_is_tried_only_twice() {
+        let (url, seen) = raw_peer(|_| false);
+        let client = client_of(&url);
+        let err = client.post("/push", b"{}".to_vec()).await.unwrap_err();
+        assert!(matches!(err, PeerCallError::Transport(_)), "{err}");
+        assert_eq!(requests_seen(&url, seen), 2);
+    }
 
     fn status(status: u16, retry_after: Option<u64>) -> PeerCallError {
         PeerCallError::Status {
