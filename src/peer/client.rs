@@ -7,6 +7,7 @@ use super::policy::{CallVerdict, RETRY_AFTER_MAX, parse_retry_after};
 use crate::config::PeerSettings;
 use crate::protocol::now_unix;
 use crate::protocol::wire::{HEADER_PEER_HMAC, HEADER_PEER_TIMESTAMP, HEADER_PEER_URL};
+use actix_web::error::ParseError;
 use actix_web::http::Method;
 use actix_web::web::Bytes;
 use awc::error::{ConnectError, SendRequestError};
@@ -146,9 +147,9 @@ impl PeerClient {
         self.call(Method::GET, path_and_query, Bytes::new()).await
     }
 
-    /// A signed call. A kept-alive connection that the peer closed without an answer (its
-    /// keep-alive ran out as this request went out on it: the peer's default is 5 s, the pull
-    /// interval's too) is tried once more on a new connection, freshly signed. Every peer call
+    /// A signed call. A kept-alive connection that the peer closed or reset without an answer
+    /// (its keep-alive ran out as this request went out on it: the peer's default is 5 s, the
+    /// pull interval's too) is tried once more on a new connection, freshly signed. Every peer call
     /// is idempotent (feed reads, replicas), so a second try cannot apply anything twice.
     async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, PeerCallError> {
         let path_and_query = format!("{}{path}", self.path_prefix);
@@ -178,9 +179,7 @@ impl PeerClient {
                     .await
             };
             match response {
-                Err(SendRequestError::Connect(ConnectError::Disconnected)) if !tried_again => {
-                    tried_again = true;
-                }
+                Err(err) if !tried_again && closed_before_answer(&err) => tried_again = true,
                 response => return Self::read(response).await,
             }
         }
@@ -219,15 +218,44 @@ impl PeerClient {
     }
 }
 
+/// Whether the connection died before any answer came: closed (EOF) or reset while the request
+/// went out or its answer was awaited. On a kept-alive connection that is the peer's keep-alive
+/// running out just then.
+fn closed_before_answer(err: &SendRequestError) -> bool {
+    let reset = |io: &std::io::Error| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+        )
+    };
+    match err {
+        SendRequestError::Connect(ConnectError::Disconnected) => true,
+        SendRequestError::Send(io) | SendRequestError::Response(ParseError::Io(io)) => reset(io),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    /// A peer on a raw socket: each connection's request is read, then answered `200 ok` if
-    /// `answer(n)` says so for the n-th connection (from 1), else closed without an answer.
-    /// Returns its URL and, once `END` arrives on a connection, how many requests it saw.
-    fn raw_peer(answer: fn(usize) -> bool) -> (String, std::thread::JoinHandle<usize>) {
+    /// What the raw peer does with a request.
+    #[derive(Clone, Copy)]
+    enum Reply {
+        Ok,
+        /// Closes the connection without an answer (EOF).
+        Close,
+        /// Resets the connection without an answer (RST: `SO_LINGER` 0, then close).
+        Reset,
+    }
+
+    /// A peer on a raw socket: each connection's request is read, then treated as `reply(n)`
+    /// says for the n-th connection (from 1). Returns its URL and, once `END` arrives on a
+    /// connection, how many requests it saw.
+    fn raw_peer(reply: fn(usize) -> Reply) -> (String, std::thread::JoinHandle<usize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = std::thread::spawn(move || {
@@ -240,12 +268,31 @@ mod tests {
                     return requests;
                 }
                 requests += 1;
-                if answer(requests) {
-                    stream
+                match reply(requests) {
+                    Reply::Ok => stream
                         .write_all(
                             b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
                         )
-                        .unwrap();
+                        .unwrap(),
+                    Reply::Close => {}
+                    Reply::Reset => {
+                        use std::os::fd::AsRawFd;
+                        let linger = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
+                        // SAFETY: setsockopt on an open socket with a valid option value.
+                        let set = unsafe {
+                            libc::setsockopt(
+                                stream.as_raw_fd(),
+                                libc::SOL_SOCKET,
+                                libc::SO_LINGER,
+                                (&raw const linger).cast(),
+                                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                            )
+                        };
+                        assert_eq!(set, 0);
+                    }
                 }
             }
             requests
@@ -277,7 +324,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_connection_closed_without_an_answer_is_tried_once_more() {
-        let (url, seen) = raw_peer(|n| n > 1);
+        let (url, seen) = raw_peer(|n| if n == 1 { Reply::Close } else { Reply::Ok });
         let client = client_of(&url);
         assert_eq!(client.get("/feed").await.unwrap(), "ok");
         assert_eq!(client.post("/push", b"{}".to_vec()).await.unwrap(), "ok");
@@ -289,8 +336,16 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn a_connection_reset_without_an_answer_is_tried_once_more() {
+        let (url, seen) = raw_peer(|n| if n == 1 { Reply::Reset } else { Reply::Ok });
+        let client = client_of(&url);
+        assert_eq!(client.get("/feed").await.unwrap(), "ok");
+        assert_eq!(requests_seen(&url, seen), 2);
+    }
+
+    #[actix_rt::test]
     async fn a_peer_that_never_answers_is_tried_only_twice() {
-        let (url, seen) = raw_peer(|_| false);
+        let (url, seen) = raw_peer(|_| Reply::Close);
         let client = client_of(&url);
         let err = client.post("/push", b"{}".to_vec()).await.unwrap_err();
         assert!(matches!(err, PeerCallError::Transport(_)), "{err}");
