@@ -251,8 +251,8 @@ async fn the_pull_asks_to_skip_what_the_push_delivered_and_recognizes_what_it_ho
     assert!(query.starts_with("since=102&"), "{query}");
 }
 
-/// The msg_ids of a feed page of `node` read as `peer_url`, and its `next`.
-async fn feed(node: &Node, peer_url: &str, query: &str) -> (Vec<String>, u64) {
+/// A feed page (`GET /changes?{query}`) of `node`, read as peer `peer_url`; it must be a 200.
+async fn feed_page(node: &Node, peer_url: &str, query: &str) -> serde_json::Value {
     let path = format!("/api/mesh/dm/changes?{query}");
     let (status, page) = peer_request(
         &node.peer_url,
@@ -264,6 +264,12 @@ async fn feed(node: &Node, peer_url: &str, query: &str) -> (Vec<String>, u64) {
     )
     .await;
     assert_eq!(status, 200, "{page}");
+    page
+}
+
+/// The msg_ids of a feed page of `node` read as `peer_url`, and its `next`.
+async fn feed(node: &Node, peer_url: &str, query: &str) -> (Vec<String>, u64) {
+    let page = feed_page(node, peer_url, query).await;
     let ids: Vec<String> = page["changes"]
         .as_array()
         .unwrap()
@@ -275,17 +281,7 @@ async fn feed(node: &Node, peer_url: &str, query: &str) -> (Vec<String>, u64) {
 
 /// The `(seq, sig)` entries of a digest page (`digest=1`) of `node` read as `peer_url`.
 async fn digest(node: &Node, peer_url: &str, query: &str) -> Vec<(u64, String)> {
-    let path = format!("/api/mesh/dm/changes?{query}&digest=1");
-    let (status, page) = peer_request(
-        &node.peer_url,
-        "GET",
-        &path,
-        Vec::new(),
-        peer_url,
-        MESH_SECRET,
-    )
-    .await;
-    assert_eq!(status, 200, "{page}");
+    let page = feed_page(node, peer_url, &format!("{query}&digest=1")).await;
     page["changes"]
         .as_array()
         .unwrap()

@@ -165,11 +165,6 @@ impl Puller {
         FeedReply::parse(&bytes).map_err(|e| SyncError::BadFeed(e.to_string()))
     }
 
-    /// Whether a feed entry is a digest of an item this node does not hold.
-    fn is_new_digest(&self, change: &RawValue) -> bool {
-        matches!(FeedChange::of(change), Some(FeedChange::Digest { sig }) if !self.applier.knows_signature(sig))
-    }
-
     /// The peer's store is a new one: its feed is read again from 0.
     fn new_epoch(&self, epoch: String) -> (Cursor, bool) {
         tracing::info!(peer = %self.peer_url, epoch = %epoch, "peer store has a new epoch; reading its feed from 0");
@@ -203,7 +198,15 @@ impl Puller {
             return Ok(self.new_epoch(digest.epoch));
         }
         let label = [&*self.peer_url];
-        let (feed, more) = if digest.changes.iter().any(|c| self.is_new_digest(c)) {
+        // One look at each entry: is it a digest, and of something this node does not hold?
+        let (mut digests, mut new) = (false, false);
+        for change in &digest.changes {
+            if let Some(FeedChange::Digest { sig }) = FeedChange::of(change) {
+                digests = true;
+                new |= !self.applier.knows_signature(sig);
+            }
+        }
+        let (feed, more) = if new {
             // Something new: the same range again, in full (what it holds that is known here
             // is still skipped by signature).
             let range_end = until.map_or(digest.next, |until| until.min(digest.next));
@@ -225,10 +228,6 @@ impl Puller {
             let more = digest.more || full.more;
             (full, more)
         } else {
-            let digests = digest
-                .changes
-                .iter()
-                .any(|c| matches!(FeedChange::of(c), Some(FeedChange::Digest { .. })));
             let counter = if digests || digest.changes.is_empty() {
                 &self.metrics.sync_digest_pages_total
             } else {
