@@ -274,18 +274,20 @@ async fn drive(
                     let next = queue.borrow_mut().pop_front();
                     let Some(body) = next else { break };
                     let ok = match body {
-                        Some(body) => client
-                            .post(format!("{url}/api/mesh/dm/send"))
-                            .send_body(body)
+                        Some(body) => {
+                            answered_200(
+                                client
+                                    .post(format!("{url}/api/mesh/dm/send"))
+                                    .send_body(body)
+                                    .await,
+                            )
                             .await
-                            .map(|r| r.status().as_u16() == 200),
-                        None => client
-                            .get(format!("{url}/health"))
-                            .send()
-                            .await
-                            .map(|r| r.status().is_success()),
+                        }
+                        None => {
+                            answered_200(client.get(format!("{url}/health")).send().await).await
+                        }
                     };
-                    if !matches!(ok, Ok(true)) {
+                    if !ok {
                         *failures.borrow_mut() += 1;
                     }
                 }
@@ -313,9 +315,14 @@ pub(crate) async fn optional_metric_sum(
     url: &str,
     name: &str,
 ) -> Option<f64> {
-    let Ok(mut response) = client.get(format!("{url}/metrics")).send().await else {
-        fail(&format!("cannot read {url}/metrics"));
+    // A GET, so tried again once: a kept-alive connection the node closed while idle (its
+    // keep-alive is 5 s, and the bench signs for longer than that between reads) fails at once.
+    let response = match client.get(format!("{url}/metrics")).send().await {
+        Ok(response) => Ok(response),
+        Err(_) => client.get(format!("{url}/metrics")).send().await,
     };
+    let mut response =
+        response.unwrap_or_else(|e| fail(&format!("cannot read {url}/metrics: {e}")));
     let text = response
         .body()
         .limit(8 << 20)
@@ -490,11 +497,13 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &Path) {
         }
         let (client, accepted_at, url_a) = (client.clone(), Rc::clone(&accepted_at), url_a.clone());
         in_flight.push(actix_rt::spawn(async move {
-            if let Ok(r) = client
-                .post(format!("{url_a}/api/mesh/dm/send"))
-                .send_body(body)
-                .await
-                && r.status().as_u16() == 200
+            if answered_200(
+                client
+                    .post(format!("{url_a}/api/mesh/dm/send"))
+                    .send_body(body)
+                    .await,
+            )
+            .await
             {
                 accepted_at.borrow_mut().insert(id, Instant::now());
             }
@@ -529,6 +538,22 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &Path) {
         pct(0.99),
         pct(1.0)
     );
+}
+
+/// True when `reply` is a `200` whose body was read to its end. Every request of the bench reads
+/// its answer: awc closes a connection whose response body was left unread, and a new connection
+/// per request (a TCP handshake, an accept and a close on the node) is load-generator cost that
+/// would be billed to the node.
+async fn answered_200<S>(
+    reply: Result<awc::ClientResponse<S>, awc::error::SendRequestError>,
+) -> bool
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    match reply {
+        Ok(mut reply) => reply.status().as_u16() == 200 && reply.body().await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 mod mesh_lag;

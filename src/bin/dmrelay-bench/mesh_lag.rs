@@ -12,8 +12,8 @@
 //! 5 s counts as missing.
 
 use super::{
-    Args, NodeProcess, SECRET, fail, free_port, metric_sum, optional_metric_sum, start_node,
-    wait_ready,
+    Args, NodeProcess, SECRET, answered_200, fail, free_port, metric_sum, optional_metric_sum,
+    start_node, wait_ready,
 };
 use dmrelay::protocol::{
     Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix, random_hex,
@@ -250,11 +250,7 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
                     if let Some(wait) = deposit_at.checked_duration_since(Instant::now()) {
                         actix_rt::time::sleep(wait).await;
                     }
-                    let ok = client
-                        .post(format!("{url}/api/mesh/dm/send"))
-                        .send_body(body)
-                        .await
-                        .is_ok_and(|r| r.status().as_u16() == 200);
+                    let ok = deposited(&client, &url, body).await;
                     if ok {
                         probes.borrow_mut()[i].accepted = Some(seconds());
                     } else {
@@ -280,11 +276,7 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
         }
         let (client, url, failures) = (client.clone(), urls[i % 3].clone(), Rc::clone(&failures));
         sent.push(actix_rt::spawn(async move {
-            let ok = client
-                .post(format!("{url}/api/mesh/dm/send"))
-                .send_body(body)
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200);
+            let ok = deposited(&client, &url, body).await;
             if !ok {
                 *failures.borrow_mut() += 1;
             }
@@ -451,4 +443,15 @@ fn plot(path: &Path, points: &[(f64, f64)], args: &Args) -> Result<(), Box<dyn s
     }
     root.present()?;
     Ok(())
+}
+
+/// Deposits `body` on `url`; true on `200` (its answer read to its end, see [`answered_200`]).
+async fn deposited(client: &awc::Client, url: &str, body: Vec<u8>) -> bool {
+    answered_200(
+        client
+            .post(format!("{url}/api/mesh/dm/send"))
+            .send_body(body)
+            .await,
+    )
+    .await
 }
