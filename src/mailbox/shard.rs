@@ -192,35 +192,6 @@ pub fn state_from(snapshot: Recovered, now: u64) -> MailboxState {
     state
 }
 
-/// Hands memory freed by evicted mailboxes back to the OS. glibc keeps freed memory in its
-/// per-thread arenas, so without this the resident size stays at its peak after a burst even
-/// though the mailboxes left memory. At most once every few seconds across all shards (a trim
-/// walks every arena).
-fn release_freed_memory() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    const MIN_INTERVAL_S: u64 = 5;
-    static LAST_TRIM_S: AtomicU64 = AtomicU64::new(0);
-    let now = now_unix();
-    let last = LAST_TRIM_S.load(Ordering::Relaxed);
-    if now < last + MIN_INTERVAL_S
-        || LAST_TRIM_S
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
-        return;
-    }
-    // On the blocking pool: a trim of a large heap can take milliseconds, which would stall every
-    // mailbox of this shard if it ran on its arbiter.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    actix_rt::task::spawn_blocking(|| {
-        // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    });
-}
-
 pub struct MailboxShard {
     /// The mailboxes in memory, those being loaded and the requests waiting for them.
     cache: MailboxCache<Loaded, Waiting>,
@@ -507,9 +478,6 @@ impl MailboxShard {
         self.metrics
             .mailboxes_loaded
             .sub(i64::try_from(evicted).unwrap_or(i64::MAX));
-        if evicted > 0 {
-            release_freed_memory();
-        }
         self.metrics.mailbox_sweeps_total.inc();
         // Expiry may have freed room for parked replicas.
         for mailbox in with_parked {
