@@ -352,6 +352,52 @@ mod tests {
         assert_eq!(requests_seen(&url, seen), 2);
     }
 
+    /// An HTTP/1.1 server with actix-web's default keep-alive (5 s, as a node's) whose answer is
+    /// the client's port: two calls answered with the same port shared a connection.
+    fn port_echo_peer() -> (String, actix_web::dev::ServerHandle) {
+        let server = actix_web::HttpServer::new(|| {
+            actix_web::App::new().default_service(actix_web::web::to(
+                |request: actix_web::HttpRequest| async move {
+                    request
+                        .peer_addr()
+                        .map_or(0, |addr| addr.port())
+                        .to_string()
+                },
+            ))
+        })
+        .workers(1)
+        .bind("127.0.0.1:0")
+        .unwrap();
+        let url = format!("http://{}", server.addrs()[0]);
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        (url, handle)
+    }
+
+    #[actix_rt::test]
+    async fn an_idle_connection_is_not_reused_when_the_peer_may_be_closing_it() {
+        let (url, server) = port_echo_peer();
+        let client = client_of(&url);
+        let first = client.get("/a").await.unwrap();
+        assert_eq!(
+            client.get("/b").await.unwrap(),
+            first,
+            "a connection just used is kept for the next call"
+        );
+        // Past our idle bound, still inside the peer's 5 s keep-alive: awc's own default (15 s)
+        // would reuse this connection, which the peer is about to close.
+        actix_rt::time::sleep(crate::peer::socks::PEER_CONN_IDLE + Duration::from_millis(300))
+            .await;
+        assert_ne!(
+            client.get("/c").await.unwrap(),
+            first,
+            "a connection idle for {:?} must not be reused",
+            crate::peer::socks::PEER_CONN_IDLE
+        );
+        server.stop(false).await;
+    }
+
     fn status(status: u16, retry_after: Option<u64>) -> PeerCallError {
         PeerCallError::Status {
             status,

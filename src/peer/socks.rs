@@ -26,6 +26,13 @@ pub const DEFAULT_PROXIED_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connect timeout of a direct peer link when none is configured (awc's own default).
 pub const DEFAULT_DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a peer link keeps an idle connection for its next call. Below the 5 s after which a
+/// dmrelay node (actix-web's default keep-alive) closes an idle connection: a call never goes out
+/// on a connection the peer is closing just then (the pull, every 5 s by default, would
+/// otherwise race the peer's close: EOF or a reset before any answer). A peer with a shorter
+/// keep-alive is still covered by [`super::client::PeerClient`]'s one retry.
+pub const PEER_CONN_IDLE: Duration = Duration::from_secs(4);
+
 /// The awc client of one peer link: through `proxy` (`host:port`) when given, else direct.
 /// `connect_timeout` bounds the TCP connect, the SOCKS handshake and the TLS handshake;
 /// `request_timeout` the whole request, which through a proxy also has to cover the connect.
@@ -44,7 +51,8 @@ pub fn peer_http_client(
                     .connector(SocksConnector::new(proxy.to_string()))
                     .rustls_0_23(tls)
                     .timeout(connect_timeout)
-                    .handshake_timeout(connect_timeout),
+                    .handshake_timeout(connect_timeout)
+                    .conn_keep_alive(PEER_CONN_IDLE),
             )
             .finish(),
         None => builder
@@ -53,7 +61,8 @@ pub fn peer_http_client(
                 awc::Connector::new()
                     .rustls_0_23(tls)
                     .timeout(connect_timeout)
-                    .handshake_timeout(connect_timeout),
+                    .handshake_timeout(connect_timeout)
+                    .conn_keep_alive(PEER_CONN_IDLE),
             )
             .finish(),
     }
