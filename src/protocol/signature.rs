@@ -149,7 +149,7 @@ fn screen(check: &SignatureCheck) -> Option<Screened> {
     r_bytes.copy_from_slice(&check.sig[..32]);
     s_bytes.copy_from_slice(&check.sig[32..]);
     let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))?;
-    let a = decode_point(&check.key)?;
+    let a = SENDER_KEYS.with_borrow_mut(|keys| keys.decode(&check.key))?;
     let r = decode_point(&r_bytes)?;
     let hash: [u8; 64] = Sha512::new()
         .chain_update(r_bytes)
@@ -159,6 +159,49 @@ fn screen(check: &SignatureCheck) -> Option<Screened> {
         .into();
     let k = Scalar::from_bytes_mod_order_wide(&hash);
     Some(Screened { s, r, a, k })
+}
+
+/// Public keys decoded before, per thread. Decoding a key costs an exponentiation (a fifth of a
+/// signature check under `wrk` deposits, with `R` the other half), and the same senders and
+/// mailbox keys sign again and again. A signature's `R` is new each time and is not cached.
+///
+/// Two generations bound it: lookups go to `recent`, then to `older` (moving the key back to
+/// `recent`); when `recent` holds [`SenderKeys::GENERATION`] keys it becomes `older` and the
+/// previous `older` is dropped. So at most 2 × `GENERATION` keys are held (about 200 bytes each),
+/// a key in use keeps being found, and a flood of fresh keys costs only its own decoding. Only
+/// usable keys are kept: a refused one is decoded (and refused) again.
+#[derive(Default)]
+struct SenderKeys {
+    recent: std::collections::HashMap<[u8; 32], EdwardsPoint>,
+    older: std::collections::HashMap<[u8; 32], EdwardsPoint>,
+}
+
+impl SenderKeys {
+    const GENERATION: usize = 4096;
+
+    /// [`decode_point`] of `bytes`, from the cache when it holds it.
+    fn decode(&mut self, bytes: &[u8; 32]) -> Option<EdwardsPoint> {
+        if let Some(point) = self.recent.get(bytes) {
+            return Some(*point);
+        }
+        let point = match self.older.remove(bytes) {
+            Some(point) => point,
+            None => decode_point(bytes)?,
+        };
+        if self.recent.len() >= Self::GENERATION {
+            self.older = std::mem::take(&mut self.recent);
+        }
+        self.recent.insert(*bytes, point);
+        Some(point)
+    }
+
+    fn len(&self) -> usize {
+        self.recent.len() + self.older.len()
+    }
+}
+
+thread_local! {
+    static SENDER_KEYS: std::cell::RefCell<SenderKeys> = std::cell::RefCell::default();
 }
 
 /// The point of a canonical encoding that decompresses and is not of small order.
@@ -272,6 +315,48 @@ mod tests {
             )
             .is_ok()
         })
+    }
+
+    #[test]
+    fn decoded_keys_are_remembered_within_two_generations_and_answer_as_decoding_does() {
+        let mut keys = SenderKeys::default();
+        let good: Vec<[u8; 32]> = (0..3)
+            .map(|seed| signer(seed).verifying_key().to_bytes())
+            .collect();
+        for key in &good {
+            assert_eq!(keys.decode(key), decode_point(key));
+            assert!(keys.decode(key).is_some());
+        }
+        assert_eq!(keys.len(), 3);
+        // Refused keys answer as decoding does and are never kept.
+        for bad in small_order_encodings()
+            .into_iter()
+            .chain(non_canonical_encodings())
+        {
+            assert_eq!(keys.decode(&bad), None);
+        }
+        assert_eq!(keys.len(), 3);
+        // A flood of fresh keys: the size stays bounded, and a key used all along stays.
+        let mut fresh = [7u8; 32];
+        let mut inserted = 0;
+        for i in 0u32..(6 * SenderKeys::GENERATION as u32) {
+            fresh[..4].copy_from_slice(&i.to_le_bytes());
+            if keys.decode(&fresh).is_some() {
+                inserted += 1;
+            }
+            if i % 1000 == 0 {
+                assert!(keys.decode(&good[0]).is_some());
+            }
+            assert!(keys.len() <= 2 * SenderKeys::GENERATION);
+        }
+        assert!(
+            inserted > 2 * SenderKeys::GENERATION,
+            "the flood was two generations of decodable keys: {inserted}"
+        );
+        assert!(keys.recent.contains_key(&good[0]) || keys.older.contains_key(&good[0]));
+        // A key not used during the flood was dropped, and decoding it again still works.
+        assert!(!keys.recent.contains_key(&good[2]) && !keys.older.contains_key(&good[2]));
+        assert_eq!(keys.decode(&good[2]), decode_point(&good[2]));
     }
 
     /// The canonical encodings of the 8 points of small order.
