@@ -195,6 +195,7 @@ impl SenderKeys {
         Some(point)
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.recent.len() + self.older.len()
     }
