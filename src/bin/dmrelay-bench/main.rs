@@ -274,15 +274,7 @@ async fn drive(
                     let next = queue.borrow_mut().pop_front();
                     let Some(body) = next else { break };
                     let ok = match body {
-                        Some(body) => {
-                            answered_200(
-                                client
-                                    .post(format!("{url}/api/mesh/dm/send"))
-                                    .send_body(body)
-                                    .await,
-                            )
-                            .await
-                        }
+                        Some(body) => deposited(&client, &url, body).await,
                         None => {
                             answered_200(client.get(format!("{url}/health")).send().await).await
                         }
@@ -497,14 +489,7 @@ async fn replication_lag(args: &Args, client: &awc::Client, root: &Path) {
         }
         let (client, accepted_at, url_a) = (client.clone(), Rc::clone(&accepted_at), url_a.clone());
         in_flight.push(actix_rt::spawn(async move {
-            if answered_200(
-                client
-                    .post(format!("{url_a}/api/mesh/dm/send"))
-                    .send_body(body)
-                    .await,
-            )
-            .await
-            {
+            if deposited(&client, &url_a, body).await {
                 accepted_at.borrow_mut().insert(id, Instant::now());
             }
         }));
@@ -554,6 +539,17 @@ where
         Ok(mut reply) => reply.status().as_u16() == 200 && reply.body().await.is_ok(),
         Err(_) => false,
     }
+}
+
+/// Deposits `body` on `url`; true on `200` (its answer read to its end, see [`answered_200`]).
+pub(crate) async fn deposited(client: &awc::Client, url: &str, body: Vec<u8>) -> bool {
+    answered_200(
+        client
+            .post(format!("{url}/api/mesh/dm/send"))
+            .send_body(body)
+            .await,
+    )
+    .await
 }
 
 mod mesh_lag;

@@ -12,7 +12,7 @@
 //! 5 s counts as missing.
 
 use super::{
-    Args, NodeProcess, SECRET, answered_200, fail, free_port, metric_sum, optional_metric_sum,
+    Args, NodeProcess, SECRET, deposited, fail, free_port, metric_sum, optional_metric_sum,
     start_node, wait_ready,
 };
 use dmrelay::protocol::{
@@ -443,15 +443,4 @@ fn plot(path: &Path, points: &[(f64, f64)], args: &Args) -> Result<(), Box<dyn s
     }
     root.present()?;
     Ok(())
-}
-
-/// Deposits `body` on `url`; true on `200` (its answer read to its end, see [`answered_200`]).
-async fn deposited(client: &awc::Client, url: &str, body: Vec<u8>) -> bool {
-    answered_200(
-        client
-            .post(format!("{url}/api/mesh/dm/send"))
-            .send_body(body)
-            .await,
-    )
-    .await
 }
