@@ -167,7 +167,7 @@ fn screen(check: &SignatureCheck) -> Option<Screened> {
 ///
 /// Two generations bound it: lookups go to `recent`, then to `older` (moving the key back to
 /// `recent`); when `recent` holds [`SenderKeys::GENERATION`] keys it becomes `older` and the
-/// previous `older` is dropped. So at most 2 × `GENERATION` keys are held (about 200 bytes each),
+/// previous `older` is dropped. So at most 2 × `GENERATION` keys are held (1.5 MiB per thread),
 /// a key in use keeps being found, and a flood of fresh keys costs only its own decoding. Only
 /// usable keys are kept: a refused one is decoded (and refused) again.
 #[derive(Default)]
@@ -177,7 +177,9 @@ struct SenderKeys {
 }
 
 impl SenderKeys {
-    const GENERATION: usize = 4096;
+    /// 7/8 of 4,096: the most a hash map of 4,096 buckets holds before it doubles, so each
+    /// generation takes 4,096 × ~200 bytes (768 KiB) at most.
+    const GENERATION: usize = 3584;
 
     /// [`decode_point`] of `bytes`, from the cache when it holds it.
     fn decode(&mut self, bytes: &[u8; 32]) -> Option<EdwardsPoint> {
@@ -349,6 +351,9 @@ mod tests {
                 assert!(keys.decode(&good[0]).is_some());
             }
             assert!(keys.len() <= 2 * SenderKeys::GENERATION);
+            // Neither map ever grew past 4,096 buckets (what the memory bound assumes).
+            assert!(keys.recent.capacity() <= SenderKeys::GENERATION);
+            assert!(keys.older.capacity() <= SenderKeys::GENERATION);
         }
         assert!(
             inserted > 2 * SenderKeys::GENERATION,
