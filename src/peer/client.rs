@@ -148,9 +148,11 @@ impl PeerClient {
     }
 
     /// A signed call. A kept-alive connection that the peer closed or reset without an answer
-    /// (its keep-alive ran out as this request went out on it: the peer's default is 5 s, the
-    /// pull interval's too) is tried once more on a new connection, freshly signed. Every peer call
-    /// is idempotent (feed reads, replicas), so a second try cannot apply anything twice.
+    /// (its keep-alive ran out as this request went out on it) is dropped, and the call is tried
+    /// once more, freshly signed, on another connection (a new one, or a pooled one idle less
+    /// than [`super::socks::PEER_CONN_IDLE`]). Against a dmrelay peer that idle bound already
+    /// avoids the race; the retry covers peers with a shorter keep-alive. Every peer call is
+    /// idempotent (feed reads, replicas), so a second try cannot apply anything twice.
     async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, PeerCallError> {
         let path_and_query = format!("{}{path}", self.path_prefix);
         let url = format!("{}{path_and_query}", self.origin());
