@@ -4,8 +4,8 @@
 //! shards, the store writer and the peer actors. `GET /metrics` renders [`Metrics::render`].
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -59,6 +59,8 @@ pub struct Metrics {
     pub store_commits_total: IntCounter,
     /// Store operations committed (ops / commits = group-commit batch size).
     pub store_ops_total: IntCounter,
+    /// Seconds one store commit took (write and fsync): what every request of its batch waited.
+    pub store_commit_seconds: Histogram,
     /// Store commits that failed.
     pub store_errors_total: IntCounter,
     /// Requests refused with 503 because a bounded queue was full.
@@ -108,6 +110,13 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|e| unreachable_metric(name, e));
+    register(registry, name, metric.clone());
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
         .unwrap_or_else(|e| unreachable_metric(name, e));
     register(registry, name, metric.clone());
     metric
@@ -316,6 +325,14 @@ impl Metrics {
                 &r,
                 "dm_store_ops_total",
                 "Store operations committed; divided by commits it is the group-commit batch size.",
+            ),
+            store_commit_seconds: histogram(
+                &r,
+                "dm_store_commit_seconds",
+                "Seconds one store commit took, write and fsync: every deposit, ack and replica of its batch waited that long.",
+                &[
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
             ),
             store_errors_total: counter(&r, "dm_store_errors_total", "Store commits that failed."),
             overload_total: counter(

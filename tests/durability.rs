@@ -453,6 +453,15 @@ async fn group_commit_puts_concurrent_deposits_in_shared_commits() {
     let ops = node.metric("dm_store_ops_total").await - ops_before;
     let commits = node.metric("dm_store_commits_total").await - commits_before;
     eprintln!("{ops} store ops in {commits} commits");
+    // Every commit is timed (the node made no other since it started: nothing failed, no
+    // peers, no polls), and took some time (a write and an fsync).
+    let all_commits = node.metric("dm_store_commits_total").await;
+    assert_eq!(
+        node.metric("dm_store_commit_seconds_count").await,
+        all_commits,
+        "commits timed by dm_store_commit_seconds"
+    );
+    assert!(node.metric("dm_store_commit_seconds_sum").await > 0.0);
     assert!(ops >= 100.0, "every accepted deposit is a store op: {ops}");
     assert!(commits >= 1.0);
     assert!(

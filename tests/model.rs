@@ -338,10 +338,13 @@ impl StoredNode {
         state
     }
 
-    fn commit(&self, ops: Vec<StoreOp>) {
-        if !ops.is_empty() {
-            self.store.commit(&ops).unwrap();
+    /// Commits `ops`; returns the seq of their first numbered change, as the writer tells it.
+    fn commit(&self, ops: Vec<StoreOp>) -> u64 {
+        if ops.is_empty() {
+            return 0;
         }
+        let numbered = ops.iter().filter(|op| op.takes_seq()).count() as u64;
+        self.store.commit(&ops).unwrap() + 1 - numbered
     }
 
     fn deposit(&mut self, envelope: &Arc<Envelope>, replica: bool, now: u64) -> Decision {
@@ -350,10 +353,10 @@ impl StoredNode {
         let decision = state.decide(envelope, &limits);
         match decision {
             Decision::Accept => {
-                state.insert(Arc::clone(envelope), false);
-                self.commit(vec![deposit_op(envelope, !replica)]);
+                state.insert(Arc::clone(envelope), None);
+                let seq = self.commit(vec![deposit_op(envelope, !replica)]);
                 self.state(envelope.mailbox, now)
-                    .mark_committed(&envelope.msg_id);
+                    .mark_committed(&envelope.msg_id, seq);
             }
             Decision::MailboxFull { .. } | Decision::CapViolation { .. }
                 if replica && state.park(Arc::clone(envelope), &limits) =>
@@ -372,10 +375,11 @@ impl StoredNode {
             return;
         }
         let unparked = state.retry_parked(&limits);
-        self.commit(unparked.store_ops(mailbox));
+        let first_seq = self.commit(unparked.store_ops(mailbox));
         let state = self.state(mailbox, now);
-        for envelope in &unparked.accepted {
-            state.mark_committed(&envelope.msg_id);
+        // As the shard does: the accepted ones are the last ops, in order.
+        for (nth, envelope) in (0u64..).zip(&unparked.accepted) {
+            state.mark_committed(&envelope.msg_id, first_seq + nth);
         }
     }
 
@@ -608,18 +612,38 @@ fn check_node(node: &mut StoredNode, reference: &mut HashMap<MailboxKey, RefMail
             state.pending_len() <= limits.mailbox as usize,
             "the mailbox limit holds"
         );
-        let live = ids_of(&state.poll(usize::MAX, now).messages);
+        let polled = state.poll(usize::MAX, now).messages;
+        let live = ids_of(&polled);
         assert_eq!(
             live,
             envelope_ids(&model.sorted()),
             "pending set and order (SPEC §6.2)"
         );
         assert_eq!(state.parked_len(), model.parked.len(), "parked replicas");
+        let reloaded = durable.poll(usize::MAX, now).messages;
         assert_eq!(
-            ids_of(&durable.poll(usize::MAX, now).messages),
+            ids_of(&reloaded),
             live,
             "what a restart would reload equals what is in memory"
         );
+        // Where each pending envelope is in the log: the same in memory and after a reload,
+        // and that change is the very envelope (a poll reads its body there).
+        let seqs: Vec<u64> = polled.iter().map(|item| item.seq).collect();
+        assert_eq!(
+            reloaded.iter().map(|item| item.seq).collect::<Vec<_>>(),
+            seqs,
+            "the seqs a restart would reload equal those in memory"
+        );
+        let bodies = node.store.change_json(&seqs).unwrap();
+        for (item, body) in polled.iter().zip(bodies) {
+            let body = body.unwrap_or_else(|| panic!("no change at seq {}", item.seq));
+            let envelope: Envelope = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                (envelope.msg_id.as_str(), sig_digest(&envelope.sig)),
+                (item.msg_id.as_str(), item.sig),
+                "the change at a pending envelope's seq is that envelope"
+            );
+        }
     }
 }
 
@@ -865,7 +889,8 @@ enum Item {
 }
 
 /// A node of the mesh: the rules for the one mailbox, and its change feed (envelopes accepted,
-/// acks that changed something, in commit order).
+/// acks that changed something, in commit order). It has no store, so its entries are all
+/// "stored at" seq 1: where a body is read is checked by the one-node property above.
 struct MeshNode {
     state: MailboxState,
     feed: Vec<Item>,
@@ -892,7 +917,7 @@ impl MeshNode {
     }
 
     fn accept(&mut self, envelope: &Arc<Envelope>) {
-        self.state.insert(Arc::clone(envelope), true);
+        self.state.insert(Arc::clone(envelope), Some(1));
         self.feed.push(Item::Envelope(Arc::clone(envelope)));
     }
 
@@ -934,7 +959,7 @@ impl MeshNode {
             let unparked = self.state.retry_parked(limits);
             for envelope in unparked.accepted {
                 coverage.hit("parked replica accepted after the ack");
-                self.state.mark_committed(&envelope.msg_id);
+                self.state.mark_committed(&envelope.msg_id, 1);
                 self.feed.push(Item::Envelope(envelope));
             }
         }

@@ -4,8 +4,9 @@
 //! [`EnvelopeBodies`] is a bounded cache of that JSON (`MESH_DM_BODY_CACHE_MB`), filled when a
 //! deposit or replica becomes durable, so that mail polled soon after it arrived (the common
 //! case: the recipient is online) costs no store read. Older mail is read from the store right on
-//! the HTTP worker (and not cached: a mailbox is read back once, then acknowledged): a few point
-//! reads that the store's cache or the OS page cache answer. On tokio's blocking pool the same
+//! the HTTP worker (and not cached: a mailbox is read back once, then acknowledged): one point
+//! read per envelope, by the seq of its change that the mailbox keeps (no index lookup), which
+//! the store's cache or the OS page cache answer. On tokio's blocking pool the same
 //! read cost ~50 µs more node CPU per poll (a hop to a pool thread and back; `BENCHMARKS.md`).
 //! A body is found by its envelope's signature, and a body read from the
 //! store is used only if it ends with that signature: an id acknowledged and later reused by
@@ -125,15 +126,31 @@ impl EnvelopeBodies {
                 .collect()
         };
         let missing: Vec<usize> = (0..items.len()).filter(|&i| found[i].is_none()).collect();
-        if !missing.is_empty() {
-            let ids = missing.iter().map(|&i| items[i].msg_id.clone()).collect();
-            let read = store.envelope_json(&mailbox, ids)?;
-            for (&i, json) in missing.iter().zip(read) {
-                let Some(json) = json.filter(|json| signed_by(json, &items[i].sig)) else {
-                    continue;
-                };
+        if missing.is_empty() {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        // One point read each, by where the mailbox says the envelope is in the log.
+        let seqs: Vec<u64> = missing.iter().map(|&i| items[i].seq).collect();
+        let read = store.change_json(&seqs)?;
+        let mut not_there = Vec::new();
+        for (&i, json) in missing.iter().zip(read) {
+            match json.filter(|json| signed_by(json, &items[i].sig)) {
                 // Not cached: the cache keeps room for fresh mail, which is what gets polled.
-                found[i] = Some(json.into());
+                Some(json) => found[i] = Some(json.into()),
+                None => not_there.push(i),
+            }
+        }
+        if !not_there.is_empty() {
+            // Gone from that seq: acknowledged or expired meanwhile (then it is gone by id
+            // too), or a seq that does not match the log (a bug; reading by id still serves
+            // the right body, and the warning says so).
+            let ids = not_there.iter().map(|&i| items[i].msg_id.clone()).collect();
+            let read = store.envelope_json(&mailbox, ids)?;
+            for (&i, json) in not_there.iter().zip(read) {
+                if let Some(json) = json.filter(|json| signed_by(json, &items[i].sig)) {
+                    tracing::warn!(%mailbox, seq = items[i].seq, "a pending envelope was not at the seq its mailbox named; read by its id instead");
+                    found[i] = Some(json.into());
+                }
             }
         }
         Ok(found.into_iter().flatten().collect())
@@ -164,6 +181,52 @@ mod tests {
         cache.insert(&[9; 16], body(10_000, 9));
         assert!(cache.get(&[9; 16]).is_none());
         assert!(cache.get(&[4; 16]).is_some());
+    }
+
+    /// A poll reads an older envelope by the seq its mailbox keeps; a seq that does not hold
+    /// it (which would be a bug) still finds it by its id, and never serves another body.
+    #[test]
+    fn stored_bodies_are_read_by_seq_and_by_id_when_the_seq_misses() {
+        use crate::protocol::{Envelope, MsgId};
+        use crate::store::{RedbStore, StoreOp};
+        use ed25519_dalek::SigningKey;
+        let sign = |id: &str| {
+            Arc::new(Envelope::sign(
+                &SigningKey::from_bytes(&[1; 32]),
+                MailboxKey::of(&SigningKey::from_bytes(&[2; 32])),
+                MsgId::parse("m", id).unwrap(),
+                1_800_000_000,
+                4_000_000_000,
+                b"x",
+            ))
+        };
+        let (a, b) = (sign("a"), sign("b"));
+        let store = RedbStore::in_memory().unwrap();
+        let seq_a = store
+            .commit(&[StoreOp::put_envelope(Arc::clone(&a), true)])
+            .unwrap();
+        let seq_b = store
+            .commit(&[StoreOp::put_envelope(Arc::clone(&b), true)])
+            .unwrap();
+        let item = |e: &Envelope, seq: u64| PollItem {
+            msg_id: e.msg_id.clone(),
+            sig: crate::mailbox::rules::sig_digest(&e.sig),
+            seq,
+        };
+        let json = |e: &Envelope| Body::from(serde_json::to_vec(e).unwrap());
+        let bodies = EnvelopeBodies::new(0);
+        let fetch = |items| bodies.fetch(&store, a.mailbox, items).unwrap();
+        assert_eq!(
+            fetch(vec![item(&a, seq_a), item(&b, seq_b)]),
+            vec![json(&a), json(&b)]
+        );
+        // Swapped seqs: each seq holds the other envelope, whose signature does not match.
+        assert_eq!(
+            fetch(vec![item(&a, seq_b), item(&b, seq_a)]),
+            vec![json(&a), json(&b)]
+        );
+        // A seq past the log.
+        assert_eq!(fetch(vec![item(&b, seq_b + 10)]), vec![json(&b)]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, SKEW_S};
 use crate::store::StoreOp;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 /// The per-mailbox limits of SPEC §4.
@@ -110,6 +111,8 @@ pub fn sig_digest(sig: &[u8; 64]) -> SigDigest {
 pub struct PollItem {
     pub msg_id: MsgId,
     pub sig: SigDigest,
+    /// Where the envelope is in the store's log: its body is one point read away.
+    pub seq: u64,
 }
 
 /// What a poll sees.
@@ -155,9 +158,11 @@ impl PendingMeta {
 
 struct PendingEntry {
     meta: PendingMeta,
-    /// False while the store commit is in flight: such an entry already counts against the
-    /// caps (so two racing deposits cannot both pass) but is not delivered yet.
-    committed: bool,
+    /// The seq of its change in the store's log, once durable. `None` while the store commit
+    /// is in flight: such an entry already counts against the caps (so two racing deposits
+    /// cannot both pass) but is not delivered yet. (No more room than the `committed: bool` it
+    /// replaced, which took 8 bytes with its padding.)
+    stored_at: Option<NonZeroU64>,
 }
 
 /// Everything one mailbox decides with.
@@ -291,7 +296,7 @@ impl MailboxState {
             match self.decide(&envelope, limits) {
                 Decision::Accept => {
                     self.parked.remove(&key);
-                    self.insert(Arc::clone(&envelope), false);
+                    self.insert(Arc::clone(&envelope), None);
                     result.accepted.push(envelope);
                 }
                 Decision::Acked | Decision::Duplicate | Decision::Conflict => {
@@ -332,7 +337,7 @@ impl MailboxState {
         let decision = self.decide(envelope, limits);
         match decision {
             Decision::Accept => {
-                self.insert(Arc::clone(envelope), false);
+                self.insert(Arc::clone(envelope), None);
                 DepositPlan::Store(deposit_op(envelope, from_client))
             }
             Decision::Duplicate if !self.is_committed(&envelope.msg_id) => {
@@ -375,10 +380,11 @@ impl MailboxState {
         Decision::Accept
     }
 
-    /// Stores an envelope the decision accepted. `committed` is false while its write is in flight.
+    /// Stores an envelope the decision accepted. `stored_at`: the seq of its change in the
+    /// store's log, `None` while its write is in flight.
     /// A parked replica with the same id goes: it could only conflict, and storing the envelope
     /// unparks that id on disk too (`StoreOp::PutEnvelope`).
-    pub fn insert(&mut self, envelope: Arc<Envelope>, committed: bool) {
+    pub fn insert(&mut self, envelope: Arc<Envelope>, stored_at: Option<u64>) {
         let id = envelope.msg_id.clone();
         if !self.parked.is_empty() {
             self.parked.retain(|(_, parked_id), _| *parked_id != id);
@@ -403,7 +409,7 @@ impl MailboxState {
             id,
             PendingEntry {
                 meta: PendingMeta::of(&envelope),
-                committed,
+                stored_at: stored_at.and_then(NonZeroU64::new),
             },
         );
     }
@@ -412,20 +418,22 @@ impl MailboxState {
     pub fn is_committed(&self, msg_id: &MsgId) -> bool {
         self.pending
             .get(msg_id)
-            .is_some_and(|entry| entry.committed)
+            .is_some_and(|entry| entry.stored_at.is_some())
     }
 
-    /// The write of `msg_id` reached the disk: deliver it from now on.
-    pub fn mark_committed(&mut self, msg_id: &MsgId) {
+    /// The write of `msg_id` reached the disk as the change `seq`: deliver it from now on.
+    pub fn mark_committed(&mut self, msg_id: &MsgId, seq: u64) {
         if let Some(entry) = self.pending.get_mut(msg_id) {
-            entry.committed = true;
+            entry.stored_at = NonZeroU64::new(seq);
         }
     }
 
     /// The write of `msg_id` failed: take back the reservation (only if it is still the same one).
     pub fn remove_uncommitted(&mut self, envelope: &Envelope) -> bool {
         match self.pending.get(&envelope.msg_id) {
-            Some(entry) if !entry.committed && entry.meta.sig == sig_digest(&envelope.sig) => {
+            Some(entry)
+                if entry.stored_at.is_none() && entry.meta.sig == sig_digest(&envelope.sig) =>
+            {
                 self.remove_pending(&envelope.msg_id).is_some()
             }
             _ => false,
@@ -561,15 +569,17 @@ impl MailboxState {
     pub fn poll(&self, limit: usize, now: u64) -> PollView {
         let deliverable = self.order.iter().filter_map(|(_, id)| {
             let entry = self.pending.get(id)?;
-            (entry.committed && entry.meta.expires_at > now).then_some((id, &entry.meta))
+            let seq = entry.stored_at?;
+            (entry.meta.expires_at > now).then_some((id, &entry.meta, seq.get()))
         });
         let mut messages = Vec::with_capacity(limit.min(self.pending.len()));
         let mut pending = 0usize;
-        for (msg_id, meta) in deliverable {
+        for (msg_id, meta, seq) in deliverable {
             if messages.len() < limit {
                 messages.push(PollItem {
                     msg_id: msg_id.clone(),
                     sig: meta.sig,
+                    seq,
                 });
             }
             pending += 1;
@@ -643,7 +653,7 @@ mod tests {
             let id = format!("a{n}");
             let e = envelope(sender, &bob, &id, NOW);
             assert_eq!(state.decide(&e, &limits), Decision::Accept);
-            state.insert(e, true);
+            state.insert(e, Some(1));
             ids.push((n, id));
         }
         assert!(state.per_sender.is_some());
@@ -652,7 +662,7 @@ mod tests {
         for id in ["b1", "b2"] {
             let e = envelope(&senders[0], &bob, id, NOW);
             assert_eq!(state.decide(&e, &limits), Decision::Accept);
-            state.insert(e, true);
+            state.insert(e, Some(1));
             ids.push((0, id.to_string()));
         }
         let over = envelope(&senders[0], &bob, "b3", NOW);
@@ -693,7 +703,7 @@ mod tests {
         for i in 0..2 {
             let e = envelope(&alice, &bob, &format!("m{i}"), NOW);
             assert_eq!(state.decide(&e, &limits), Decision::Accept);
-            state.insert(e, true);
+            state.insert(e, Some(1));
         }
         let third = envelope(&alice, &bob, "m2", NOW);
         assert_eq!(
@@ -712,19 +722,33 @@ mod tests {
     }
 
     #[test]
+    fn where_an_entry_is_stored_costs_no_memory() {
+        // The seq takes the 8 bytes the `committed: bool` it replaced took with its padding.
+        assert_eq!(
+            std::mem::size_of::<PendingEntry>(),
+            std::mem::size_of::<PendingMeta>() + 8
+        );
+        assert_eq!(std::mem::size_of::<Option<NonZeroU64>>(), 8);
+    }
+
+    #[test]
     fn uncommitted_entries_count_against_the_cap_but_are_not_delivered() {
         let (alice, bob) = (key(1), key(2));
         let limits = MailboxLimits::default();
         let mut state = MailboxState::default();
-        state.insert(envelope(&alice, &bob, "m0", NOW), false);
-        state.insert(envelope(&alice, &bob, "m1", NOW), false);
+        state.insert(envelope(&alice, &bob, "m0", NOW), None);
+        state.insert(envelope(&alice, &bob, "m1", NOW), None);
         assert!(matches!(
             state.decide(&envelope(&alice, &bob, "m2", NOW), &limits),
             Decision::CapViolation { .. }
         ));
         assert_eq!(state.poll(8, NOW).pending, 0);
-        state.mark_committed(&MsgId::parse("x", "m0").unwrap());
-        assert_eq!(state.poll(8, NOW).pending, 1);
+        state.mark_committed(&MsgId::parse("x", "m0").unwrap(), 7);
+        let view = state.poll(8, NOW);
+        assert_eq!(view.pending, 1);
+        // The poll knows where the body is: the seq the commit gave.
+        assert_eq!(view.messages[0].seq, 7);
+        assert_eq!(view.messages[0].msg_id.as_str(), "m0");
         assert!(state.remove_uncommitted(&envelope(&alice, &bob, "m1", NOW)));
         assert_eq!(state.pending_from(&mailbox_of(&alice)), 1);
     }
@@ -739,7 +763,7 @@ mod tests {
         };
         let mut state = MailboxState::default();
         let first = envelope(&alice, &bob, "m0", NOW);
-        state.insert(Arc::clone(&first), true);
+        state.insert(Arc::clone(&first), Some(1));
         // Same id, same signature: duplicate beats full and cap.
         assert_eq!(state.decide(&first, &limits), Decision::Duplicate);
         // Same id, other signature: conflict.
@@ -761,8 +785,8 @@ mod tests {
         let (alice, bob) = (key(1), key(2));
         let limits = MailboxLimits::default();
         let mut state = MailboxState::default();
-        state.insert(envelope(&alice, &bob, "m0", NOW), true);
-        state.insert(envelope(&alice, &bob, "m1", NOW), true);
+        state.insert(envelope(&alice, &bob, "m0", NOW), Some(1));
+        state.insert(envelope(&alice, &bob, "m1", NOW), Some(1));
         let effect = state.acknowledge(&ack(&bob, &["m0", "never-seen"]), 1000);
         assert_eq!(effect.removed.len(), 1);
         assert_eq!(effect.unknown, 1);
@@ -802,8 +826,8 @@ mod tests {
         let (alice, bob) = (key(1), key(2));
         let limits = MailboxLimits::default();
         let mut state = MailboxState::default();
-        state.insert(envelope(&alice, &bob, "m0", NOW), true);
-        state.insert(envelope(&alice, &bob, "m1", NOW + 10), true);
+        state.insert(envelope(&alice, &bob, "m0", NOW), Some(1));
+        state.insert(envelope(&alice, &bob, "m1", NOW + 10), Some(1));
         assert_eq!(state.expire(NOW + 3599).len(), 0);
         assert_eq!(state.expire(NOW + 3600).len(), 1);
         assert_eq!(state.pending_from(&mailbox_of(&alice)), 1);
@@ -819,9 +843,9 @@ mod tests {
     fn poll_is_oldest_first_limited_and_non_destructive() {
         let (alice, carol, bob) = (key(1), key(3), key(2));
         let mut state = MailboxState::default();
-        state.insert(envelope(&alice, &bob, "b", NOW + 5), true);
-        state.insert(envelope(&carol, &bob, "a", NOW + 5), true);
-        state.insert(envelope(&alice, &bob, "z", NOW), true);
+        state.insert(envelope(&alice, &bob, "b", NOW + 5), Some(1));
+        state.insert(envelope(&carol, &bob, "a", NOW + 5), Some(1));
+        state.insert(envelope(&alice, &bob, "z", NOW), Some(1));
         let view = state.poll(2, NOW);
         let ids: Vec<&str> = view.messages.iter().map(|e| e.msg_id.as_str()).collect();
         assert_eq!(ids, ["z", "a"]);
@@ -839,8 +863,8 @@ mod tests {
         let (alice, bob) = (key(1), key(2));
         let limits = MailboxLimits::default();
         let mut state = MailboxState::default();
-        state.insert(envelope(&alice, &bob, "m1", NOW), true);
-        state.insert(envelope(&alice, &bob, "m2", NOW + 1), true);
+        state.insert(envelope(&alice, &bob, "m1", NOW), Some(1));
+        state.insert(envelope(&alice, &bob, "m2", NOW + 1), Some(1));
         // m3 arrives from a peer before the ack of m1 does.
         let m3 = envelope(&alice, &bob, "m3", NOW + 2);
         assert!(matches!(
@@ -873,7 +897,7 @@ mod tests {
             nonces: 16,
         };
         let mut state = MailboxState::default();
-        state.insert(envelope(&alice, &bob, "m1", NOW), true);
+        state.insert(envelope(&alice, &bob, "m1", NOW), Some(1));
         assert!(state.park(envelope(&alice, &bob, "m2", NOW), &limits));
         assert!(state.park(envelope(&alice, &bob, "m3", NOW), &limits));
         assert!(
@@ -903,7 +927,7 @@ mod tests {
             ..MailboxLimits::default()
         };
         let mut state = MailboxState::default();
-        state.insert(envelope(&carol, &bob, "c0", NOW), true);
+        state.insert(envelope(&carol, &bob, "c0", NOW), Some(1));
         // Carol is at her cap: her replica "x" is parked.
         assert!(state.park(envelope(&carol, &bob, "x", NOW + 5), &limits));
         // Another replica with the same id (another time, so another key) is not parked again.
@@ -912,7 +936,7 @@ mod tests {
         // Alice's envelope "x" is accepted: the parked "x" goes, as it does in the store.
         let alices = envelope(&alice, &bob, "x", NOW);
         assert_eq!(state.decide(&alices, &limits), Decision::Accept);
-        state.insert(alices, true);
+        state.insert(alices, Some(1));
         assert_eq!(state.parked_len(), 0);
     }
 
@@ -942,7 +966,7 @@ mod tests {
         let (alice, bob) = (key(1), key(2));
         let mut state = MailboxState::default();
         let m1 = envelope(&alice, &bob, "m1", NOW);
-        state.insert(Arc::clone(&m1), true);
+        state.insert(Arc::clone(&m1), Some(1));
         let first = Arc::new(ack(&bob, &["m1", "zz"]));
         let effect = state.acknowledge(&first, 600);
         let Some(StoreOp::ApplyAck {
@@ -1009,7 +1033,7 @@ mod tests {
             state.plan_deposit(&m1, &limits, false),
             DepositPlan::AfterFirstCopy
         ));
-        state.mark_committed(&m1.msg_id);
+        state.mark_committed(&m1.msg_id, 7);
         assert!(matches!(
             state.plan_deposit(&m1, &limits, false),
             DepositPlan::Answer {

@@ -31,7 +31,7 @@ use super::rules::{
 use super::waiting::{PollReply, WaitBudget, WaitingPoll, WaitingPolls};
 use crate::metrics::Metrics;
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
-use crate::store::{Recovered, StoreHandle, StoreOp, WriterError};
+use crate::store::{Committed, Recovered, StoreHandle, StoreOp, WriterError};
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -179,10 +179,10 @@ pub fn state_from(snapshot: Recovered, now: u64) -> MailboxState {
     for (_, nonce, until) in nonces {
         state.restore_nonce(nonce, until);
     }
-    for envelope in snapshot.envelopes {
+    for (seq, envelope) in snapshot.envelopes {
         // The store holds only what the rules accepted; a tombstone written later wins.
         if state.decide(&envelope, &MailboxLimits::UNLIMITED) == Decision::Accept {
-            state.insert(envelope, true);
+            state.insert(envelope, Some(seq));
         }
     }
     for envelope in snapshot.parked {
@@ -356,7 +356,7 @@ impl MailboxShard {
         mailbox: MailboxKey,
         ops: Vec<StoreOp>,
         ctx: &mut Context<Self>,
-        done: impl FnOnce(&mut Self, Result<(), WriterError>) + 'static,
+        done: impl FnOnce(&mut Self, Result<Committed, WriterError>) + 'static,
     ) {
         self.write_then(mailbox, ops, ctx, move |shard, _, result| {
             done(shard, result)
@@ -369,7 +369,7 @@ impl MailboxShard {
         mailbox: MailboxKey,
         ops: Vec<StoreOp>,
         ctx: &mut Context<Self>,
-        done: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), WriterError>) + 'static,
+        done: impl FnOnce(&mut Self, &mut Context<Self>, Result<Committed, WriterError>) + 'static,
     ) {
         if let Some(entry) = self.cache.get_mut(&mailbox) {
             entry.in_flight += 1;
@@ -530,9 +530,12 @@ impl MailboxShard {
                 return;
             };
             let woken = result.is_ok() && !accepted.is_empty();
-            for envelope in accepted {
-                if result.is_ok() {
-                    entry.state.mark_committed(&envelope.msg_id);
+            // `store_ops` puts the accepted ones last, in order: they take consecutive seqs.
+            for (nth, envelope) in (0u64..).zip(accepted) {
+                if let Ok(committed) = &result {
+                    entry
+                        .state
+                        .mark_committed(&envelope.msg_id, committed.first_seq + nth);
                     shard.metrics.replica_accepted_total.inc();
                 } else if entry.state.remove_uncommitted(&envelope) {
                     entry.state.park(envelope, &limits);
@@ -620,8 +623,10 @@ impl MailboxShard {
                 .remove(&envelope.msg_id)
                 .unwrap_or_default();
             let outcome = match result {
-                Ok(_) => {
-                    entry.state.mark_committed(&envelope.msg_id);
+                Ok(committed) => {
+                    entry
+                        .state
+                        .mark_committed(&envelope.msg_id, committed.first_seq);
                     if let Some(json) = json {
                         shard.bodies.insert(&sig_digest(&envelope.sig), json);
                     }
@@ -721,7 +726,7 @@ impl MailboxShard {
         };
         self.write(mailbox, vec![op], ctx, move |_, result| {
             let outcome = match result {
-                Ok(()) => Ok(report),
+                Ok(_) => Ok(report),
                 // The ack was applied in memory only: the mailbox is now stale and is read again
                 // from the store (`drop_if_stale`); the client's retry applies it again.
                 Err(err) => Err(ShardError::from(err)),

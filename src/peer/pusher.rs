@@ -548,7 +548,7 @@ impl PeerPusher {
         ctx.spawn(commit.into_actor(self).map(move |result, pusher, _| {
             pusher.saving = false;
             match result {
-                Ok(()) => pusher.saved = Some(record),
+                Ok(_) => pusher.saved = Some(record),
                 Err(err) => {
                     tracing::debug!(peer = %pusher.link.peer.url, %err, "push cursor not saved; will retry")
                 }

@@ -253,6 +253,43 @@ fn pending_envelopes_read_back_as_their_json_by_id(engine: Engine) {
     );
 }
 
+fn pending_envelopes_read_back_by_the_seq_they_were_recovered_with(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (envelope("a", NOW + 100), envelope("b", NOW + 100));
+    let last = {
+        let store = engine.open(dir.path());
+        store.commit(&[client_op(Arc::clone(&a))]).unwrap();
+        store.commit(&[replica_op(Arc::clone(&b))]).unwrap()
+    };
+    let store = engine.open(dir.path());
+    let mut recovered = store.load_mailbox(&a.mailbox, NOW).unwrap().envelopes;
+    recovered.sort_by_key(|(seq, _)| *seq);
+    // The seqs the commits gave, in commit order.
+    assert_eq!(
+        recovered,
+        vec![(last - 1, Arc::clone(&a)), (last, Arc::clone(&b))]
+    );
+    let json = |e: &Envelope| Some(serde_json::to_vec(e).unwrap());
+    assert_eq!(
+        store.change_json(&[last, last + 7, last - 1]).unwrap(),
+        vec![json(&b), None, json(&a)]
+    );
+    // Acknowledged: gone from its seq; the ack's own change is not an envelope.
+    let ack_seq = store
+        .commit(&[StoreOp::ApplyAck {
+            ack: ack_of(&["a"]),
+            removed: vec![MsgId::parse("m", "a").unwrap()],
+            tombstones: vec![(MsgId::parse("m", "a").unwrap(), NOW + 100)],
+            live_until: NOW + 100,
+            from_client: false,
+        }])
+        .unwrap();
+    assert_eq!(
+        store.change_json(&[last - 1, ack_seq, last]).unwrap(),
+        vec![None, None, json(&b)]
+    );
+}
+
 fn mailboxes_load_one_by_one_and_the_pending_count_is_kept(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let other = Arc::new(Envelope::sign(
@@ -292,10 +329,17 @@ fn mailboxes_load_one_by_one_and_the_pending_count_is_kept(engine: Engine) {
     assert_eq!(store.pending_count(), 2, "the count is durable");
     let mine = store.load_mailbox(&bob, NOW).unwrap();
     assert_eq!(mine.envelopes.len(), 1);
-    assert_eq!(mine.envelopes[0].expires_at, NOW + 60);
+    assert_eq!(mine.envelopes[0].1.expires_at, NOW + 60);
     assert_eq!(mine.tombstones.len(), 1);
     let theirs = store.load_mailbox(&other.mailbox, NOW).unwrap();
-    assert_eq!(theirs.envelopes, vec![other]);
+    assert_eq!(
+        theirs
+            .envelopes
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect::<Vec<_>>(),
+        vec![other]
+    );
     assert!(theirs.tombstones.is_empty());
     store.collect_garbage(NOW + 60).unwrap();
     assert_eq!(store.pending_count(), 1, "expiry counts too");
@@ -605,6 +649,7 @@ on_every_engine!(
     parked_replicas_survive_until_accepted_or_expired,
     nonces_survive_reopen_until_their_window_ends,
     pending_envelopes_read_back_as_their_json_by_id,
+    pending_envelopes_read_back_by_the_seq_they_were_recovered_with,
     mailboxes_load_one_by_one_and_the_pending_count_is_kept,
     the_log_tells_client_changes_from_replicas,
     stored_bytes_follow_every_record_and_survive_a_reopen,

@@ -23,8 +23,9 @@
 
 use super::records::{
     EXPIRY_CHANGE, EXPIRY_NONCE, EXPIRY_PARKED, EXPIRY_TOMBSTONE, GC_BATCH_RECORDS, LogPage,
-    change_kind, change_record, envelope_key, expiry_key, live_envelope, live_nonce, live_parked,
-    live_tombstone, nonce_key, parse_change_record, prefix_end, read_u64, split_envelope_key,
+    change_kind, change_record, envelope_change_json, envelope_key, expiry_key, live_envelope,
+    live_nonce, live_parked, live_tombstone, nonce_key, parse_change_record, prefix_end, read_u64,
+    split_envelope_key,
 };
 use super::{FeedPage, LogFilter, Recovered, Store, StoreError, StoreOp};
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
@@ -224,6 +225,12 @@ impl<'o> Overlay<'o> {
         self.writes[table as usize].insert(key, Some(value));
     }
 
+    /// Removes `key`, which the caller knows is there (or does not mind writing a tombstone
+    /// for), without reading it first: a point read in the writer costs more than the delete.
+    fn delete(&mut self, table: Table, key: &[u8]) {
+        self.writes[table as usize].insert(key.to_vec(), None);
+    }
+
     /// Removes `key`; returns what it held.
     fn remove(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let old = self.get(table, key)?;
@@ -291,7 +298,7 @@ impl<'o> Overlay<'o> {
             self.counters.stored = self.counters.stored.saturating_sub(record.len() as u64);
             let (until, _, _) = parse_change_record(&record)?;
             let expiry = expiry_key(until, EXPIRY_CHANGE, &[&seq.to_be_bytes(), &key]);
-            self.remove(Table::Expiry, &expiry)?;
+            self.delete(Table::Expiry, &expiry);
         }
         Ok(())
     }
@@ -308,7 +315,7 @@ impl<'o> Overlay<'o> {
                 return Ok(());
             }
             let stale = expiry_key(old, EXPIRY_TOMBSTONE, &[&key]);
-            self.remove(Table::Expiry, &stale)?;
+            self.delete(Table::Expiry, &stale);
         }
         let expiry = expiry_key(until, EXPIRY_TOMBSTONE, &[&key]);
         self.insert(Table::Tombstones, key, until.to_be_bytes().to_vec());
@@ -362,24 +369,22 @@ impl<'o> Overlay<'o> {
                         self.counters.pending = self.counters.pending.saturating_sub(1);
                     }
                     if self.get_u64(Table::Index, key)? == Some(seq) {
-                        self.remove(Table::Index, key)?;
+                        self.delete(Table::Index, key);
                     }
                 }
             }
             EXPIRY_TOMBSTONE => {
                 if self.get_u64(Table::Tombstones, payload)? == Some(until) {
-                    self.remove(Table::Tombstones, payload)?;
+                    self.delete(Table::Tombstones, payload);
                 }
             }
             EXPIRY_PARKED => self.unpark(payload)?,
-            EXPIRY_NONCE => {
-                self.remove(Table::Nonces, payload)?;
-            }
+            EXPIRY_NONCE => self.delete(Table::Nonces, payload),
             other => {
                 return Err(StoreError::Corrupt(format!("unknown expiry kind {other}")));
             }
         }
-        self.remove(Table::Expiry, expiry)?;
+        self.delete(Table::Expiry, expiry);
         Ok(())
     }
 
@@ -484,7 +489,10 @@ impl FjallStore {
                     .get(open.keyspace(Table::Changes), &*seq)
                     .map_err(backend)?;
                 if let Some(envelope) = record.map(|r| live_envelope(&r, now)).transpose()? {
-                    state.envelopes.extend(envelope);
+                    let seq = read_u64(&seq)?;
+                    state
+                        .envelopes
+                        .extend(envelope.map(|envelope| (seq, envelope)));
                 }
             }
             for item in snapshot.range(open.keyspace(Table::Parked), range.clone()) {
@@ -714,6 +722,23 @@ impl Store for FjallStore {
                     };
                     let (_, _, json) = parse_change_record(&record)?;
                     Ok(Some(json.to_vec()))
+                })
+                .collect()
+        })
+    }
+
+    fn change_json(&self, seqs: &[u64]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.with_open(|open| {
+            let snapshot = open.db.snapshot();
+            seqs.iter()
+                .map(|seq| {
+                    let Some(record) = snapshot
+                        .get(open.keyspace(Table::Changes), seq.to_be_bytes())
+                        .map_err(backend)?
+                    else {
+                        return Ok(None);
+                    };
+                    envelope_change_json(&record)
                 })
                 .collect()
         })

@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 pub use fjall_store::FjallStore;
 pub use redb_store::RedbStore;
-pub use writer::{StoreHandle, WriterError};
+pub use writer::{Committed, StoreHandle, WriterError};
 
 /// One change to apply in a commit.
 #[derive(Debug, Clone)]
@@ -79,6 +79,11 @@ pub enum StoreOp {
 }
 
 impl StoreOp {
+    /// Whether the store gives this op the next seq of the log (ops are numbered in order).
+    pub fn takes_seq(&self) -> bool {
+        matches!(self, StoreOp::PutEnvelope { .. } | StoreOp::ApplyAck { .. })
+    }
+
     /// [`StoreOp::PutEnvelope`] with the envelope's JSON made here.
     pub fn put_envelope(envelope: Arc<Envelope>, from_client: bool) -> Self {
         // Serializing plain fields into a Vec cannot fail.
@@ -112,7 +117,8 @@ impl StoreError {
 /// The live state of some mailboxes, as read back from the store.
 #[derive(Default)]
 pub struct Recovered {
-    pub envelopes: Vec<Arc<Envelope>>,
+    /// Pending envelopes with the seq of their change in the log (where a poll reads them).
+    pub envelopes: Vec<(u64, Arc<Envelope>)>,
     pub parked: Vec<Arc<Envelope>>,
     pub tombstones: Vec<(MailboxKey, MsgId, u64)>,
     pub nonces: Vec<(MailboxKey, Box<str>, u64)>,
@@ -210,6 +216,10 @@ pub trait Store: Send + Sync + 'static {
         mailbox: &MailboxKey,
         ids: Vec<MsgId>,
     ) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    /// The stored JSON of the envelopes whose changes are at `seqs`, in order (`None`: no
+    /// envelope there any more). One point read each: polls know their envelopes' seqs, and
+    /// check that what they read is the envelope they meant ([`crate::mailbox::bodies`]).
+    fn change_json(&self, seqs: &[u64]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     /// Small metadata written with [`StoreOp::PutMeta`].
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }

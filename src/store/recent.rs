@@ -100,7 +100,7 @@ impl RecentClientChanges {
     /// seq to each [`StoreOp::PutEnvelope`] and [`StoreOp::ApplyAck`], in order, ending at
     /// `last_seq`.
     pub fn committed(&self, ops: &[StoreOp], last_seq: u64) {
-        let numbered = ops.iter().filter(|op| takes_seq(op)).count() as u64;
+        let numbered = ops.iter().filter(|op| op.takes_seq()).count() as u64;
         let first = last_seq.saturating_add(1).saturating_sub(numbered);
         let now = Instant::now();
         let mut window = self.window();
@@ -145,7 +145,7 @@ impl RecentClientChanges {
                     }),
                 _ => None,
             };
-            if takes_seq(op) {
+            if op.takes_seq() {
                 if let Some(change) = change {
                     window.bytes += change.json.len();
                     window.changes.push_back(change);
@@ -226,10 +226,6 @@ impl Window {
             self.complete_after = self.complete_after.max(change.seq);
         }
     }
-}
-
-fn takes_seq(op: &StoreOp) -> bool {
-    matches!(op, StoreOp::PutEnvelope { .. } | StoreOp::ApplyAck { .. })
 }
 
 fn is_from_client(op: &StoreOp) -> bool {

@@ -127,6 +127,12 @@ pub(super) fn live_envelope(record: &[u8], now: u64) -> Result<Option<Arc<Envelo
     Ok(Some(Arc::new(envelope)))
 }
 
+/// The envelope JSON of a change record (`None` for an ack).
+pub(super) fn envelope_change_json(record: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let (_, kind, json) = parse_change_record(record)?;
+    Ok(parse_change_kind(kind)?.0.then(|| json.to_vec()))
+}
+
 /// A parked replica's envelope, if it has not expired at `now`.
 pub(super) fn live_parked(json: &[u8], now: u64) -> Result<Option<Arc<Envelope>>, StoreError> {
     let envelope: Envelope = serde_json::from_slice(json)

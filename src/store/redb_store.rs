@@ -20,8 +20,9 @@
 
 use super::records::{
     EXPIRY_CHANGE, EXPIRY_NONCE, EXPIRY_PARKED, EXPIRY_TOMBSTONE, GC_BATCH_RECORDS, LogPage,
-    change_kind, change_record, envelope_key, expiry_key, live_envelope, live_nonce, live_parked,
-    live_tombstone, nonce_key, parse_change_record, prefix_end, read_u64, split_envelope_key,
+    change_kind, change_record, envelope_change_json, envelope_key, expiry_key, live_envelope,
+    live_nonce, live_parked, live_tombstone, nonce_key, parse_change_record, prefix_end, read_u64,
+    split_envelope_key,
 };
 use super::{FeedPage, LogFilter, Recovered, Store, StoreError, StoreOp};
 use crate::protocol::{AckObject, Envelope, MailboxKey, MsgId};
@@ -220,7 +221,10 @@ impl RedbStore {
             let (_, seq) = item.map_err(StoreError::backend)?;
             let record = changes.get(seq.value()).map_err(StoreError::backend)?;
             if let Some(envelope) = record.map(|r| live_envelope(r.value(), now)).transpose()? {
-                state.envelopes.extend(envelope);
+                let seq = seq.value();
+                state
+                    .envelopes
+                    .extend(envelope.map(|envelope| (seq, envelope)));
             }
         }
         let parked = txn.open_table(PARKED).map_err(StoreError::backend)?;
@@ -798,6 +802,19 @@ impl Store for RedbStore {
                 let (_, _, json) = parse_change_record(record.value())?;
                 Ok(Some(json.to_vec()))
             })
+            .collect()
+    }
+
+    fn change_json(&self, seqs: &[u64]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let txn = self.begin_read()?;
+        let changes = txn.open_table(CHANGES).map_err(StoreError::backend)?;
+        seqs.iter()
+            .map(
+                |&seq| match changes.get(seq).map_err(StoreError::backend)? {
+                    Some(record) => envelope_change_json(record.value()),
+                    None => Ok(None),
+                },
+            )
             .collect()
     }
 

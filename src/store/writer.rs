@@ -55,7 +55,16 @@ pub enum WriterError {
     OverBudget { used: u64, budget: u64 },
 }
 
-type CommitResult = Result<(), WriterError>;
+/// What a durable commit tells each request: where its changes are in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The seq of the request's first [`StoreOp::PutEnvelope`] or [`StoreOp::ApplyAck`]; the
+    /// next ones of the same request follow without a gap (a request's ops are committed
+    /// together, in order). Meaningless for a request without such ops.
+    pub first_seq: u64,
+}
+
+type CommitResult = Result<Committed, WriterError>;
 
 enum Request {
     Commit {
@@ -393,20 +402,27 @@ impl Writer {
                 );
             }
             used = used.saturating_add(cost);
-            replies.push(reply);
+            replies.push((reply, ops.iter().filter(|op| op.takes_seq()).count() as u64));
             all_ops.extend(ops);
         }
         if replies.is_empty() {
             return;
         }
+        let started = Instant::now();
         let result = self.store.commit(&all_ops);
+        self.metrics
+            .store_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         update_gauges(self.store.as_ref(), &self.metrics);
         match result {
             Ok(last_seq) => {
                 self.metrics.store_commits_total.inc();
                 self.metrics.store_ops_total.inc_by(all_ops.len() as u64);
-                for reply in replies {
-                    let _ = reply.send(Ok(()));
+                let numbered: u64 = replies.iter().map(|(_, numbered)| numbered).sum();
+                let mut first_seq = last_seq.saturating_add(1).saturating_sub(numbered);
+                for (reply, numbered) in replies {
+                    let _ = reply.send(Ok(Committed { first_seq }));
+                    first_seq += numbered;
                 }
                 // After the replies: a pusher sends nothing before the client's 200 is on its
                 // way. The window first, so that what `last_seq` announces is in it.
@@ -428,10 +444,66 @@ impl Writer {
                     },
                     None => WriterError::Store(err.to_string()),
                 };
-                for reply in replies {
+                for (reply, _) in replies {
                     let _ = reply.send(Err(refusal.clone()));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Envelope, MailboxKey, MsgId};
+    use crate::store::RedbStore;
+    use ed25519_dalek::SigningKey;
+
+    fn envelope(id: &str) -> Arc<Envelope> {
+        Arc::new(Envelope::sign(
+            &SigningKey::from_bytes(&[1; 32]),
+            MailboxKey::of(&SigningKey::from_bytes(&[2; 32])),
+            MsgId::parse("m", id).unwrap(),
+            1_800_000_000,
+            4_000_000_000,
+            b"x",
+        ))
+    }
+
+    /// Every request learns where its own changes went, however the writer batched them.
+    #[actix_rt::test]
+    async fn each_request_learns_the_seq_of_its_first_change() {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::in_memory().unwrap());
+        let (handle, writer) =
+            StoreHandle::start(Arc::clone(&store), Arc::new(Metrics::new()), u64::MAX).unwrap();
+        let (a, b, c) = (envelope("a"), envelope("b"), envelope("c"));
+        let nonce = StoreOp::PutNonce {
+            mailbox: a.mailbox,
+            nonce: "n".into(),
+            until: 4_000_000_000,
+        };
+        // Queued together: the writer takes them as one batch when it is fast enough, or as
+        // several; the answers must be right either way.
+        let first = handle.commit(vec![
+            StoreOp::put_envelope(Arc::clone(&a), true),
+            StoreOp::put_envelope(Arc::clone(&b), false),
+        ]);
+        let second = handle.commit(vec![nonce]);
+        let third = handle.commit(vec![StoreOp::put_envelope(Arc::clone(&c), true)]);
+        let (first, _, third) = (
+            first.await.unwrap(),
+            second.await.unwrap(),
+            third.await.unwrap(),
+        );
+        let json = |e: &Envelope| Some(serde_json::to_vec(e).unwrap());
+        assert_eq!(
+            store
+                .change_json(&[first.first_seq, first.first_seq + 1, third.first_seq])
+                .unwrap(),
+            vec![json(&a), json(&b), json(&c)]
+        );
+        assert_eq!(third.first_seq, store.last_seq().unwrap());
+        handle.shutdown();
+        writer.join();
     }
 }

@@ -89,7 +89,7 @@ struct Args {
     /// Mailboxes the `wrk` deposits are spread over.
     #[arg(long, default_value_t = 5_000)]
     wrk_mailboxes: usize,
-    /// Record a `perf record -g` profile of the node during each `wrk` run into this directory
+    /// Record a `perf record --call-graph dwarf` profile of the node during each `wrk` run into this directory
     /// (`<run>.perf.data`; read with `perf report -i`). Profiling costs CPU: the figures of a
     /// profiled run are marked and do not compare with unprofiled ones.
     #[arg(long)]

@@ -145,7 +145,12 @@ fn run_wrk(args: &Args, node: &NodeProcess, path: &str, bodies: Option<&Path>) -
         Command::new("perf")
             .args([
                 "record",
-                "-g",
+                // Frame pointers are not kept in release builds; unwinding by
+                // `.eh_frame` (DWARF) gives whole stacks.
+                "--call-graph",
+                "dwarf,32768",
+                "-F",
+                "999",
                 "-q",
                 "-p",
                 &node.child.id().to_string(),
@@ -225,6 +230,49 @@ fn json(value: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_else(|e| fail(&format!("encode: {e}")))
 }
 
+/// The node's store-commit histogram (`dm_store_commit_seconds`) at one moment; two of them
+/// tell what the commits of one run cost, and so where a request's wait came from.
+struct Commits {
+    count: f64,
+    seconds: f64,
+    ops: f64,
+    over_10ms: f64,
+    over_50ms: f64,
+}
+
+impl Commits {
+    async fn read(client: &awc::Client, node: &NodeProcess) -> Self {
+        let url = &node.url;
+        let count = metric_sum(client, url, "dm_store_commit_seconds_count").await;
+        let within_10ms =
+            metric_sum(client, url, r#"dm_store_commit_seconds_bucket{le="0.01"}"#).await;
+        let within_50ms =
+            metric_sum(client, url, r#"dm_store_commit_seconds_bucket{le="0.05"}"#).await;
+        Self {
+            count,
+            seconds: metric_sum(client, url, "dm_store_commit_seconds_sum").await,
+            ops: metric_sum(client, url, "dm_store_ops_total").await,
+            over_10ms: count - within_10ms,
+            over_50ms: count - within_50ms,
+        }
+    }
+
+    fn print_since(&self, earlier: &Commits, name: &str) {
+        let commits = self.count - earlier.count;
+        if commits <= 0.0 {
+            println!("| {name} | 0 | | | | |");
+            return;
+        }
+        println!(
+            "| {name} | {commits:.0} | {:.1} | {:.2} | {:.0} | {:.0} |",
+            (self.ops - earlier.ops) / commits,
+            1000.0 * (self.seconds - earlier.seconds) / commits,
+            self.over_10ms - earlier.over_10ms,
+            self.over_50ms - earlier.over_50ms,
+        );
+    }
+}
+
 fn print_row(name: &str, figures: &Figures, health: &Figures) {
     let valid = figures.non_2xx == 0 && figures.socket_errors == 0 && figures.wrapped == 0;
     println!(
@@ -279,14 +327,18 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     });
 
     let health_before = run_wrk(args, &node, "/health", None);
+    let commits_before = Commits::read(client, &node).await;
     let deposit = run_wrk(args, &node, "/api/mesh/dm/send", Some(&deposits));
+    let commits_after_deposit = Commits::read(client, &node).await;
     let pending = metric_sum(client, &node.url, "dm_pending_envelopes").await;
     if pending < 8.0 * mailboxes as f64 {
         eprintln!(
             "[wrk] only {pending:.0} pending envelopes in {mailboxes} mailboxes: polls see fewer than 8 each"
         );
     }
+    let commits_before_poll = Commits::read(client, &node).await;
     let poll = run_wrk(args, &node, "/api/mesh/dm/poll", Some(&polls));
+    let commits_after_poll = Commits::read(client, &node).await;
     // Acks of envelopes the node took: wrk sends bodies in order, so the first `requests`
     // minus the ones still in flight at its end were answered.
     let acked = (deposit.requests as usize).saturating_sub(args.wrk_connections);
@@ -300,7 +352,9 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
             vec![MsgId::parse("msg_id", &deposit_id(i)).unwrap_or_else(|_| fail("bad id"))],
         ))
     });
+    let commits_before_ack = Commits::read(client, &node).await;
     let ack = run_wrk(args, &node, "/api/mesh/dm/ack", Some(&acks));
+    let commits_after_ack = Commits::read(client, &node).await;
     let health_after = run_wrk(args, &node, "/health", None);
     let health = Figures {
         rps: (health_before.rps + health_after.rps) / 2.0,
@@ -326,6 +380,12 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     print_row("deposit", &deposit, &health);
     print_row("poll (limit 8)", &poll, &health);
     print_row("ack (1 id)", &ack, &health);
+    println!(
+        "\nstore commits during each run (write and fsync; every request of a batch waits for its commit):\n| run | commits | ops per commit | mean ms | over 10 ms | over 50 ms |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    commits_after_deposit.print_since(&commits_before, "deposit");
+    commits_after_poll.print_since(&commits_before_poll, "poll");
+    commits_after_ack.print_since(&commits_before_ack, "ack");
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
