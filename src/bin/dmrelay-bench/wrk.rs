@@ -12,7 +12,8 @@
 //! wraps around to reuse them) or that got any answer but 2xx is reported as invalid.
 
 use crate::{
-    Args, NodeProcess, fail, free_port, key, metric_sum, sign_parallel, start_node, wait_ready,
+    Args, NodeProcess, fail, free_port, key, metric_sum, optional_metric_sum, sign_parallel,
+    start_node, wait_ready,
 };
 use dmrelay::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
 use ed25519_dalek::SigningKey;
@@ -241,34 +242,39 @@ struct Commits {
 }
 
 impl Commits {
-    async fn read(client: &awc::Client, node: &NodeProcess) -> Self {
+    /// `None` from a node that does not export the histogram (a build older than it).
+    async fn read(client: &awc::Client, node: &NodeProcess) -> Option<Self> {
         let url = &node.url;
-        let count = metric_sum(client, url, "dm_store_commit_seconds_count").await;
+        let count = optional_metric_sum(client, url, "dm_store_commit_seconds_count").await?;
         let within_10ms =
             metric_sum(client, url, r#"dm_store_commit_seconds_bucket{le="0.01"}"#).await;
         let within_50ms =
             metric_sum(client, url, r#"dm_store_commit_seconds_bucket{le="0.05"}"#).await;
-        Self {
+        Some(Self {
             count,
             seconds: metric_sum(client, url, "dm_store_commit_seconds_sum").await,
             ops: metric_sum(client, url, "dm_store_ops_total").await,
             over_10ms: count - within_10ms,
             over_50ms: count - within_50ms,
-        }
+        })
     }
 
-    fn print_since(&self, earlier: &Commits, name: &str) {
-        let commits = self.count - earlier.count;
+    fn print_between(earlier: &Option<Commits>, later: &Option<Commits>, name: &str) {
+        let (Some(earlier), Some(later)) = (earlier, later) else {
+            println!("| {name} | not exported by this node | | | | |");
+            return;
+        };
+        let commits = later.count - earlier.count;
         if commits <= 0.0 {
             println!("| {name} | 0 | | | | |");
             return;
         }
         println!(
             "| {name} | {commits:.0} | {:.1} | {:.2} | {:.0} | {:.0} |",
-            (self.ops - earlier.ops) / commits,
-            1000.0 * (self.seconds - earlier.seconds) / commits,
-            self.over_10ms - earlier.over_10ms,
-            self.over_50ms - earlier.over_50ms,
+            (later.ops - earlier.ops) / commits,
+            1000.0 * (later.seconds - earlier.seconds) / commits,
+            later.over_10ms - earlier.over_10ms,
+            later.over_50ms - earlier.over_50ms,
         );
     }
 }
@@ -383,9 +389,9 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     println!(
         "\nstore commits during each run (write and fsync; every request of a batch waits for its commit):\n| run | commits | ops per commit | mean ms | over 10 ms | over 50 ms |\n| --- | --- | --- | --- | --- | --- |"
     );
-    commits_after_deposit.print_since(&commits_before, "deposit");
-    commits_after_poll.print_since(&commits_before_poll, "poll");
-    commits_after_ack.print_since(&commits_before_ack, "ack");
+    Commits::print_between(&commits_before, &commits_after_deposit, "deposit");
+    Commits::print_between(&commits_before_poll, &commits_after_poll, "poll");
+    Commits::print_between(&commits_before_ack, &commits_after_ack, "ack");
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
