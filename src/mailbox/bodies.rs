@@ -59,9 +59,12 @@ fn signed_by(json: &[u8], sig: &SigDigest) -> bool {
     else {
         return false;
     };
-    tail.starts_with(br#""sig":""#)
+    let mut digest_hex = [0u8; 32];
+    // 16 bytes always fit 32 hex digits.
+    hex::encode_to_slice(sig, &mut digest_hex).is_ok()
+        && tail.starts_with(br#""sig":""#)
         && tail.ends_with(br#""}"#)
-        && tail[7 + 64..7 + 96] == *hex::encode(sig).as_bytes()
+        && tail[7 + 64..7 + 96] == digest_hex
 }
 
 impl EnvelopeBodies {

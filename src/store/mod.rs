@@ -5,7 +5,8 @@
 //! Mailbox actors never touch the disk. They send [`StoreOp`]s to the single [`writer`]
 //! thread through a bounded channel; the writer takes every request that arrived while the
 //! previous commit was running, applies them in one transaction (one fsync), assigns each
-//! stored change its `seq` in commit order, then answers every request and announces the highest
+//! stored change its `seq` in commit order, then answers every request (with the seq of its first
+//! change, which mailboxes keep to read a polled envelope in one lookup) and announces the highest
 //! seq on a watch channel ([`StoreHandle::last_seq`]), which wakes the pushers. A 200 on deposit or ack
 //! is sent only after that answer, so it means "on disk". Before announcing, the writer keeps the
 //! commit's client changes in a small in-memory window ([`recent`]), from which pushers that keep

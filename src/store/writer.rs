@@ -3,8 +3,11 @@
 //! Requests come through a bounded channel (a full channel is an immediate
 //! [`WriterError::Overloaded`], which the HTTP layer answers with 503). The thread blocks for one
 //! request, then takes every request already queued (up to [`MAX_REQUESTS_PER_COMMIT`]), commits
-//! them in one transaction — one fsync — and answers each. Because this thread is the only writer
-//! and assigns seqs inside the transaction, seqs become visible in commit order (SPEC §7.3).
+//! them in one transaction — one fsync — and answers each with where its changes went
+//! ([`Committed`]: a mailbox keeps its envelopes' seqs, and polls read their bodies there).
+//! Because this thread is the only writer and assigns seqs inside the transaction, seqs become
+//! visible in commit order (SPEC §7.3). Each commit's duration goes to
+//! `dm_store_commit_seconds`.
 //! Between requests it collects expired records every [`GC_INTERVAL`].
 //!
 //! Storage faults: when a commit (or a garbage collection) fails with a storage error, the
