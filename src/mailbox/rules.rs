@@ -165,6 +165,12 @@ struct PendingEntry {
     stored_at: Option<NonZeroU64>,
 }
 
+/// Where a durable entry is in the log. Seqs start at 1; were a 0 ever passed, the entry must
+/// still be delivered (it is durable): it gets a seq no change has, and its poll reads it by id.
+fn position(seq: u64) -> NonZeroU64 {
+    NonZeroU64::new(seq).unwrap_or(NonZeroU64::MAX)
+}
+
 /// Everything one mailbox decides with.
 #[derive(Default)]
 pub struct MailboxState {
@@ -409,7 +415,7 @@ impl MailboxState {
             id,
             PendingEntry {
                 meta: PendingMeta::of(&envelope),
-                stored_at: stored_at.and_then(NonZeroU64::new),
+                stored_at: stored_at.map(position),
             },
         );
     }
@@ -424,7 +430,7 @@ impl MailboxState {
     /// The write of `msg_id` reached the disk as the change `seq`: deliver it from now on.
     pub fn mark_committed(&mut self, msg_id: &MsgId, seq: u64) {
         if let Some(entry) = self.pending.get_mut(msg_id) {
-            entry.stored_at = NonZeroU64::new(seq);
+            entry.stored_at = Some(position(seq));
         }
     }
 
@@ -729,6 +735,19 @@ mod tests {
             std::mem::size_of::<PendingMeta>() + 8
         );
         assert_eq!(std::mem::size_of::<Option<NonZeroU64>>(), 8);
+    }
+
+    #[test]
+    fn a_durable_entry_is_delivered_even_without_a_valid_seq() {
+        let (alice, bob) = (key(1), key(2));
+        let mut state = MailboxState::default();
+        state.insert(envelope(&alice, &bob, "m0", NOW), None);
+        state.insert(envelope(&alice, &bob, "m1", NOW), Some(0));
+        state.mark_committed(&MsgId::parse("x", "m0").unwrap(), 0);
+        // Seqs start at 1: a 0 is a seq no change has, so the poll reads these by id.
+        let view = state.poll(8, NOW);
+        assert_eq!(view.pending, 2);
+        assert!(view.messages.iter().all(|item| item.seq == u64::MAX));
     }
 
     #[test]
