@@ -54,4 +54,6 @@ pub mod protocol;
 pub mod startup;
 pub mod status;
 pub mod store;
+#[cfg(test)]
+mod test_envelopes;
 pub mod tls;

@@ -343,8 +343,8 @@ impl StoredNode {
         if ops.is_empty() {
             return 0;
         }
-        let numbered = ops.iter().filter(|op| op.takes_seq()).count() as u64;
-        self.store.commit(&ops).unwrap() + 1 - numbered
+        let last_seq = self.store.commit(&ops).unwrap();
+        StoreOp::first_seq(&ops, last_seq)
     }
 
     fn deposit(&mut self, envelope: &Arc<Envelope>, replica: bool, now: u64) -> Decision {

@@ -190,19 +190,10 @@ mod tests {
     /// it (which would be a bug) still finds it by its id, and never serves another body.
     #[test]
     fn stored_bodies_are_read_by_seq_and_by_id_when_the_seq_misses() {
-        use crate::protocol::{Envelope, MsgId};
+        use crate::protocol::Envelope;
         use crate::store::{RedbStore, StoreOp};
-        use ed25519_dalek::SigningKey;
-        let sign = |id: &str| {
-            Arc::new(Envelope::sign(
-                &SigningKey::from_bytes(&[1; 32]),
-                MailboxKey::of(&SigningKey::from_bytes(&[2; 32])),
-                MsgId::parse("m", id).unwrap(),
-                1_800_000_000,
-                4_000_000_000,
-                b"x",
-            ))
-        };
+        use crate::test_envelopes::{NOW, envelope};
+        let sign = |id: &str| envelope(id, NOW + 3600);
         let (a, b) = (sign("a"), sign("b"));
         let store = RedbStore::in_memory().unwrap();
         let seq_a = store

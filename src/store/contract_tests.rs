@@ -57,20 +57,7 @@ impl Engine {
     }
 }
 
-const NOW: u64 = 1_800_000_000;
-
-fn envelope(id: &str, expires_at: u64) -> Arc<Envelope> {
-    let alice = SigningKey::from_bytes(&[1; 32]);
-    let bob = SigningKey::from_bytes(&[2; 32]);
-    Arc::new(Envelope::sign(
-        &alice,
-        MailboxKey::of(&bob),
-        MsgId::parse("m", id).unwrap(),
-        NOW,
-        expires_at,
-        b"x",
-    ))
-}
+use crate::test_envelopes::{NOW, envelope};
 
 fn ack_of(ids: &[&str]) -> Arc<AckObject> {
     let bob = SigningKey::from_bytes(&[2; 32]);

@@ -85,6 +85,14 @@ impl StoreOp {
         matches!(self, StoreOp::PutEnvelope { .. } | StoreOp::ApplyAck { .. })
     }
 
+    /// The seq of the first op of `ops` that [takes one](Self::takes_seq), for a commit of
+    /// `ops` whose highest seq is `last_seq` (the next ones follow without a gap). For `ops`
+    /// without any, the seq after `last_seq`.
+    pub fn first_seq(ops: &[StoreOp], last_seq: u64) -> u64 {
+        let numbered = ops.iter().filter(|op| op.takes_seq()).count() as u64;
+        last_seq.saturating_add(1).saturating_sub(numbered)
+    }
+
     /// [`StoreOp::PutEnvelope`] with the envelope's JSON made here.
     pub fn put_envelope(envelope: Arc<Envelope>, from_client: bool) -> Self {
         // Serializing plain fields into a Vec cannot fail.

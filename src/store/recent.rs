@@ -100,8 +100,7 @@ impl RecentClientChanges {
     /// seq to each [`StoreOp::PutEnvelope`] and [`StoreOp::ApplyAck`], in order, ending at
     /// `last_seq`.
     pub fn committed(&self, ops: &[StoreOp], last_seq: u64) {
-        let numbered = ops.iter().filter(|op| op.takes_seq()).count() as u64;
-        let first = last_seq.saturating_add(1).saturating_sub(numbered);
+        let first = StoreOp::first_seq(ops, last_seq);
         let now = Instant::now();
         let mut window = self.window();
         if first != window.through.saturating_add(1) || self.readers.load(Ordering::Relaxed) == 0 {

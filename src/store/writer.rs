@@ -421,8 +421,8 @@ impl Writer {
             Ok(last_seq) => {
                 self.metrics.store_commits_total.inc();
                 self.metrics.store_ops_total.inc_by(all_ops.len() as u64);
-                let numbered: u64 = replies.iter().map(|(_, numbered)| numbered).sum();
-                let mut first_seq = last_seq.saturating_add(1).saturating_sub(numbered);
+                // Each request's first seq: the batch's, plus the seqs its predecessors took.
+                let mut first_seq = StoreOp::first_seq(&all_ops, last_seq);
                 for (reply, numbered) in replies {
                     let _ = reply.send(Ok(Committed { first_seq }));
                     first_seq += numbered;
@@ -458,19 +458,11 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Envelope, MailboxKey, MsgId};
+    use crate::protocol::Envelope;
     use crate::store::RedbStore;
-    use ed25519_dalek::SigningKey;
-
+    /// Far in the future: the writer's garbage collection runs on the real clock.
     fn envelope(id: &str) -> Arc<Envelope> {
-        Arc::new(Envelope::sign(
-            &SigningKey::from_bytes(&[1; 32]),
-            MailboxKey::of(&SigningKey::from_bytes(&[2; 32])),
-            MsgId::parse("m", id).unwrap(),
-            1_800_000_000,
-            4_000_000_000,
-            b"x",
-        ))
+        crate::test_envelopes::envelope(id, 4_000_000_000)
     }
 
     /// Every request learns where its own changes went, however the writer batched them.
