@@ -89,9 +89,9 @@ struct Args {
     /// Mailboxes the `wrk` deposits are spread over.
     #[arg(long, default_value_t = 5_000)]
     wrk_mailboxes: usize,
-    /// Record a `perf record --call-graph dwarf` profile of the node during each `wrk` run into this directory
-    /// (`<run>.perf.data`; read with `perf report -i`). Profiling costs CPU: the figures of a
-    /// profiled run are marked and do not compare with unprofiled ones.
+    /// Record a `perf record --call-graph dwarf` profile of the node during each `wrk` run into
+    /// this directory (`<run>.perf.data`; read with `perf report -i`). Profiling costs CPU: the
+    /// figures of a profiled run are marked and do not compare with unprofiled ones.
     #[arg(long)]
     wrk_perf: Option<PathBuf>,
     /// Pending envelopes of the `million` run.
@@ -307,6 +307,11 @@ pub(crate) async fn optional_metric_sum(
     url: &str,
     name: &str,
 ) -> Option<f64> {
+    sum_in(&metrics_text(client, url).await, name)
+}
+
+/// One scrape of `url`'s `/metrics`.
+pub(crate) async fn metrics_text(client: &awc::Client, url: &str) -> String {
     // A GET, so tried again once: a kept-alive connection the node closed while idle (its
     // keep-alive is 5 s, and the bench signs for longer than that between reads) fails at once.
     let response = match client.get(format!("{url}/metrics")).send().await {
@@ -315,12 +320,17 @@ pub(crate) async fn optional_metric_sum(
     };
     let mut response =
         response.unwrap_or_else(|e| fail(&format!("cannot read {url}/metrics: {e}")));
-    let text = response
+    response
         .body()
         .limit(8 << 20)
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_else(|e| fail(&format!("cannot read {url}/metrics: {e}")));
+        .unwrap_or_else(|e| fail(&format!("cannot read {url}/metrics: {e}")))
+}
+
+/// The sum of every series of `name` (with any labels, or exactly `name{...}` when the name
+/// carries them) in a scrape; `None` when there is none.
+pub(crate) fn sum_in(text: &str, name: &str) -> Option<f64> {
     let mut found = false;
     let sum = text
         .lines()

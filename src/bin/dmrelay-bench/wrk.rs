@@ -12,8 +12,8 @@
 //! wraps around to reuse them) or that got any answer but 2xx is reported as invalid.
 
 use crate::{
-    Args, NodeProcess, fail, free_port, key, metric_sum, optional_metric_sum, sign_parallel,
-    start_node, wait_ready,
+    Args, NodeProcess, fail, free_port, key, metric_sum, metrics_text, sign_parallel, start_node,
+    sum_in, wait_ready,
 };
 use dmrelay::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
 use ed25519_dalek::SigningKey;
@@ -242,20 +242,21 @@ struct Commits {
 }
 
 impl Commits {
-    /// `None` from a node that does not export the histogram (a build older than it).
+    /// `None` from a node that does not export the histogram (a build older than it). One
+    /// scrape, so that the counts and the buckets describe the same commits.
     async fn read(client: &awc::Client, node: &NodeProcess) -> Option<Self> {
-        let url = &node.url;
-        let count = optional_metric_sum(client, url, "dm_store_commit_seconds_count").await?;
-        let within_10ms =
-            metric_sum(client, url, r#"dm_store_commit_seconds_bucket{le="0.01"}"#).await;
-        let within_50ms =
-            metric_sum(client, url, r#"dm_store_commit_seconds_bucket{le="0.05"}"#).await;
+        let text = metrics_text(client, &node.url).await;
+        let metric = |name: &str| {
+            sum_in(&text, name)
+                .unwrap_or_else(|| fail(&format!("{} does not export {name}", node.url)))
+        };
+        let count = sum_in(&text, "dm_store_commit_seconds_count")?;
         Some(Self {
             count,
-            seconds: metric_sum(client, url, "dm_store_commit_seconds_sum").await,
-            ops: metric_sum(client, url, "dm_store_ops_total").await,
-            over_10ms: count - within_10ms,
-            over_50ms: count - within_50ms,
+            seconds: metric("dm_store_commit_seconds_sum"),
+            ops: metric("dm_store_ops_total"),
+            over_10ms: count - metric(r#"dm_store_commit_seconds_bucket{le="0.01"}"#),
+            over_50ms: count - metric(r#"dm_store_commit_seconds_bucket{le="0.05"}"#),
         })
     }
 
@@ -399,6 +400,16 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_series_of_one_scrape() {
+        let text = "# HELP dm_x a\ndm_x{peer=\"a\"} 2\ndm_x{peer=\"b\"} 3\ndm_xy 100\n\
+            dm_h_bucket{le=\"0.01\"} 7\ndm_h_bucket{le=\"0.05\"} 9\ndm_h_count 10\n";
+        assert_eq!(sum_in(text, "dm_x"), Some(5.0), "labels summed, dm_xy not");
+        assert_eq!(sum_in(text, r#"dm_h_bucket{le="0.01"}"#), Some(7.0));
+        assert_eq!(sum_in(text, "dm_h_count"), Some(10.0));
+        assert_eq!(sum_in(text, "dm_missing"), None, "missing is not 0");
+    }
 
     #[test]
     fn reads_wrk_output() {
