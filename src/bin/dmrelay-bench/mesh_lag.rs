@@ -2,7 +2,9 @@
 //!
 //! Load: `mesh_rate` pre-signed deposits per second (1 KiB ciphertext by default), round-robin
 //! over the three nodes, sent on a fixed schedule (a request due is sent even when earlier ones
-//! have not been answered, so a slow node cannot slow the load down: it shows as lag).
+//! have not been answered, so a slow node cannot slow the load down: it shows as lag). The
+//! requests are written as prepared bytes to kept-alive connections ([`paced`]), so the bench
+//! takes little of the cores it shares with the nodes.
 //!
 //! Probes: one every `probe_ms`, from a fresh sender to a fresh mailbox, deposited on the nodes in
 //! turn. 100 ms before a probe is deposited, a long poll (`wait_s` 5) for its mailbox is sent to
@@ -11,6 +13,7 @@
 //! 200 to the other node's store (0 when the replica got there first). A probe not seen within
 //! 5 s counts as missing.
 
+use super::paced;
 use super::{
     Args, NodeProcess, SECRET, deposited, fail, free_port, metric_sum, optional_metric_sum,
     start_node, wait_ready,
@@ -27,6 +30,10 @@ use std::time::{Duration, Instant};
 const PROBE_WAIT_S: u64 = 5;
 /// Polls go out this long before their probe is deposited, so that they are parked when it lands.
 const POLL_LEAD: Duration = Duration::from_millis(100);
+/// Kept-alive connections per node for the background load: more than the deposits a node has
+/// in flight at once at these rates, so pipelined requests seldom queue behind each other.
+const LOAD_CONNECTIONS_PER_NODE: usize = 16;
+const DEPOSIT_PATH: &str = "/api/mesh/dm/send";
 
 /// One probe's story, in seconds since the start of the run.
 #[derive(Default, Clone)]
@@ -132,13 +139,15 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     let owners: Vec<MailboxKey> = (0..total.div_ceil(40).max(1))
         .map(|_| MailboxKey::of(&signing_key()))
         .collect();
+    // Request i goes to node i % 3 (see `paced`): its bytes are built for that node now.
     let background: Vec<Vec<u8>> = (0..total)
         .map(|i| {
-            sign_envelope(
+            let body = sign_envelope(
                 owners[i % owners.len()],
                 &format!("bg-{i}"),
                 args.ciphertext_bytes,
-            )
+            );
+            paced::post_request(&format!("127.0.0.1:{}", ports[i % 3]), DEPOSIT_PATH, &body)
         })
         .collect();
     let probe_count = (args.mesh_seconds * 1000 / args.probe_ms.max(1)) as usize;
@@ -264,28 +273,31 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
         })
     };
 
-    // The background load, on its fixed schedule.
-    let interval = Duration::from_secs_f64(1.0 / args.mesh_rate.max(1) as f64);
-    let mut sent = Vec::with_capacity(total);
-    for (i, body) in background.into_iter().enumerate() {
-        let due = start + interval * i as u32;
-        if let Some(wait) = due.checked_duration_since(Instant::now())
-            && wait > Duration::from_millis(1)
-        {
-            actix_rt::time::sleep(wait).await;
-        }
-        let (client, url, failures) = (client.clone(), urls[i % 3].clone(), Rc::clone(&failures));
-        sent.push(actix_rt::spawn(async move {
-            let ok = deposited(&client, &url, body).await;
-            if !ok {
-                *failures.borrow_mut() += 1;
-            }
-        }));
+    // The background load, on its fixed schedule, over raw kept-alive connections.
+    let targets: Vec<std::net::SocketAddr> = ports
+        .iter()
+        .map(|&port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .collect();
+    let load = match paced::run(
+        &targets,
+        LOAD_CONNECTIONS_PER_NODE,
+        background,
+        args.mesh_rate as f64,
+        start,
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(err) => fail(&format!("mesh lag: the paced load failed: {err}")),
+    };
+    *failures.borrow_mut() += load.failed;
+    if load.failed > 0 {
+        println!(
+            "mesh lag: background deposits not answered 200: {} (by status: {:?}; lost with their connection: {})",
+            load.failed, load.refused, load.lost
+        );
     }
-    let load_took = seconds();
-    for task in sent {
-        let _ = task.await;
-    }
+    let load_took = load.sent_in.as_secs_f64();
     let _ = probe_task.await;
     let cpu: Vec<f64> = nodes
         .iter()
