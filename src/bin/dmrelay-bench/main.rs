@@ -181,6 +181,24 @@ fn spawn_node(data_dir: &Path, port: u16, env: &[(&str, String)]) -> NodeProcess
     }
 }
 
+/// User + system CPU seconds of `pid` so far (from `/proc/<pid>/stat`); a process that cannot be
+/// read ends the run with a message, never a 0.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| fail(&format!("cannot read /proc/{pid}/stat: {e}")));
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime is field 14, stime 15; index 0 here is field 3.
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        fail("unexpected /proc/<pid>/stat format");
+    };
+    // SAFETY: sysconf has no memory preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (user + system) / per_second
+}
+
 async fn wait_ready(client: &awc::Client, node: &NodeProcess) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

@@ -15,8 +15,8 @@
 
 use super::paced;
 use super::{
-    Args, NodeProcess, SECRET, deposited, fail, free_port, metric_sum, optional_metric_sum,
-    start_node, wait_ready,
+    Args, NodeProcess, SECRET, cpu_seconds, deposited, fail, free_port, metric_sum,
+    optional_metric_sum, start_node, wait_ready,
 };
 use dmrelay::protocol::{
     Envelope, MailboxKey, MsgId, PollRequest, generate_signing_key, now_unix, random_hex,
@@ -74,24 +74,6 @@ fn sign_envelope(to: MailboxKey, id: &str, bytes: usize) -> Vec<u8> {
         &vec![0xabu8; bytes],
     );
     serde_json::to_vec(&envelope).unwrap_or_else(|_| fail("encode"))
-}
-
-/// User and system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of stat(5), i.e. 12 and 13 after the ')'.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks / per_second
 }
 
 fn or_absent(value: Option<f64>) -> String {
@@ -174,6 +156,7 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
     ));
     let failures = Rc::new(RefCell::new(0usize));
     let cpu_before: Vec<f64> = nodes.iter().map(|n| cpu_seconds(n.child.id())).collect();
+    let bench_cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now() + Duration::from_millis(200);
     let seconds = move || {
         Instant::now()
@@ -304,6 +287,8 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
         .zip(&cpu_before)
         .map(|(n, before)| cpu_seconds(n.child.id()) - before)
         .collect();
+    let bench_cpu = cpu_seconds(std::process::id()) - bench_cpu_before;
+    let load_seconds = start.elapsed().as_secs_f64().max(1e-3);
 
     // How each node got its replicas, and when the mesh had everything.
     let expected = (total
@@ -397,6 +382,12 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
         cpu[1],
         cpu[2],
         cpu.iter().sum::<f64>() / deposits * 1e6
+    );
+    // The load generator shares the cores with the nodes: what it took is printed with them.
+    println!(
+        "mesh lag: the bench itself took {bench_cpu:.1} s of CPU during the load ({:.2} of a core; the nodes {:.2})",
+        bench_cpu / load_seconds,
+        cpu.iter().sum::<f64>() / load_seconds
     );
     match plot(&args.svg, &points, args) {
         Ok(()) => println!("mesh lag: plot written to {}", args.svg.display()),

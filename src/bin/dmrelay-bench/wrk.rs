@@ -12,8 +12,8 @@
 //! wraps around to reuse them) or that got any answer but 2xx is reported as invalid.
 
 use crate::{
-    Args, NodeProcess, fail, free_port, key, metric_sum, metrics_text, sign_parallel, start_node,
-    sum_in, wait_ready,
+    Args, NodeProcess, cpu_seconds, fail, free_port, key, metric_sum, metrics_text, sign_parallel,
+    start_node, sum_in, wait_ready,
 };
 use dmrelay::protocol::{AckObject, Envelope, MailboxKey, MsgId, PollRequest, now_unix};
 use ed25519_dalek::SigningKey;
@@ -54,23 +54,6 @@ struct Figures {
     non_2xx: u64,
     socket_errors: u64,
     wrapped: u64,
-}
-
-/// User + system CPU seconds of `pid` so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| fail(&format!("cannot read /proc/{pid}/stat: {e}")));
-    // Fields after the command name (which may hold spaces) start at state, field 3.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    // utime is field 14, stime 15; index 0 here is field 3.
-    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
-        fail("unexpected /proc/<pid>/stat format");
-    };
-    // SAFETY: sysconf has no memory preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (user + system) / per_second
 }
 
 /// `12.34ms`, `560.00us`, `1.02s` in milliseconds.
