@@ -9,7 +9,7 @@
 //!
 //! One commit is one fjall write batch (atomic across keyspaces, fsynced before
 //! [`Store::commit`] returns). A batch cannot read its own writes and must not name a key twice,
-//! so a commit collects its writes in an [`Overlay`] (last write per key wins, reads look there
+//! so a commit collects its writes in an `Overlay` (last write per key wins, reads look there
 //! first) and hands fjall only the final value of each key. The counters (next seq, pending
 //! envelopes, stored bytes) live in memory, are written into every batch, and are read back
 //! on open. Only the writer thread commits, so nothing else races these read-modify-writes.

@@ -13,8 +13,9 @@
 //!    poll's answer is the lag to the other node's store. Prints p50/p90/p99/max, the node CPU per
 //!    deposit from `/proc/<pid>/stat`, and writes an SVG plot of lag over time (`--svg`).
 //!
-//! The load generator runs on the same machine as the nodes (it takes one core's share); the
-//! figures are for comparing runs and endpoints on one machine, not absolute capacity.
+//! The load generator runs on the same machine as the nodes and takes its share of the cores
+//! (mesh-lag prints how much: ~0.1 of a core at 3000/s with [`paced`]); the figures are for
+//! comparing runs and endpoints on one machine, not absolute capacity.
 
 #![cfg_attr(
     not(test),
