@@ -196,7 +196,7 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
         fail("unexpected /proc/<pid>/stat format");
     };
     // SAFETY: sysconf has no memory preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (user + system) / per_second
 }
 

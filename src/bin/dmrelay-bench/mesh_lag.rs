@@ -273,11 +273,12 @@ pub async fn run(args: &Args, client: &awc::Client, root: &Path) {
         Ok(outcome) => outcome,
         Err(err) => fail(&format!("mesh lag: the paced load failed: {err}")),
     };
-    *failures.borrow_mut() += load.failed;
-    if load.failed > 0 {
+    let load_failed = load.failed();
+    *failures.borrow_mut() += load_failed;
+    if load_failed > 0 {
         println!(
-            "mesh lag: background deposits not answered 200: {} (by status: {:?}; lost with their connection: {})",
-            load.failed, load.refused, load.lost
+            "mesh lag: background deposits not answered 200: {load_failed} (by status: {:?}; lost with their connection: {})",
+            load.refused, load.lost
         );
     }
     let load_took = load.sent_in.as_secs_f64();
